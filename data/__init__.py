@@ -1,0 +1,1 @@
+"""Everything before a tensor: prep (sharding), decode, sampling, transforms, masks, streams."""

@@ -1,0 +1,197 @@
+"""Video bytes in, frames out (decord, one thread per loader worker); frames in, video bytes out
+(PyAV: the synthetic set, transcoding at prep time, test fixtures).
+
+Frames are numpy uint8 ``(T, H, W, 3)`` RGB.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Iterable
+
+import numpy as np
+
+# Order matters. decord and PyAV each bundle FFmpeg, and decord loads its library into the global
+# symbol scope, so PyAV's calls bind to whichever FFmpeg was loaded first. Loading decord first,
+# here, gives every process the same binding, so encoding is byte-for-byte reproducible (the
+# synthetic set, transcoded shards) whatever else a process imported.
+import decord  # noqa: I001  (before av)
+import av
+
+VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov", "m4v")
+# PyAV encoder name and pixel format for each codec a user can ask for.
+ENCODERS = {"h264": ("libx264", "yuv420p"), "vp9": ("libvpx-vp9", "yuv420p"),
+            "av1": ("libsvtav1", "yuv420p")}
+
+
+class VideoDecodeError(ValueError):
+    """The bytes are not a video this decoder can read (empty, truncated, not a video)."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+
+
+def _reader(data: bytes, num_threads: int = 1):
+    if len(data) == 0:
+        raise VideoDecodeError("empty file (0 bytes)")
+    try:
+        return decord.VideoReader(io.BytesIO(data), num_threads=num_threads)
+    except Exception as e:  # decord raises its own DECORDError for every container problem
+        raise VideoDecodeError(f"cannot open as video: {_short(e)}") from None
+
+
+def _short(e: Exception) -> str:
+    msg = str(e).strip().splitlines()
+    return msg[0][:200] if msg else type(e).__name__
+
+
+def probe_video(data: bytes) -> VideoInfo:
+    """Open the video and decode its first and last frames; raise VideoDecodeError if either fails.
+
+    Checking the last frame catches files cut short after their index was written.
+    """
+    vr = _reader(data)
+    n = len(vr)
+    if n < 1:
+        raise VideoDecodeError("no video frames")
+    frames = _get_batch(vr, data, [0, n - 1])
+    return VideoInfo(num_frames=n, fps=float(vr.get_avg_fps() or 0.0),
+                     width=int(frames.shape[2]), height=int(frames.shape[1]))
+
+
+def _get_batch(vr, data: bytes, idx: list) -> np.ndarray:
+    try:
+        out = vr.get_batch(idx).asnumpy()
+        if out.ndim == 4 and out.shape[-1] == 3:
+            return out
+    except Exception:
+        pass
+    # decord mis-sizes the frames of some widths (16, 24, 32, 48, 96, 144 px seen) and fails
+    # on some damaged streams; PyAV decodes the same frames (identical where both work).
+    return _decode_pyav(data, idx)
+
+
+def _decode_pyav(data: bytes, idx: list) -> np.ndarray:
+    wanted = {i: [] for i in idx}
+    last = max(idx)
+    try:
+        with av.open(io.BytesIO(data)) as box:
+            stream = box.streams.video[0]
+            stream.thread_count = 1
+            for n, frame in enumerate(box.decode(stream)):
+                if n in wanted:
+                    wanted[n] = frame.to_ndarray(format="rgb24")
+                if n >= last:
+                    break
+    except Exception as e:
+        raise VideoDecodeError(f"cannot decode frames: {_short(e)}") from None
+    missing = [i for i in idx if isinstance(wanted[i], list)]
+    if missing:
+        raise VideoDecodeError(f"cannot decode frames {missing[:3]}: the stream ends early")
+    return np.stack([wanted[i] for i in idx])
+
+
+def decode_frames(data: bytes, indices: Iterable[int] | None = None,
+                  num_threads: int = 1) -> np.ndarray:
+    """Frames at ``indices`` (all frames when None) -> (T, H, W, 3) uint8."""
+    vr = _reader(data, num_threads)
+    n = len(vr)
+    idx = list(range(n)) if indices is None else [int(i) for i in indices]
+    if n < 1 or (idx and (min(idx) < 0 or max(idx) >= n)):
+        raise VideoDecodeError(f"frame indices out of range for a video of {n} frames")
+    return _get_batch(vr, data, idx)
+
+
+def num_frames(data: bytes) -> int:
+    """Frame count from the container index (no decoding)."""
+    return len(_reader(data))
+
+
+def encode_video(frames: Iterable[np.ndarray], fps: float, codec: str = "h264",
+                 container: str = "mp4", gop: int = 16, crf: int = 23,
+                 preset: str = "veryfast") -> bytes:
+    """Encode RGB frames (H, W, 3) uint8 into container bytes.
+
+    Single-threaded, so the same frames always give the same bytes (the synthetic set and
+    re-runs of prep rely on that). ``gop`` is the keyframe interval: a short one keeps strided
+    seeking cheap. Height and width must be even.
+    """
+    try:
+        encoder, pix_fmt = ENCODERS[codec]
+    except KeyError:
+        raise ValueError(f"unknown codec {codec!r}; choose one of {sorted(ENCODERS)}") from None
+    out = io.BytesIO()
+    fmt = {"mkv": "matroska", "m4v": "mp4"}.get(container, container)
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(out, mode="w", format=fmt) as box:
+        stream = box.add_stream(encoder, rate=rate)
+        stream.pix_fmt = pix_fmt
+        stream.gop_size = gop
+        stream.thread_count = 1
+        if codec == "h264":
+            stream.options = {"crf": str(crf), "preset": preset, "bf": "0",
+                              "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
+        elif codec == "vp9":
+            stream.options = {"crf": str(crf + 10), "b": "0", "deadline": "realtime",
+                              "cpu-used": "8", "row-mt": "0"}
+        else:
+            stream.options = {"crf": str(crf + 12), "preset": "10"}
+        first = True
+        for frame in frames:
+            if first:
+                stream.height, stream.width = frame.shape[:2]
+                first = False
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                box.mux(packet)
+        for packet in stream.encode():
+            box.mux(packet)
+    return out.getvalue()
+
+
+def even_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """(h, w) with the short side == short_side (never upscaled), aspect kept, both even."""
+    scale = min(1.0, short_side / min(height, width))
+    h = max(2, int(round(height * scale / 2)) * 2)
+    w = max(2, int(round(width * scale / 2)) * 2)
+    return h, w
+
+
+def transcode(data: bytes, short_side: int | None, gop: int = 16, crf: int = 23,
+              codec: str = "h264") -> tuple[bytes, VideoInfo]:
+    """Re-encode a video for fast strided loading: short side <= short_side, keyframe every
+    ``gop`` frames, no audio. Returns the new bytes (mp4) and their probe."""
+    try:
+        src = av.open(io.BytesIO(data))
+    except Exception as e:
+        raise VideoDecodeError(f"cannot open as video: {_short(e)}") from None
+    with src:
+        if not src.streams.video:
+            raise VideoDecodeError("no video stream")
+        stream = src.streams.video[0]
+        stream.thread_count = 1
+        rate = stream.average_rate or stream.guessed_rate or 25
+        size = None
+
+        def frames():
+            nonlocal size
+            try:
+                for frame in src.decode(stream):
+                    if size is None:
+                        side = short_side or min(frame.height, frame.width)
+                        size = even_size(frame.height, frame.width, side)
+                    img = frame.reformat(width=size[1], height=size[0], format="rgb24",
+                                         interpolation="AREA")
+                    yield img.to_ndarray()
+            except av.error.FFmpegError as e:
+                raise VideoDecodeError(f"cannot decode frames: {_short(e)}") from None
+
+        out = encode_video(frames(), fps=float(rate), codec=codec, gop=gop, crf=crf)
+    if size is None:
+        raise VideoDecodeError("no decodable video frames")
+    return out, probe_video(out)

@@ -1,0 +1,57 @@
+"""Token masks for masked video modelling.
+
+A mask is a bool tensor ``(B, N)`` with True = hidden from the encoder, over tokens ordered
+t-major (``n = t*H'*W' + h*W' + w``, a Conv3d output flattened). Every sample in a batch hides
+exactly the same number of tokens, so the encoder input has a fixed length.
+"""
+from __future__ import annotations
+
+import torch
+from einops import repeat
+
+
+def num_hidden(num_cells: int, ratio: float) -> int:
+    """The count rule of the published recipe: ``int(ratio * cells)``, e.g. int(0.9*196) = 176."""
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"mask ratio must be in [0, 1), got {ratio}")
+    return int(ratio * num_cells)
+
+
+def _hide_lowest(noise: torch.Tensor, hidden: int) -> torch.Tensor:
+    # noise (B, M) -> bool (B, M) with exactly `hidden` True per row, at the lowest noise values.
+    ranks = noise.argsort(dim=1).argsort(dim=1)
+    return ranks < hidden
+
+
+def tube_mask(batch: int, grid: tuple[int, int, int], ratio: float,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """One spatial mask per sample, shared by every time step (VideoMAE tube masking).
+
+    grid: token grid (T', H', W'). Returns bool (batch, T'*H'*W') with
+    ``T' * int(ratio * H'*W')`` hidden tokens per sample.
+    """
+    t, h, w = grid
+    noise = torch.rand(batch, h * w, generator=generator)
+    spatial = _hide_lowest(noise, num_hidden(h * w, ratio))  # (B, H'W')
+    return repeat(spatial, "b s -> b (t s)", t=t)
+
+
+def random_mask(batch: int, grid: tuple[int, int, int], ratio: float,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Independent random space-time masking (mae_st): ``int(ratio * N)`` hidden of N tokens."""
+    n = grid[0] * grid[1] * grid[2]
+    noise = torch.rand(batch, n, generator=generator)
+    return _hide_lowest(noise, num_hidden(n, ratio))
+
+
+MASKS = {"tube": tube_mask, "random": random_mask}
+
+
+def make_mask(kind: str, batch: int, grid: tuple[int, int, int], ratio: float,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """Dispatch on the mask kind named in a config ('tube' or 'random')."""
+    try:
+        fn = MASKS[kind]
+    except KeyError:
+        raise ValueError(f"unknown mask kind {kind!r}; choose one of {sorted(MASKS)}") from None
+    return fn(batch, grid, ratio, generator)

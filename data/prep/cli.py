@@ -1,0 +1,182 @@
+"""Command line of the prep step. Each sub-command writes shard sets (one per split when the
+input has splits) with manifest.json and failures.jsonl; re-running an interrupted command
+continues it."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import defaultdict
+
+from . import medmnist as mm
+from . import synthetic as syn
+from .runner import parse_bytes, write_shard_set
+from .videos import (SPLIT_ALIASES, read_kinetics_csv, read_list, read_tree, shuffle_items,
+                     video_work)
+
+
+def _common(p: argparse.ArgumentParser):
+    p.add_argument("--out", required=True, help="output folder (train/val/test inside when the "
+                                                "input has splits)")
+    p.add_argument("--shard-samples", type=int, default=1000, help="max samples per shard")
+    p.add_argument("--shard-bytes", type=parse_bytes, default=parse_bytes("1G"),
+                   help="max bytes per shard, e.g. 500M, 1G")
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                   help="worker processes (0 = in this process)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m data.prep", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    v = sub.add_parser("videos", help="videos from a Kinetics CSV, a `path label` list, or a "
+                                      "root/<class>/* tree")
+    v.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="a .csv (Kinetics: label,youtube_id,time_start,time_end,split), a list "
+                        "file (`path label` lines; prefix split= to name its split, e.g. "
+                        "train=train.txt), or a folder root/<class>/* (or root/<split>/<class>/*)")
+    v.add_argument("--root", help="where the videos of a CSV or list live")
+    v.add_argument("--classes", help="file with one class name per line (for list inputs)")
+    v.add_argument("--seed", type=int, default=0, help="seed of the input shuffle")
+    v.add_argument("--no-shuffle", action="store_true", help="keep the input order")
+    v.add_argument("--short-side", type=int, default=None,
+                   help="transcode to H.264 with this short side (e.g. 320): much faster "
+                        "loading later")
+    v.add_argument("--gop", type=int, default=16, help="keyframe interval when transcoding")
+    v.add_argument("--crf", type=int, default=23, help="H.264 quality when transcoding")
+    v.add_argument("--transcode", action="store_true",
+                   help="transcode without resizing (implied by --short-side)")
+    _common(v)
+
+    m = sub.add_parser("medmnist", help="official MedMNIST3D npz -> one shard set per split")
+    m.add_argument("flag", help=f"one of {', '.join(mm.CLASSES)}, or the path of an npz file")
+    m.add_argument("--size", type=int, default=28, choices=(28, 64))
+    m.add_argument("--root", default=".", help="folder holding the npz files")
+    m.add_argument("--download", action="store_true", help="fetch the npz when missing")
+    m.add_argument("--url", help=argparse.SUPPRESS)  # tests point this at a local file
+    _common(m)
+
+    s = sub.add_parser("synthetic", help="the embedded demo set (moving shapes, class = motion)")
+    s.add_argument("--count", type=int, default=320, help="clips in all splits together")
+    s.add_argument("--num-classes", type=int, default=4, help=f"2..{len(syn.CLASSES)}")
+    s.add_argument("--size", type=int, default=64, help="frame side in pixels (even)")
+    s.add_argument("--frames", type=int, default=40, help="frames per clip")
+    s.add_argument("--fps", type=float, default=25.0)
+    s.add_argument("--seed", type=int, default=0)
+    _common(s)
+    return ap
+
+
+def _split_lists(args) -> dict:
+    """Read every video input; returns {split or None: [items]} and the class names."""
+    classes_from_file = None
+    if args.classes:
+        with open(args.classes) as f:
+            classes_from_file = [line.strip() for line in f if line.strip()]
+    items, classes = [], None
+    for spec in args.inputs:
+        split, _, path = spec.rpartition("=") if "=" in spec and not os.path.exists(spec) else \
+            ("", "", spec)
+        split = SPLIT_ALIASES.get(split.lower()) if split else None
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"input {path} not found")
+        if os.path.isdir(path):
+            found, classes = read_tree(path)
+            items += found
+        elif path.lower().endswith(".csv"):
+            found, classes = read_kinetics_csv(path, args.root or os.path.dirname(path))
+            items += found
+        else:
+            items += read_list(path, args.root, split, classes_from_file)
+    if classes is None:
+        top = max((it.label for it in items), default=-1)
+        classes = classes_from_file or [str(i) for i in range(top + 1)]
+    groups = defaultdict(list)
+    for it in items:
+        groups[it.split].append(it)
+    if None in groups and len(groups) > 1:
+        raise ValueError("mix of inputs with and without a split; prefix each list with its "
+                         "split, e.g. train=train.txt val=val.txt")
+    return groups, classes
+
+
+def cmd_videos(args) -> int:
+    groups, classes = _split_lists(args)
+    seed = None if args.no_shuffle else args.seed
+    transcoding = args.transcode or args.short_side is not None
+    options = {"seed": seed, "short_side": args.short_side, "transcode": transcoding,
+               "gop": args.gop if transcoding else None, "crf": args.crf if transcoding else None,
+               "shard_samples": args.shard_samples, "shard_bytes": args.shard_bytes}
+    work = video_work(args.short_side, args.gop, args.crf, transcoding)
+    for split, items in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        ordered = list(enumerate(shuffle_items(items, seed)))
+        out = os.path.join(args.out, split) if split else args.out
+        write_shard_set(out, "video", classes, options, ordered, work,
+                        source_of=lambda it: it[1].path, workers=args.workers,
+                        max_samples=args.shard_samples, max_bytes=args.shard_bytes, split=split)
+    return 0
+
+
+def _volume_work(item):
+    return {"ok": True, "sample": mm.volume_sample(*item)}
+
+
+def cmd_medmnist(args) -> int:
+    if args.flag.endswith(".npz"):
+        path = args.flag
+        flag, size = mm.flag_and_size(path)
+        mm.check_flag(flag)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} not found. Download {os.path.basename(path)} from "
+                                    f"{mm.URL.format(file=os.path.basename(path))}")
+    else:
+        flag, size = args.flag, args.size
+        path = mm.locate(flag, size, args.root, fetch=args.download, url=args.url)
+    arrays = mm.load_npz(path)
+    classes = mm.CLASSES[flag]
+    options = {"flag": flag, "size": size, "file": os.path.basename(path),
+               "shard_samples": args.shard_samples, "shard_bytes": args.shard_bytes}
+    for split in mm.SPLITS:
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        bad = labels[(labels < 0) | (labels >= len(classes))]
+        if len(bad):
+            raise ValueError(f"{path}: {split} labels {sorted(set(bad.tolist()))} outside "
+                             f"0..{len(classes) - 1} for {flag}")
+        items = [(split, i, images[i], labels[i], classes, os.path.basename(path))
+                 for i in range(len(images))]
+        write_shard_set(os.path.join(args.out, split), "volume", classes, options, items,
+                        _volume_work, source_of=lambda it: f"{it[5]}#{it[0]}/{it[1]}",
+                        workers=0, max_samples=args.shard_samples,
+                        max_bytes=args.shard_bytes, split=split)
+    return 0
+
+
+def cmd_synthetic(args) -> int:
+    classes = syn.class_names(args.num_classes)
+    if args.size % 2 or args.size < 16:
+        raise ValueError(f"--size must be even and >= 16, got {args.size}")
+    options = {"count": args.count, "num_classes": args.num_classes, "size": args.size,
+               "frames": args.frames, "fps": args.fps, "seed": args.seed,
+               "shard_samples": args.shard_samples, "shard_bytes": args.shard_bytes}
+    work = syn.synthetic_work(args.seed, args.num_classes, args.size, args.frames, args.fps)
+    for split in ("train", "val", "test"):
+        idx = [i for i in range(args.count) if syn.split_of(i, args.count) == split]
+        write_shard_set(os.path.join(args.out, split), "video", classes, options, idx, work,
+                        source_of=lambda i: f"synthetic:{args.seed}/{i}", workers=args.workers,
+                        max_samples=args.shard_samples, max_bytes=args.shard_bytes,
+                        split=split)
+    return 0
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    commands = {"videos": cmd_videos, "medmnist": cmd_medmnist, "synthetic": cmd_synthetic}
+    try:
+        return commands[args.command](args)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"data.prep: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("data.prep: interrupted; finished shards are kept, re-run the same command to "
+              "continue", file=sys.stderr)
+        return 130

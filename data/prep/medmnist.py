@@ -1,0 +1,102 @@
+"""MedMNIST3D npz files -> one volume shard set per split.
+
+The official files are `{flag}.npz` (28^3) and `{flag}_64.npz` (64^3) with keys
+`{split}_images` (N, D, H, W) uint8 and `{split}_labels` (N, 1).
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import urllib.request
+
+import numpy as np
+
+from .shards import encode_sample
+
+URL = "https://zenodo.org/records/10519652/files/{file}?download=1"
+
+CLASSES = {
+    "organmnist3d": ["liver", "kidney-right", "kidney-left", "femur-right", "femur-left",
+                     "bladder", "heart", "lung-right", "lung-left", "spleen", "pancreas"],
+    "nodulemnist3d": ["benign", "malignant"],
+    "adrenalmnist3d": ["normal", "hyperplasia"],
+    "fracturemnist3d": ["buckle rib fracture", "nondisplaced rib fracture",
+                        "displaced rib fracture"],
+    "vesselmnist3d": ["vessel", "aneurysm"],
+    "synapsemnist3d": ["inhibitory synapse", "excitatory synapse"],
+}
+SPLITS = ("train", "val", "test")
+
+
+def file_name(flag: str, size: int) -> str:
+    return f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
+
+
+def flag_and_size(npz_path: str) -> tuple[str, int]:
+    """'…/organmnist3d_64.npz' -> ('organmnist3d', 64)."""
+    stem = os.path.splitext(os.path.basename(npz_path))[0]
+    flag, _, size = stem.partition("_")
+    return flag, int(size) if size.isdigit() else 28
+
+
+def check_flag(flag: str):
+    if flag not in CLASSES:
+        raise ValueError(f"unknown MedMNIST3D flag {flag!r}; choose one of {sorted(CLASSES)}")
+
+
+def download(flag: str, size: int, root: str, url: str | None = None) -> str:
+    """Fetch the official npz into root (written to a temporary name, then renamed)."""
+    os.makedirs(root, exist_ok=True)
+    name = file_name(flag, size)
+    dest = os.path.join(root, name)
+    url = url or URL.format(file=name)
+    tmp = dest + ".part"
+    with urllib.request.urlopen(url) as r, open(tmp, "wb") as f:
+        shutil.copyfileobj(r, f, 1 << 20)
+    os.replace(tmp, dest)
+    return dest
+
+
+def locate(flag: str, size: int, root: str, fetch: bool = False, url: str | None = None) -> str:
+    """Path of the npz for (flag, size) under root; downloads it when fetch is set, otherwise a
+    missing file is an error naming the expected file and where to get it."""
+    check_flag(flag)
+    if size not in (28, 64):
+        raise ValueError(f"MedMNIST3D comes in sizes 28 and 64, not {size}")
+    path = os.path.join(root, file_name(flag, size))
+    if os.path.isfile(path):
+        return path
+    if fetch:
+        return download(flag, size, root, url)
+    raise FileNotFoundError(
+        f"{path} not found. Download {file_name(flag, size)} from "
+        f"{URL.format(file=file_name(flag, size))} into {root}, or add --download")
+
+
+def load_npz(path: str) -> dict:
+    """The six arrays of an official file, checked; labels flattened to (N,)."""
+    with np.load(path, allow_pickle=False) as z:
+        missing = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels")
+                   if f"{s}_{k}" not in z.files]
+        if missing:
+            raise ValueError(f"{path} is not a MedMNIST file: missing keys {missing}")
+        out = {k: z[k] for k in z.files}
+    for s in SPLITS:
+        img, lab = out[f"{s}_images"], out[f"{s}_labels"]
+        if img.ndim not in (4, 5) or img.dtype != np.uint8:
+            raise ValueError(f"{path}: {s}_images should be uint8 (N, D, H, W), "
+                             f"got {img.dtype} {img.shape}")
+        if len(lab) != len(img):
+            raise ValueError(f"{path}: {len(img)} {s} images but {len(lab)} labels")
+        out[f"{s}_labels"] = lab.reshape(len(lab), -1)[:, 0].astype(np.int64)
+    return out
+
+
+def volume_sample(split: str, i: int, volume: np.ndarray, label: int, classes: list,
+                  source: str) -> dict:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(volume), allow_pickle=False)
+    meta = {"label": int(label), "label_name": classes[int(label)], "source": f"{source}#{split}/{i}",
+            "shape": list(volume.shape)}
+    return encode_sample(f"{split}_{i:06d}", "npy", buf.getvalue(), meta)

@@ -1,0 +1,116 @@
+"""Spatial transforms on uint8 clips, the way VideoMAE augments (normalisation happens later,
+on the device).
+
+Frames come in as ``(T, H, W, C)`` uint8 (what a decoder returns) and leave as ``(C, T, S, S)``
+uint8, the layout of one sample of a ``(B, C, T, H, W)`` batch.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+MULTISCALE = (1.0, 0.875, 0.75, 0.66)
+
+
+def _crop_offsets(height: int, width: int, crop_h: int, crop_w: int) -> list[tuple[int, int]]:
+    # The 13 fixed positions of multi-scale cropping: corners, centre, edge midpoints and
+    # the quarter points, as (top, left).
+    hs, ws = (height - crop_h) // 4, (width - crop_w) // 4
+    grid = [(0, 0), (0, 4), (4, 0), (4, 4), (2, 2), (2, 0), (2, 4), (4, 2), (0, 2),
+            (1, 1), (1, 3), (3, 1), (3, 3)]
+    return [(i * hs, j * ws) for i, j in grid]
+
+
+def multiscale_crop_box(height: int, width: int, rng: np.random.Generator,
+                        scales=MULTISCALE, max_distort: int = 1) -> tuple[int, int, int, int]:
+    """(top, left, crop_h, crop_w) of a multi-scale crop.
+
+    Crop sides are ``scale * short side`` for scales in ``scales``; height and width scales
+    differ by at most ``max_distort`` steps (aspect jitter); the position is one of 13 fixed
+    offsets.
+    """
+    base = min(height, width)
+    sides = [int(base * s) for s in scales]
+    pairs = [(h, w) for i, h in enumerate(sides) for j, w in enumerate(sides)
+             if abs(i - j) <= max_distort]
+    crop_h, crop_w = pairs[int(rng.integers(len(pairs)))]
+    offsets = _crop_offsets(height, width, crop_h, crop_w)
+    top, left = offsets[int(rng.integers(len(offsets)))]
+    return top, left, crop_h, crop_w
+
+
+def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(T, C, h, w) uint8 -> (T, C, size) uint8, bilinear with antialiasing (as PIL resizes)."""
+    if tuple(frames.shape[-2:]) == tuple(size):
+        return frames
+    x = frames.contiguous(memory_format=torch.channels_last)
+    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
+def train_transform(frames: np.ndarray | torch.Tensor, size: int, rng: np.random.Generator,
+                    scales=MULTISCALE, flip: bool = False) -> torch.Tensor:
+    """VideoMAE pre-training augmentation of one clip.
+
+    frames (T, H, W, C) uint8 -> (C, T, size, size) uint8: one multi-scale crop box for all
+    frames, resized to size x size, optionally flipped left-right with probability 1/2.
+    """
+    frames = torch.as_tensor(frames)
+    t, h, w, c = frames.shape
+    top, left, ch, cw = multiscale_crop_box(h, w, rng, scales)
+    crop = rearrange(frames[:, top:top + ch, left:left + cw], "t h w c -> t c h w")
+    out = resize_frames(crop, (size, size))
+    if flip and rng.random() < 0.5:
+        out = out.flip(-1)
+    return rearrange(out, "t c h w -> c t h w").contiguous()
+
+
+def resize_short_side(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """(T, C, H, W) uint8 -> short side == size, aspect kept."""
+    h, w = frames.shape[-2:]
+    if h <= w:
+        new = (size, max(size, round(w * size / h)))
+    else:
+        new = (max(size, round(h * size / w)), size)
+    return resize_frames(frames, new)
+
+
+def eval_crops(frames: np.ndarray | torch.Tensor, size: int, num_crops: int) -> torch.Tensor:
+    """Test-time spatial views of one clip.
+
+    frames (T, H, W, C) uint8 -> (num_crops, C, T, size, size) uint8: short side resized to
+    size, then 1 centre crop or ``num_crops`` crops spread along the long side (3 = the usual
+    left/centre/right views).
+    """
+    frames = rearrange(torch.as_tensor(frames), "t h w c -> t c h w")
+    frames = resize_short_side(frames, size)
+    h, w = frames.shape[-2:]
+    long_room = max(h, w) - size
+    if num_crops == 1:
+        starts = [long_room // 2]
+    else:
+        starts = [round(i * long_room / (num_crops - 1)) for i in range(num_crops)]
+    views = []
+    for s in starts:
+        view = frames[..., s:s + size, :size] if h > w else frames[..., :size, s:s + size]
+        views.append(rearrange(view, "t c h w -> c t h w"))
+    return torch.stack(views).contiguous()
+
+
+def volume_transform(volume: np.ndarray, depth_indices: np.ndarray, size: int | None,
+                     rng: np.random.Generator | None = None, flip: bool = False) -> torch.Tensor:
+    """A volume as a one-channel clip: depth is time.
+
+    volume (D, H, W) or (D, H, W, C) uint8 -> (C, T, S, S) uint8 with T = len(depth_indices);
+    spatial side resized to ``size`` when given; optional random left-right flip.
+    """
+    vol = torch.as_tensor(np.ascontiguousarray(volume[depth_indices]))
+    if vol.ndim == 3:
+        vol = vol.unsqueeze(-1)
+    vol = rearrange(vol, "t h w c -> t c h w")
+    if size is not None:
+        vol = resize_frames(vol, (size, size))
+    if flip and rng is not None and rng.random() < 0.5:
+        vol = vol.flip(-1)
+    return rearrange(vol, "t c h w -> c t h w").contiguous()

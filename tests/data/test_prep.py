@@ -1,0 +1,265 @@
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+from data.decode import decode_frames, encode_video, probe_video
+from data.manifest import DataSetError, load_shard_set
+from data.prep import runner
+from data.prep.cli import main as prep
+from data.prep.medmnist import CLASSES as MED_CLASSES
+from data.stream import StreamConfig, _numbered_samples, decode_sample, plan_units
+from tests.conftest import make_medmnist_npz, moving_frames, write_video
+
+
+def shard_digests(folder):
+    out = {}
+    for d, _, files in os.walk(folder):
+        for f in sorted(files):
+            if f.endswith(".tar"):
+                with open(os.path.join(d, f), "rb") as fh:
+                    out[os.path.relpath(os.path.join(d, f), folder)] = \
+                        hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def read_all(shard_dir):
+    ss = load_shard_set(shard_dir)
+    samples = []
+    for s, unit in zip(ss.shards, plan_units([s.samples for s in ss.shards], 1)):
+        samples += [raw for _, raw in _numbered_samples(s.url, unit, set(range(unit.count)))]
+    return ss, samples
+
+
+def failures(folder):
+    with open(os.path.join(folder, "failures.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_synthetic_is_identical_for_the_same_seed_and_any_worker_count(tmp_path, synthetic_set):
+    args = ["synthetic", "--count", "64", "--num-classes", "4", "--size", "32", "--frames",
+            "24", "--shard-samples", "8"]
+    assert prep(args + ["--out", str(tmp_path / "b"), "--workers", "2"]) == 0
+    assert shard_digests(synthetic_set) == shard_digests(tmp_path / "b")
+    other = ["synthetic", "--count", "64", "--num-classes", "4", "--size", "32", "--frames",
+             "24", "--shard-samples", "8", "--seed", "1", "--workers", "0"]
+    assert prep(other + ["--out", str(tmp_path / "c")]) == 0
+    assert shard_digests(synthetic_set) != shard_digests(tmp_path / "c")
+
+
+def test_synthetic_splits_manifest_and_content(synthetic_set):
+    total = 0
+    for split in ("train", "val", "test"):
+        ss, samples = read_all(os.path.join(synthetic_set, split))
+        assert ss.kind == "video" and ss.split == split
+        assert ss.classes == ["right-slow", "right-fast", "left-slow", "left-fast"]
+        assert len(samples) == ss.num_samples
+        total += ss.num_samples
+        meta = json.loads(samples[0]["json"])
+        assert set(meta) >= {"label", "label_name", "source", "num_frames", "fps", "width",
+                             "height"}
+        kind, payload, label = decode_sample(samples[0])
+        assert decode_frames(payload).shape == (24, 32, 32, 3) and label == meta["label"]
+    assert total == 64
+
+
+def test_synthetic_class_is_motion_not_appearance():
+    from data.prep.synthetic import render_clip
+    rng = np.random.default_rng(0)
+    right = render_clip(0, rng, 64, 8).astype(int)   # right-slow
+    # the shape moves: consecutive frames differ; the background does not move
+    assert np.abs(right[1] - right[0]).sum() > 0
+    # first-frame statistics do not separate classes (shape/colour drawn independently)
+    means = {c: np.mean([render_clip(c, np.random.default_rng(s), 32, 1).mean()
+                         for s in range(30)]) for c in range(4)}
+    assert max(means.values()) - min(means.values()) < 10
+
+
+def make_tree(root):
+    """root/<class>/ with h264 mp4, vp9 webm, av1 mkv, plus bad inputs."""
+    for c in ("cats", "dogs"):
+        os.makedirs(root / c)
+    write_video(str(root / "cats" / "a.mp4"), 30, "h264", seed=1)
+    write_video(str(root / "cats" / "b.webm"), 30, "vp9", seed=2)
+    write_video(str(root / "dogs" / "c.mkv"), 30, "av1", seed=3)
+    write_video(str(root / "dogs" / "d.avi"), 30, "h264", seed=4)
+    (root / "dogs" / "empty.mp4").write_bytes(b"")
+    (root / "dogs" / "notes.mp4").write_text("this is not a video\n")
+    (root / "cats" / "readme.txt").write_text("hello")
+    good = (root / "cats" / "a.mp4").read_bytes()
+    (root / "cats" / "cut.mp4").write_bytes(good[: len(good) // 2])
+
+
+def test_videos_from_a_tree_with_every_codec_and_corrupt_inputs_reported(tmp_path):
+    make_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    assert prep(["videos", str(tmp_path / "in"), "--out", str(out), "--workers", "2"]) == 0
+    ss, samples = read_all(str(out))
+    assert ss.classes == ["cats", "dogs"]
+    names = sorted(os.path.basename(json.loads(s["json"])["source"]) for s in samples)
+    assert names == ["a.mp4", "b.webm", "c.mkv", "d.avi"]
+    exts = {k for s in samples for k in s if k in ("mp4", "webm", "mkv", "avi")}
+    assert exts == {"mp4", "webm", "mkv", "avi"}
+    fails = {os.path.basename(f["source"]): f["reason"] for f in failures(str(out))}
+    assert set(fails) == {"empty.mp4", "notes.mp4", "readme.txt", "cut.mp4"}
+    assert "empty" in fails["empty.mp4"]
+    assert "not a video file" in fails["readme.txt"]
+    assert "cannot" in fails["notes.mp4"] and "cannot" in fails["cut.mp4"]
+    with open(out / "manifest.json") as f:
+        m = json.load(f)
+    assert m["num_samples"] == 4 and m["num_failures"] == 4
+
+
+def test_prep_then_stream_gives_the_frames_of_the_source_file(tmp_path):
+    os.makedirs(tmp_path / "in" / "only")
+    src = write_video(str(tmp_path / "in" / "only" / "v.mp4"), 31, "h264", h=32, w=32)
+    out = tmp_path / "out"
+    assert prep(["videos", str(tmp_path / "in"), "--out", str(out), "--workers", "0"]) == 0
+    from data.stream import TrainStream
+    # 31 frames = the exact span of 16 frames at stride 2: the start is 0, crop = whole frame
+    cfg = StreamConfig(shards=str(out), batch_size=1, num_workers=0, num_frames=16, stride=2,
+                       size=32, scales=(1.0,), mask="none", shuffle_buffer=1)
+    clip = next(iter(TrainStream(cfg)))["video"][0]                 # (C, T, H, W)
+    with open(src, "rb") as f:
+        direct = decode_frames(f.read(), range(0, 31, 2))          # (T, H, W, C)
+    assert np.array_equal(clip.permute(1, 2, 3, 0).numpy(), direct)
+
+
+def test_list_and_kinetics_csv_inputs_with_missing_files(tmp_path):
+    vids = tmp_path / "videos"
+    os.makedirs(vids)
+    write_video(str(vids / "abc_000010_000020.mp4"), 20, seed=1)
+    write_video(str(vids / "xyz_000000_000010.mp4"), 20, seed=2)
+    write_video(str(vids / "qqq.mp4"), 20, seed=3)
+    csv = tmp_path / "k.csv"
+    csv.write_text("label,youtube_id,time_start,time_end,split\n"
+                   "jumping,abc,10,20,train\n\"riding, horse\",xyz,0,10,validate\n"
+                   "jumping,qqq,5,15,train\njumping,gone,0,10,train\n")
+    assert prep(["videos", str(csv), "--root", str(vids), "--out", str(tmp_path / "k"),
+                 "--workers", "0"]) == 0
+    tr, tr_samples = read_all(str(tmp_path / "k" / "train"))
+    va, va_samples = read_all(str(tmp_path / "k" / "val"))
+    assert tr.classes == ["jumping", "riding, horse"] == va.classes
+    assert tr.num_samples == 2 and va.num_samples == 1
+    assert json.loads(va_samples[0]["json"])["label_name"] == "riding, horse"
+    assert [f["reason"] for f in failures(str(tmp_path / "k" / "train"))] == ["file not found"]
+
+    (tmp_path / "train.txt").write_text("abc_000010_000020.mp4 0\nqqq.mp4 1\n")
+    (tmp_path / "val.txt").write_text("xyz_000000_000010.mp4 1\nmissing.mp4 0\n")
+    (tmp_path / "names.txt").write_text("zero\none\n")
+    assert prep(["videos", f"train={tmp_path / 'train.txt'}", f"val={tmp_path / 'val.txt'}",
+                 "--root", str(vids), "--classes", str(tmp_path / "names.txt"),
+                 "--out", str(tmp_path / "l"), "--workers", "0", "--no-shuffle"]) == 0
+    tr, tr_samples = read_all(str(tmp_path / "l" / "train"))
+    assert [json.loads(s["json"])["label_name"] for s in tr_samples] == ["zero", "one"]
+    assert len(failures(str(tmp_path / "l" / "val"))) == 1
+
+
+def test_transcode_shrinks_to_the_short_side_with_short_gop(tmp_path):
+    os.makedirs(tmp_path / "in" / "c")
+    write_video(str(tmp_path / "in" / "c" / "big.webm"), 24, "vp9", h=96, w=128)
+    out = tmp_path / "out"
+    assert prep(["videos", str(tmp_path / "in"), "--out", str(out), "--short-side", "48",
+                 "--gop", "4", "--workers", "0"]) == 0
+    ss, samples = read_all(str(out))
+    meta = json.loads(samples[0]["json"])
+    assert (meta["height"], meta["width"], meta["num_frames"]) == (48, 64, 24)
+    assert "mp4" in samples[0] and ss.options["short_side"] == 48
+    import av, io
+    with av.open(io.BytesIO(samples[0]["mp4"])) as c:
+        keys = [p.is_keyframe for p in c.demux(c.streams.video[0]) if p.size]
+    assert sum(keys) == 6  # a keyframe every 4 frames
+
+
+def test_interrupted_prep_resumes_to_the_same_shards(tmp_path, monkeypatch):
+    make_tree(tmp_path / "in")
+    for i in range(6):
+        write_video(str(tmp_path / "in" / "cats" / f"extra{i}.mp4"), 12, seed=10 + i)
+    args = ["videos", str(tmp_path / "in"), "--shard-samples", "2", "--workers", "0"]
+    assert prep(args + ["--out", str(tmp_path / "whole")]) == 0
+
+    from data.prep import videos
+    real, calls = videos.process_video, {"n": 0}
+
+    def dies_after_seven(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 7:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(videos, "process_video", dies_after_seven)
+    assert prep(args + ["--out", str(tmp_path / "cut")]) == 130
+    assert not (tmp_path / "cut" / "manifest.json").exists()
+    with pytest.raises(DataSetError, match="re-run the same prep command"):
+        load_shard_set(str(tmp_path / "cut"))
+    # a torn journal line and a stray partial shard, as a kill -9 would leave them
+    with open(tmp_path / "cut" / ".progress.jsonl", "a") as f:
+        f.write('{"name": "shard-0000')
+    (tmp_path / "cut" / "shard-000009.tar.tmp").write_bytes(b"partial")
+    monkeypatch.setattr(videos, "process_video", real)
+    assert prep(args + ["--out", str(tmp_path / "cut")]) == 0
+    assert shard_digests(tmp_path / "whole") == shard_digests(tmp_path / "cut")
+    assert failures(str(tmp_path / "whole")) == failures(str(tmp_path / "cut"))
+    # finished sets are left alone; a different option set is refused
+    assert prep(args + ["--out", str(tmp_path / "cut")]) == 0
+    assert prep(args[:-4] + ["--shard-samples", "3", "--workers", "0", "--out",
+                             str(tmp_path / "cut")]) == 2
+
+
+def _dies_on_three(i):
+    if i == 3:
+        os._exit(9)  # the process dies as a crashing decoder would
+    return {"ok": True, "sample": i}
+
+
+def test_a_decoder_crash_costs_only_its_input():
+    out = list(runner.ordered_map(_dies_on_three, list(range(8)), workers=2))
+    assert [r.get("sample") for r in out] == [0, 1, 2, None, 4, 5, 6, 7]
+    assert "crashed" in out[3]["reason"]
+
+
+def test_medmnist_round_trip_and_missing_file_message(tmp_path):
+    arrays = make_medmnist_npz(str(tmp_path / "organmnist3d.npz"))
+    out = tmp_path / "organ"
+    assert prep(["medmnist", "organmnist3d", "--root", str(tmp_path), "--out", str(out)]) == 0
+    for split in ("train", "val", "test"):
+        ss, samples = read_all(str(out / split))
+        assert ss.kind == "volume" and ss.classes == MED_CLASSES["organmnist3d"]
+        assert len(samples) == len(arrays[f"{split}_images"])
+        for i, s in enumerate(samples):
+            kind, vol, label = decode_sample(s)
+            assert kind == "volume" and vol.dtype == np.uint8
+            assert np.array_equal(vol, arrays[f"{split}_images"][i])
+            assert label == int(arrays[f"{split}_labels"][i, 0])
+
+    with pytest.raises(FileNotFoundError) as e:
+        from data.prep.medmnist import locate
+        locate("nodulemnist3d", 64, str(tmp_path))
+    msg = str(e.value)
+    assert "nodulemnist3d_64.npz" in msg and "zenodo.org/records/10519652" in msg
+    assert prep(["medmnist", "nodulemnist3d", "--root", str(tmp_path), "--out",
+                 str(tmp_path / "x")]) == 2
+
+
+def test_medmnist_download_from_a_local_address(tmp_path):
+    src = tmp_path / "src"
+    os.makedirs(src)
+    make_medmnist_npz(str(src / "nodulemnist3d_64.npz"), side=8, classes=2)
+    root = tmp_path / "cache"
+    assert prep(["medmnist", "nodulemnist3d", "--size", "64", "--root", str(root), "--download",
+                 "--url", (src / "nodulemnist3d_64.npz").as_uri(), "--out",
+                 str(tmp_path / "n")]) == 0
+    assert (root / "nodulemnist3d_64.npz").exists()
+    ss = load_shard_set(str(tmp_path / "n"), "val")
+    assert ss.num_samples == 3 and ss.options["size"] == 64
+
+
+def test_probe_rejects_what_cannot_be_decoded():
+    good = encode_video(moving_frames(10), 25.0)
+    assert probe_video(good).num_frames == 10
+    from data.decode import VideoDecodeError
+    for bad in (b"", b"not a video at all" * 20, good[: len(good) // 3]):
+        with pytest.raises(VideoDecodeError):
+            probe_video(bad)

@@ -1,0 +1,177 @@
+import io
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+
+from data.manifest import DataSetError, load_shard_set
+from data.stream import (EvalStream, StreamConfig, TrainStream, _worker_batches,
+                         buffer_order, plan_units, worker_units)
+
+
+def cfg_for(path, **kw):
+    base = dict(shards=path, batch_size=2, num_workers=0, num_frames=8, stride=2, size=32,
+                patch=8, shuffle_buffer=4, seed=3)
+    base.update(kw)
+    return StreamConfig(**base)
+
+
+@pytest.mark.parametrize("counts,total", [([5, 3, 8, 1], 2), ([5, 3, 8, 1], 4), ([7], 4),
+                                          ([2, 2], 6), ([4] * 9, 3)])
+def test_units_split_disjoint_and_complete_for_every_epoch(counts, total):
+    units = plan_units(counts, total)
+    assert len(units) >= total
+    for epoch in range(3):
+        seen = []
+        for w in range(total):
+            for u in worker_units(units, epoch, 0, w, total, shuffle=True):
+                seen += [(u.shard, j) for j in range(u.part, counts[u.shard], u.parts)]
+        assert sorted(seen) == [(s, j) for s, n in enumerate(counts) for j in range(n)]
+    a = [u.shard for u in worker_units(units, 0, 0, 0, total, True)]
+    b = [u.shard for u in worker_units(units, 0, 0, 0, total, True)]
+    assert a == b  # a function of (seed, epoch, worker), nothing else
+
+
+def test_shuffle_buffer_order_is_a_seeded_permutation():
+    o = buffer_order(100, 16, np.random.default_rng(0))
+    assert sorted(o.tolist()) == list(range(100))
+    assert o.tolist() != list(range(100))
+    assert np.array_equal(o, buffer_order(100, 16, np.random.default_rng(0)))
+    # a buffer of 16 never emits an item more than 16 places before it is read
+    assert all(o[k] <= k + 16 for k in range(100))
+    assert buffer_order(10, 1, np.random.default_rng(0)).tolist() == list(range(10))
+
+
+def test_each_sample_once_per_epoch_across_ranks_and_workers(synthetic_set):
+    cfg = cfg_for(synthetic_set, batch_size=1, mask="none")
+    ss = load_shard_set(synthetic_set)
+    world, workers = 2, 2
+    units = plan_units([s.samples for s in ss.shards], world * workers)
+    seen = []
+    for g in range(world * workers):
+        for batch in _worker_batches(cfg, ss, units, g, world * workers, 0, 0):
+            seen += batch["index"].tolist()
+            if batch["_state"]["epoch"] == 1:
+                break
+    assert sorted(seen) == list(range(ss.num_samples))
+
+
+def test_batches_have_the_contract_shapes(synthetic_set):
+    cfg = cfg_for(synthetic_set, batch_size=4, repeats=2, mask="tube", mask_ratio=0.75)
+    b = next(iter(TrainStream(cfg)))
+    assert b["video"].shape == (4, 3, 8, 32, 32) and b["video"].dtype == torch.uint8
+    assert b["mask"].shape == (4, 4 * 4 * 4) and b["mask"].dtype == torch.bool
+    assert b["mask"].sum(1).tolist() == [4 * 12] * 4
+    assert b["label"].dtype == torch.int64
+    # repeated sampling: the same video twice, with different crops/masks
+    assert b["index"][0] == b["index"][1] and b["index"][2] == b["index"][3]
+    assert not torch.equal(b["mask"][0], b["mask"][1])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resumed_stream_yields_the_same_next_batches(synthetic_set, workers):
+    cfg = cfg_for(synthetic_set, num_workers=workers, batch_size=4, repeats=2)
+    straight = TrainStream(cfg)
+    it = iter(straight)
+    for _ in range(7):
+        next(it)
+    saved = json.loads(json.dumps(straight.state_dict()))  # as it would be checkpointed
+    expected = [next(it) for _ in range(20)]   # runs past the end of an epoch (44 train clips)
+    resumed = TrainStream(cfg)
+    resumed.load_state_dict(saved)
+    got = [b for _, b in zip(range(20), resumed)]
+    for a, b in zip(expected, got):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+    assert resumed.epoch >= 1.0
+
+
+def test_epochs_reshuffle_and_runs_repeat(synthetic_set):
+    cfg = cfg_for(synthetic_set, batch_size=1, mask="none")
+    n = load_shard_set(synthetic_set).num_samples
+    first = [int(b["index"]) for _, b in zip(range(2 * n), TrainStream(cfg))]
+    again = [int(b["index"]) for _, b in zip(range(2 * n), TrainStream(cfg))]
+    assert first == again
+    assert sorted(first[:n]) == sorted(first[n:]) == list(range(n))
+    assert first[:n] != first[n:]
+
+
+def test_a_resume_with_another_world_size_is_refused(synthetic_set):
+    cfg = cfg_for(synthetic_set)
+    s = TrainStream(cfg)
+    next(iter(s))
+    other = TrainStream(cfg, rank=0, world_size=2)
+    with pytest.raises(ValueError, match="world_size"):
+        other.load_state_dict(s.state_dict())
+
+
+def test_corrupt_sample_inside_a_shard_is_skipped_and_counted(tmp_path, synthetic_set, caplog):
+    # copy one shard, replacing one video payload with garbage
+    src = load_shard_set(synthetic_set, "val")
+    out = tmp_path / "bad"
+    os.makedirs(out)
+    from data.stream import _numbered_samples
+    samples = [raw for s, u in zip(src.shards, plan_units([s.samples for s in src.shards], 1))
+               for _, raw in _numbered_samples(s.url, u, set(range(u.count)))]
+    with wds.TarWriter(str(out / "shard-000000.tar"), encoder=False) as w:
+        for i, raw in enumerate(samples):
+            raw = {k: v for k, v in raw.items() if not k.startswith("__url")}
+            if i == 2:
+                raw["mp4"] = raw["mp4"][:40]
+            w.write(raw)
+    manifest = {"format": "tubemae-shards", "version": 1, "kind": "video", "split": None,
+                "classes": src.classes, "options": {},
+                "shards": [{"name": "shard-000000.tar", "samples": len(samples),
+                            "bytes": os.path.getsize(out / "shard-000000.tar"), "sha256": ""}]}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    cfg = cfg_for(str(out), batch_size=1, shuffle_buffer=1, mask="none")
+    stream = TrainStream(cfg)
+    with caplog.at_level(logging.WARNING):
+        got = [int(b["index"]) for _, b in zip(range(len(samples) - 1), stream)]
+    assert got == [i for i in range(len(samples)) if i != 2]
+    assert stream.skipped == [1]
+    assert any("corrupt sample" in r.message for r in caplog.records)
+
+
+def test_eval_stream_every_sample_once_across_ranks_with_views(synthetic_set):
+    cfg = cfg_for(synthetic_set, batch_size=5, test_clips=2, test_crops=3, num_workers=2)
+    n = load_shard_set(synthetic_set, "val").num_samples
+    seen = []
+    for rank in range(3):
+        stream = EvalStream(cfg, "val", rank=rank, world_size=3)
+        mine = []
+        for b in stream:
+            assert b["video"].shape[1:] == (3, 8, 32, 32)
+            mine += list(zip(b["index"].tolist(), b["view"].tolist()))
+        assert len(mine) == 6 * len(stream)
+        seen += mine
+    assert sorted(seen) == [(i, v) for i in range(n) for v in range(6)]
+
+
+def test_volumes_stream_as_one_channel_clips(tmp_path):
+    from data.prep.cli import main as prep
+    from tests.conftest import make_medmnist_npz
+    arrays = make_medmnist_npz(str(tmp_path / "synapsemnist3d.npz"), classes=2)
+    assert prep(["medmnist", str(tmp_path / "synapsemnist3d.npz"), "--out",
+                 str(tmp_path / "s")]) == 0
+    cfg = cfg_for(str(tmp_path / "s"), num_frames=28, size=None, patch=4, tubelet=4,
+                  shuffle_buffer=1, mask="tube", batch_size=3)
+    b = next(iter(TrainStream(cfg)))
+    assert b["video"].shape == (3, 1, 28, 28, 28)
+    assert torch.equal(b["video"][0, 0], torch.from_numpy(arrays["train_images"][0]))
+    assert b["mask"].shape == (3, 7 * 7 * 7)
+
+
+def test_missing_or_unprepared_folders_say_what_to_do(tmp_path):
+    with pytest.raises(DataSetError, match="does not exist"):
+        load_shard_set(str(tmp_path / "nope"))
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(DataSetError, match="no manifest.json"):
+        load_shard_set(str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="multiple of data.repeats"):
+        TrainStream(cfg_for(str(tmp_path), batch_size=3, repeats=2))

@@ -1,0 +1,200 @@
+"""Recipes: YAML files loaded into nested dataclasses, one section per component.
+
+Unknown or mistyped keys are errors naming the key and the file; ``a.b=value`` overrides on the
+command line go through the same checks. Each component receives only its own section.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+
+import yaml
+
+from data.stream import StreamConfig
+from .model import ModelConfig
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit the schema."""
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"         # everything of the run lives here; an existing one resumes
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000                 # optimizer steps
+    ckpt_every: int = 500             # steps between checkpoints (and one at the end)
+    keep_last: int = 2                # checkpoints kept
+    max_nonfinite: int = 5            # NaN/inf losses in a row that stop the run
+    export: bool = True               # write export/encoder.safetensors at the end
+
+
+@dataclass
+class OptimConfig:
+    base_lr: float = 1.5e-4           # per 256 clips: lr = base_lr * total_batch / 256
+    lr: float | None = None           # an absolute lr instead of the scaled one
+    min_lr: float = 0.0
+    warmup_steps: int = 0
+    betas: tuple = (0.9, 0.95)
+    weight_decay: float = 0.05        # not on norms, biases, positional/mask tokens
+    eps: float = 1e-8
+
+
+@dataclass
+class RuntimeConfig:
+    engine: str = "auto"              # auto | plain | deepspeed
+    zero_stage: int = 0               # DeepSpeed ZeRO stage 0-3
+    precision: str = "fp32"           # fp32 | bf16 | fp16
+    grad_accum: int = 1               # micro-batches per optimizer step
+    grad_clip: float = 0.0            # max global grad norm; 0 = off
+    device: str = "auto"              # auto | cpu | cuda
+
+
+@dataclass
+class LogConfig:
+    every: int = 10                   # steps between scalar logs
+    picture_every: int = 200          # steps between reconstruction pictures; 0 = never
+    progress: bool = True             # progress bar on rank 0
+
+
+@dataclass
+class PretrainConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: StreamConfig = field(default_factory=StreamConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value, tp, where: str):
+    """value (from YAML) -> the annotated type, or ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if tp in (tuple, list) or origin in (tuple, list):
+        if isinstance(value, (list, tuple)):
+            return tuple(value)
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(float(value)) if float(value).is_integer() else int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _build(cls, data: dict, prefix: str, source: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'the top level'} in {source} must be a "
+                          f"mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else \
+                f"; known keys: {', '.join(prefix + n for n in names)}"
+            raise ConfigError(f"unknown key '{where}' in {source}{hint}")
+        tp = hints[key]
+        if is_dataclass(tp):
+            kwargs[key] = _build(tp, value or {}, where + ".", source)
+        else:
+            kwargs[key] = _coerce(value, tp, f"'{where}' in {source}")
+    return cls(**kwargs)
+
+
+def _set(tree: dict, dotted: str, value):
+    node = tree
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | None, overrides: typing.Sequence[str] = (), schema=PretrainConfig):
+    """YAML file + ``a.b=value`` overrides -> a checked ``schema`` instance."""
+    tree = {}
+    source = path or "the defaults"
+    if path:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file {path} not found")
+        with open(path) as f:
+            tree = yaml.safe_load(f) or {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} should look like section.key=value")
+        key, raw = item.split("=", 1)
+        _set(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    return _build(schema, tree, "", source + (" + overrides" if overrides else ""))
+
+
+def to_dict(cfg) -> dict:
+    """A config as plain data (tuples as lists), ready for YAML or JSON."""
+    def plain(v):
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(cfg))
+
+
+def dump_yaml(cfg, path: str):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    os.replace(tmp, path)

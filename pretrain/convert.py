@@ -1,0 +1,178 @@
+"""Published weights <-> our model.
+
+Layouts recognised by their keys:
+  ours / official VideoMAE (v1 and v2) pre-training: ``encoder.blocks.{i}.attn.qkv`` ...
+  official fine-tuned: ``blocks.{i}...`` without the ``encoder.`` prefix, plus ``fc_norm``/``head``
+  HuggingFace: ``videomae.encoder.layer.{i}.attention.attention.{query,key,value}`` (q/v biases as
+  ``q_bias``/``v_bias`` in older files, ``query.bias``/``value.bias`` in newer ones), decoder
+  layers under ``decoder.decoder_layers``.
+Files: .pth/.pt/.bin (torch, loaded with weights_only) or .safetensors, optionally wrapped in
+``model`` / ``module`` / ``state_dict``, with or without a DDP ``module.`` prefix.
+
+Note: HuggingFace's ``decoder.norm`` and ``fc_norm`` use LayerNorm eps 1e-5 whatever the config
+says; the official models use 1e-6 everywhere, which is what our ``model.norm_eps`` defaults to.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import torch
+
+BLOCK_MAP = [  # ours (inside a block) <-> HF (inside a layer)
+    ("norm1", "layernorm_before"), ("norm2", "layernorm_after"),
+    ("attn.proj", "attention.output.dense"), ("mlp.fc1", "intermediate.dense"),
+    ("mlp.fc2", "output.dense"),
+]
+
+
+def read_state_dict(path: str) -> dict:
+    """Tensors of a checkpoint file, unwrapped; never unpickles arbitrary objects."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        sd = load_file(path)
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{path} is not a readable torch checkpoint ({e})") from None
+    for key in ("model", "module", "state_dict", "model_state"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+            break
+    if any(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+
+def detect_layout(sd: dict) -> str:
+    keys = list(sd)
+    if any(k.startswith("videomae.") or ".attention.attention." in k for k in keys):
+        return "hf"
+    if any(k.startswith("encoder.blocks.") for k in keys):
+        return "pretrain"            # ours, or official v1/v2 pre-training
+    if any(k.startswith("blocks.") for k in keys):
+        return "finetuned"           # official fine-tuned (encoder at the top level)
+    raise ValueError("unrecognised checkpoint layout: expected VideoMAE keys such as "
+                     "'encoder.blocks.0.attn.qkv.weight' or HuggingFace 'videomae.encoder...'")
+
+
+def _hf_layer_to_ours(prefix_hf: str, prefix_ours: str, sd: dict, out: dict):
+    """One HF layer -> our block (qkv fused, biases split)."""
+    a = f"{prefix_hf}.attention.attention."
+    q, k, v = (sd[a + n + ".weight"] for n in ("query", "key", "value"))
+    out[f"{prefix_ours}.attn.qkv.weight"] = torch.cat([q, k, v])
+    qb = sd.get(a + "q_bias", sd.get(a + "query.bias"))
+    vb = sd.get(a + "v_bias", sd.get(a + "value.bias"))
+    if qb is not None:
+        out[f"{prefix_ours}.attn.q_bias"] = qb
+        out[f"{prefix_ours}.attn.v_bias"] = vb
+    for ours, hf in BLOCK_MAP:
+        for leaf in ("weight", "bias"):
+            out[f"{prefix_ours}.{ours}.{leaf}"] = sd[f"{prefix_hf}.{hf}.{leaf}"]
+
+
+def _our_block_to_hf(prefix_ours: str, prefix_hf: str, sd: dict, out: dict):
+    a = f"{prefix_hf}.attention.attention."
+    q, k, v = sd[f"{prefix_ours}.attn.qkv.weight"].chunk(3)
+    out[a + "query.weight"], out[a + "key.weight"], out[a + "value.weight"] = q, k, v
+    if f"{prefix_ours}.attn.q_bias" in sd:
+        out[a + "query.bias"] = sd[f"{prefix_ours}.attn.q_bias"]
+        out[a + "value.bias"] = sd[f"{prefix_ours}.attn.v_bias"]
+    for ours, hf in BLOCK_MAP:
+        for leaf in ("weight", "bias"):
+            out[f"{prefix_hf}.{hf}.{leaf}"] = sd[f"{prefix_ours}.{ours}.{leaf}"]
+
+
+def _indices(sd: dict, pattern: str) -> list[int]:
+    return sorted({int(m.group(1)) for k in sd for m in [re.match(pattern, k)] if m})
+
+
+def hf_to_ours(sd: dict) -> dict:
+    out = {}
+    for i in _indices(sd, r"videomae\.encoder\.layer\.(\d+)\."):
+        _hf_layer_to_ours(f"videomae.encoder.layer.{i}", f"encoder.blocks.{i}", sd, out)
+    for i in _indices(sd, r"decoder\.decoder_layers\.(\d+)\."):
+        _hf_layer_to_ours(f"decoder.decoder_layers.{i}", f"decoder.blocks.{i}", sd, out)
+    simple = {"videomae.embeddings.patch_embeddings.projection": "encoder.patch_embed.proj",
+              "videomae.layernorm": "encoder.norm", "decoder.norm": "decoder.norm",
+              "decoder.head": "decoder.head", "encoder_to_decoder": "encoder_to_decoder",
+              "fc_norm": "fc_norm", "classifier": "head"}
+    for hf, ours in simple.items():
+        for leaf in ("weight", "bias"):
+            if f"{hf}.{leaf}" in sd:
+                out[f"{ours}.{leaf}"] = sd[f"{hf}.{leaf}"]
+    if "mask_token" in sd:
+        out["mask_token"] = sd["mask_token"]
+    return out
+
+
+def ours_to_hf(sd: dict) -> dict:
+    """Our pre-training (or encoder-only) state dict -> HF VideoMAEForPreTraining names."""
+    sd = {k if k.startswith(("encoder.", "decoder.", "encoder_to_decoder", "mask_token",
+                              "fc_norm", "head")) else f"encoder.{k}": v for k, v in sd.items()}
+    out = {}
+    for i in _indices(sd, r"encoder\.blocks\.(\d+)\."):
+        _our_block_to_hf(f"encoder.blocks.{i}", f"videomae.encoder.layer.{i}", sd, out)
+    for i in _indices(sd, r"decoder\.blocks\.(\d+)\."):
+        _our_block_to_hf(f"decoder.blocks.{i}", f"decoder.decoder_layers.{i}", sd, out)
+    simple = {"encoder.patch_embed.proj": "videomae.embeddings.patch_embeddings.projection",
+              "encoder.norm": "videomae.layernorm", "decoder.norm": "decoder.norm",
+              "decoder.head": "decoder.head", "encoder_to_decoder": "encoder_to_decoder",
+              "fc_norm": "fc_norm", "head": "classifier"}
+    for ours, hf in simple.items():
+        for leaf in ("weight", "bias"):
+            if f"{ours}.{leaf}" in sd:
+                out[f"{hf}.{leaf}"] = sd[f"{ours}.{leaf}"]
+    if "mask_token" in sd:
+        out["mask_token"] = sd["mask_token"]
+    return out
+
+
+def to_ours(sd: dict) -> dict:
+    """Any recognised layout -> our names (pre-training model; fine-tuned encoders get the
+    ``encoder.`` prefix, their ``fc_norm``/``head`` kept as is). Positional tables are dropped:
+    ours are fixed and rebuilt for any grid."""
+    layout = detect_layout(sd)
+    if layout == "hf":
+        sd = hf_to_ours(sd)
+    elif layout == "finetuned":
+        sd = {(k if k.startswith(("fc_norm", "head")) else f"encoder.{k}"): v
+              for k, v in sd.items()}
+    return {k: v for k, v in sd.items() if not k.endswith("pos_embed")}
+
+
+def hf_config_to_ours(config: dict) -> dict:
+    """Model-section fields from a HuggingFace VideoMAE config.json."""
+    return {"img_size": config.get("image_size", 224), "patch_size": config.get("patch_size", 16),
+            "num_frames": config.get("num_frames", 16),
+            "tubelet_size": config.get("tubelet_size", 2),
+            "in_chans": config.get("num_channels", 3), "embed_dim": config["hidden_size"],
+            "depth": config["num_hidden_layers"], "num_heads": config["num_attention_heads"],
+            "mlp_ratio": config.get("intermediate_size", 4 * config["hidden_size"]) /
+            config["hidden_size"],
+            "decoder_embed_dim": config.get("decoder_hidden_size", 384),
+            "decoder_depth": config.get("decoder_num_hidden_layers", 4),
+            "decoder_num_heads": config.get("decoder_num_attention_heads", 6),
+            "norm_pix_loss": config.get("norm_pix_loss", True)}
+
+
+def load_published(path: str) -> tuple[dict, dict]:
+    """(our state dict, model fields found beside it) from an official or HF checkpoint file, or
+    a HF folder (config.json + model.safetensors / pytorch_model.bin)."""
+    fields = {}
+    if os.path.isdir(path):
+        cfg_path = os.path.join(path, "config.json")
+        if os.path.isfile(cfg_path):
+            with open(cfg_path) as f:
+                fields = hf_config_to_ours(json.load(f))
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if os.path.isfile(os.path.join(path, name)):
+                path = os.path.join(path, name)
+                break
+        else:
+            raise FileNotFoundError(f"{path} holds no model.safetensors or pytorch_model.bin")
+    return to_ours(read_state_dict(path)), fields

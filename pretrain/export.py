@@ -1,0 +1,104 @@
+"""`python -m pretrain.export RUN_DIR`: the encoder of a run's checkpoint as
+``export/encoder.safetensors`` + ``encoder.json`` (what ``finetune --init`` takes), and
+optionally the whole model in the HuggingFace layout (``--hf DIR``).
+
+encoder.safetensors holds the encoder's weights under our names without the ``encoder.``
+prefix (``patch_embed.proj.weight``, ``blocks.0.attn.qkv.weight``, ..., ``norm.weight``);
+encoder.json holds the model fields needed to rebuild it and where it came from.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+import torch
+
+from .model import ModelConfig
+
+
+def export_encoder(weights: dict, model_cfg: ModelConfig, out_dir: str, provenance: dict) -> str:
+    """Write encoder.safetensors + encoder.json; returns the safetensors path."""
+    from safetensors.torch import save_file
+
+    os.makedirs(out_dir, exist_ok=True)
+    enc = {k[len("encoder."):]: v.detach().float().contiguous().cpu()
+           for k, v in weights.items() if k.startswith("encoder.")}
+    if not enc:
+        raise ValueError("no encoder weights found (keys starting with 'encoder.')")
+    path = os.path.join(out_dir, "encoder.safetensors")
+    save_file(enc, path + ".tmp", metadata={"format": "tubemae-encoder"})
+    os.replace(path + ".tmp", path)
+    meta = {"format": "tubemae-encoder", "version": 1,
+            "model": json.loads(json.dumps(dataclasses.asdict(model_cfg.resolved()))),
+            "source": provenance}
+    with open(os.path.join(out_dir, "encoder.json.tmp"), "w") as f:
+        json.dump(meta, f, indent=1)
+    os.replace(os.path.join(out_dir, "encoder.json.tmp"), os.path.join(out_dir, "encoder.json"))
+    return path
+
+
+def export_hf(weights: dict, model_cfg: ModelConfig, out_dir: str) -> str:
+    """The whole pre-training model as a HuggingFace VideoMAEForPreTraining folder."""
+    from safetensors.torch import save_file
+
+    from .convert import ours_to_hf
+
+    c = model_cfg.resolved()
+    os.makedirs(out_dir, exist_ok=True)
+    sd = {k: v.float().contiguous() for k, v in ours_to_hf(weights).items()}
+    save_file(sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    config = {"model_type": "videomae", "architectures": ["VideoMAEForPreTraining"],
+              "image_size": c.img_size, "patch_size": c.patch_size, "num_channels": c.in_chans,
+              "num_frames": c.num_frames, "tubelet_size": c.tubelet_size,
+              "hidden_size": c.embed_dim, "num_hidden_layers": c.depth,
+              "num_attention_heads": c.num_heads,
+              "intermediate_size": int(c.embed_dim * c.mlp_ratio), "hidden_act": "gelu",
+              "qkv_bias": c.qkv_bias, "use_mean_pooling": False, "layer_norm_eps": c.norm_eps,
+              "decoder_hidden_size": c.decoder_embed_dim,
+              "decoder_num_hidden_layers": c.decoder_depth,
+              "decoder_num_attention_heads": c.decoder_num_heads,
+              "decoder_intermediate_size": int(c.decoder_embed_dim * c.mlp_ratio),
+              "norm_pix_loss": c.norm_pix_loss}
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+    return out_dir
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pretrain.export", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir")
+    ap.add_argument("--tag", help="checkpoint tag (default: latest)")
+    ap.add_argument("--out", help="folder for encoder.* (default RUN_DIR/export)")
+    ap.add_argument("--hf", help="also write the whole model in the HuggingFace layout here")
+    args = ap.parse_args(argv)
+    from .config import PretrainConfig, load_config
+    from .runtime.engine import read_model_weights
+
+    cfg_path = os.path.join(args.run_dir, "config.yaml")
+    ckpt_dir = os.path.join(args.run_dir, "checkpoints")
+    try:
+        cfg = load_config(cfg_path, schema=PretrainConfig)
+        tag = args.tag
+        if tag is None:
+            with open(os.path.join(ckpt_dir, "latest")) as f:
+                tag = f.read().strip()
+        weights = read_model_weights(ckpt_dir, tag)
+    except (OSError, ValueError) as e:
+        print(f"pretrain.export: error: {e} (is {args.run_dir} a pre-training run folder with "
+              f"a checkpoint?)", file=sys.stderr)
+        return 2
+    out = args.out or os.path.join(args.run_dir, "export")
+    path = export_encoder(weights, cfg.model, out, {"run_dir": os.path.abspath(args.run_dir),
+                                                    "checkpoint": tag})
+    print(path)
+    if args.hf:
+        print(export_hf(weights, cfg.model, args.hf))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,9 @@
+"""Building blocks shared by VideoMAE, ViViT and UniFormer; one concept per file."""
+from .attention import Attention
+from .block import Block
+from .drop import DropPath
+from .mlp import Mlp
+from .patch_embed import TubeletEmbed
+from .pos_embed import sincos_table
+
+__all__ = ["Attention", "Block", "DropPath", "Mlp", "TubeletEmbed", "sincos_table"]

@@ -1,0 +1,25 @@
+import torch
+from torch import nn
+from einops import rearrange
+
+
+class TubeletEmbed(nn.Module):
+    """Cube embedding: Conv3d with kernel = stride = (tubelet, patch, patch).
+
+    (B, C, T, H, W) -> (B, N, D) with N = T/t * H/p * W/p tokens in t-major order
+    (``n = t*H'*W' + h*W' + w``). ``proj`` is named as in the published checkpoints. A tubelet
+    of 1 is uniform frame sampling's 2D patch embedding applied to every frame.
+    """
+
+    def __init__(self, in_chans: int = 3, embed_dim: int = 768, tubelet: int = 2,
+                 patch: int = 16):
+        super().__init__()
+        self.tubelet, self.patch = tubelet, patch
+        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=(tubelet, patch, patch),
+                              stride=(tubelet, patch, patch))
+
+    def grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        return frames // self.tubelet, height // self.patch, width // self.patch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rearrange(self.proj(x), "b d t h w -> b (t h w) d")

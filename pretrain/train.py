@@ -1,0 +1,268 @@
+"""The pre-training loop: stream -> VideoMAE -> engine, with checkpoints, resume and logs.
+
+One call of ``train(cfg)`` runs on every rank. A run folder that already holds a checkpoint is
+resumed from ``latest``: weights, optimizer, schedule position, RNG and the data stream's
+position, so the resumed run sees the same batches and computes the same losses as one that was
+never interrupted.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+import yaml
+from einops import rearrange
+
+from data.stream import TrainStream
+from .config import PretrainConfig, dump_yaml, to_dict
+from .export import export_encoder
+from .model import VideoMAE
+from .runtime.checkpoint import Checkpointer, rng_state, set_rng_state
+from .runtime.distributed import all_reduce_max, all_reduce_mean, init_distributed, shutdown
+from .runtime.engine import build_engine, read_model_weights
+from .runtime.logger import MetricsLogger
+from .runtime.optim import cosine_lr, param_groups, scaled_lr
+
+# Sections a resumed run may change; anything else must match the run's config.yaml.
+RESUMABLE_CHANGES = ("train", "log")
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class StopRequested:
+    """SIGTERM/SIGINT set a flag; the loop checkpoints and exits at the next step boundary.
+    A second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def check_geometry(cfg: PretrainConfig):
+    """The data section and the model section must describe the same clip and token grid."""
+    pairs = [("data.num_frames", cfg.data.num_frames, "model.num_frames", cfg.model.num_frames),
+             ("data.tubelet", cfg.data.tubelet, "model.tubelet_size", cfg.model.tubelet_size),
+             ("data.patch", cfg.data.patch, "model.patch_size", cfg.model.patch_size)]
+    if cfg.data.size is not None:
+        pairs.append(("data.size", cfg.data.size, "model.img_size", cfg.model.img_size))
+    for a, va, b, vb in pairs:
+        if va != vb:
+            raise ValueError(f"{a}={va} but {b}={vb}: the clips and the model disagree; set both "
+                             f"to the same value")
+
+
+def check_resume_config(run_dir: str, cfg: PretrainConfig):
+    """Refuse to resume a run with settings that would make it a different run."""
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        saved = yaml.safe_load(f) or {}
+    now = to_dict(cfg)
+    diffs = []
+    for section, values in now.items():
+        if section in RESUMABLE_CHANGES or not isinstance(values, dict):
+            continue
+        for k, v in values.items():
+            if saved.get(section, {}).get(k) != v:
+                diffs.append(f"{section}.{k}: {saved.get(section, {}).get(k)!r} -> {v!r}")
+    if diffs:
+        raise ValueError(f"{run_dir} holds a run with other settings ({'; '.join(diffs)}); "
+                         f"resume with the settings of {path}, or choose a new run.dir")
+
+
+def memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def picture(model: VideoMAE, video: torch.Tensor, mask: torch.Tensor, out: dict,
+            decode_mask: torch.Tensor | None, max_frames: int = 8) -> np.ndarray:
+    """First clip of the batch as three rows (input / masked input / reconstruction) of frames:
+    (H, W, 3) uint8."""
+    cfg = model.cfg
+    v, m = video[:1], mask[:1]
+    one = {k: t[:1] for k, t in out.items() if torch.is_tensor(t) and t.ndim == 3}
+    rec = model.reconstruct(v, m, one, None if decode_mask is None else decode_mask[:1])
+    _, pixels = model.normalize(v)
+    t, h, w = cfg.num_frames // cfg.tubelet_size, v.shape[3] // cfg.patch_size, \
+        v.shape[4] // cfg.patch_size
+    hidden = rearrange(m.float(), "b (t h w) -> b 1 t h w", t=t, h=h, w=w)
+    hidden = hidden.repeat_interleave(cfg.tubelet_size, 2).repeat_interleave(
+        cfg.patch_size, 3).repeat_interleave(cfg.patch_size, 4)
+    masked = pixels * (1 - hidden) + 0.35 * hidden
+    rows = torch.cat([pixels, masked, rec.float()], 0)               # (3, C, T, H, W)
+    if rows.shape[1] == 1:
+        rows = rows.expand(-1, 3, -1, -1, -1)
+    step = max(1, rows.shape[2] // max_frames)
+    rows = rows[:, :, ::step]
+    grid = rearrange(rows, "r c t h w -> (r h) (t w) c")
+    return (grid.clamp(0, 1) * 255).round().byte().cpu().numpy()
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def train(cfg: PretrainConfig) -> dict:
+    """Run (or resume) pre-training; returns a summary dict (rank 0's view)."""
+    cfg.data.check()
+    check_geometry(cfg)
+    dist = init_distributed(cfg.runtime.device)
+    run_dir = cfg.run.dir
+    os.makedirs(run_dir, exist_ok=True)
+    check_resume_config(run_dir, cfg)
+    torch.manual_seed(cfg.run.seed)  # same initial weights on every rank
+    model = VideoMAE(cfg.model)
+    total_batch = cfg.data.batch_size * cfg.runtime.grad_accum * dist.world_size
+    peak_lr = cfg.optim.lr if cfg.optim.lr is not None else scaled_lr(cfg.optim.base_lr,
+                                                                      total_batch)
+    engine = build_engine(model, param_groups(model, cfg.optim.weight_decay), cfg.optim,
+                          cfg.runtime, dist, cfg.data.batch_size)
+    stream = TrainStream(cfg.data, dist.rank, dist.world_size)
+    ckpt = Checkpointer(run_dir, dist, cfg.train.keep_last)
+    tag = ckpt.latest_tag()
+    step, nonfinite_total, rank_state = 0, 0, None
+    if tag:
+        client, rank_state = ckpt.load(engine, tag)
+        step, nonfinite_total = client["step"], client.get("nonfinite_total", 0)
+        stream.load_state_dict(rank_state["stream"])
+    elif dist.is_main:
+        dump_yaml(cfg, os.path.join(run_dir, "config.yaml"))
+    batches = iter(stream)
+    if rank_state is not None:  # after the loader exists: creating it draws from the RNG
+        set_rng_state(rank_state["rng"], dist.device)
+    logger = MetricsLogger(run_dir, dist.is_main, resume_step=step if tag else None)
+    if dist.is_main:
+        what = f"resuming {run_dir} at step {step} ({tag})" if tag else f"new run in {run_dir}"
+        print(f"pretrain: {what}; {dist.world_size} process(es), engine {engine.name}, "
+              f"batch {cfg.data.batch_size} x accum {cfg.runtime.grad_accum} x "
+              f"{dist.world_size} = {total_batch}, peak lr {peak_lr:.3g}", file=sys.stderr)
+
+    def save(at_step: int):
+        client = {"step": at_step, "nonfinite_total": nonfinite_total, "peak_lr": peak_lr}
+        ckpt.save(engine, f"step{at_step:08d}", client,
+                  {"stream": stream.state_dict(), "rng": rng_state(dist.device)})
+
+    bar = None
+    if dist.is_main and cfg.log.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.train.steps, initial=step, desc="pretrain", unit="step",
+                   dynamic_ncols=True, file=sys.stderr, disable=None)
+    engine.train()
+    in_row, window, last_saved = 0, [], step if tag else -1
+    t_window, wait_window, clips_window = time.perf_counter(), 0.0, 0
+    stopped = None
+    last = None
+    with StopRequested() as stop:
+        while step < cfg.train.steps:
+            lr = cosine_lr(step, cfg.train.steps, peak_lr, cfg.optim.warmup_steps,
+                           cfg.optim.min_lr)
+            engine.set_lr(lr)
+            micro = 0
+            while micro < cfg.runtime.grad_accum:
+                t0 = time.perf_counter()
+                batch = _to_device(next(batches), dist.device)
+                wait_window += time.perf_counter() - t0
+                out = engine(batch["video"], batch["mask"], batch.get("decode_mask"))
+                bad = not bool(torch.isfinite(out["loss"]).item())
+                if all_reduce_max([float(bad)], dist)[0] > 0:
+                    in_row += 1
+                    nonfinite_total += 1
+                    if dist.is_main:
+                        print(f"pretrain: non-finite loss at step {step + 1}, batch skipped "
+                              f"({in_row} in a row)", file=sys.stderr)
+                    if in_row >= cfg.train.max_nonfinite:
+                        last_tag = ckpt.latest_tag()
+                        raise NonFiniteLoss(
+                            f"the loss was NaN or inf {in_row} times in a row (step {step + 1});"
+                            f" stopping. The last good checkpoint "
+                            f"({last_tag or 'none yet'}) is intact. Lower optim.base_lr, "
+                            f"set runtime.grad_clip, or check the data")
+                    continue
+                in_row = 0
+                engine.backward(out["loss"])
+                engine.step()
+                micro += 1
+                window.append(float(out["recon_loss"].detach()))
+                clips_window += batch["video"].shape[0]
+                last = (batch, out)
+            step += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{window[-1]:.4f}", lr=f"{lr:.2e}", refresh=False)
+            if step % cfg.log.every == 0 or step == cfg.train.steps:
+                dt = time.perf_counter() - t_window
+                loss = all_reduce_mean(float(np.mean(window)), dist)
+                scalars = {"loss": loss, "lr": lr, "grad_norm": engine.grad_norm,
+                           "clips_per_s": clips_window * dist.world_size / dt,
+                           "data_wait": wait_window / dt, "memory_mb": memory_mb(dist.device),
+                           "nonfinite_total": nonfinite_total, "epoch": stream.epoch}
+                if "stats_loss" in last[1]:
+                    scalars["stats_loss"] = float(last[1]["stats_loss"].detach())
+                logger.scalars(step, scalars)
+                if bar is None and dist.is_main:
+                    print(f"step {step}/{cfg.train.steps} loss {loss:.4f} lr {lr:.3g} "
+                          f"clips/s {scalars['clips_per_s']:.1f}", file=sys.stderr)
+                window, clips_window, wait_window = [], 0, 0.0
+                t_window = time.perf_counter()
+            if cfg.log.picture_every and step % cfg.log.picture_every == 0 and dist.is_main:
+                b, o = last
+                logger.image("reconstruction", step, picture(
+                    engine.module, b["video"], b["mask"], o, b.get("decode_mask")))
+            if all_reduce_max([float(stop.signum is not None)], dist)[0] > 0:
+                stopped = stop.signum or signal.SIGTERM
+                break
+            if step % cfg.train.ckpt_every == 0 or step == cfg.train.steps:
+                save(step)
+                last_saved = step
+        if stopped and last_saved != step:
+            save(step)
+    if bar is not None:
+        bar.close()
+    logger.close()
+    summary = {"step": step, "run_dir": run_dir, "nonfinite_total": nonfinite_total,
+               "stopped_by_signal": bool(stopped)}
+    if stopped:
+        if dist.is_main:
+            print(f"pretrain: stopped by signal {stopped}; checkpoint saved at step {step}. "
+                  f"Run the same command to resume.", file=sys.stderr)
+        shutdown()
+        return summary
+    if cfg.train.export and dist.is_main:
+        tag = ckpt.latest_tag()
+        weights = read_model_weights(ckpt.dir, tag)
+        summary["export"] = export_encoder(weights, model.cfg, os.path.join(run_dir, "export"),
+                                           {"run_dir": os.path.abspath(run_dir), "step": step,
+                                            "checkpoint": tag})
+        print(f"pretrain: done at step {step}; encoder exported to {summary['export']}",
+              file=sys.stderr)
+    shutdown()
+    return summary
+
+
+def exit_code(summary: dict) -> int:
+    return 143 if summary.get("stopped_by_signal") else 0
+

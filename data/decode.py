@@ -6,18 +6,43 @@ Frames are numpy uint8 ``(T, H, W, 3)`` RGB.
 from __future__ import annotations
 
 import io
+import sys
+import types
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Iterable
 
 import numpy as np
 
+
+def _import_decord():
+    """Import decord without its CUDA preloading.
+
+    On import, decord2 dlopens every library under ``site-packages/nvidia/*/lib`` into the
+    global symbol scope (meant for its CUDA build). The CUDA wheels of torch put their libraries
+    there, libnvblas among them, which then intercepts BLAS calls and crashes torch on the CPU.
+    We decode on the CPU only, so the ``nvidia`` package is hidden while decord looks for it.
+    """
+    saved = sys.modules.get("nvidia")
+    blind = types.ModuleType("nvidia")
+    blind.__spec__ = None  # find_spec("nvidia") raises, which decord treats as "not installed"
+    sys.modules["nvidia"] = blind
+    try:
+        import decord
+    finally:
+        if saved is None:
+            sys.modules.pop("nvidia", None)
+        else:
+            sys.modules["nvidia"] = saved
+    return decord
+
+
 # Order matters. decord and PyAV each bundle FFmpeg, and decord loads its library into the global
 # symbol scope, so PyAV's calls bind to whichever FFmpeg was loaded first. Loading decord first,
 # here, gives every process the same binding, so encoding is byte-for-byte reproducible (the
 # synthetic set, transcoded shards) whatever else a process imported.
-import decord  # noqa: I001  (before av)
-import av
+decord = _import_decord()
+import av  # noqa: E402  (after decord, see above)
 
 VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov", "m4v")
 # PyAV encoder name and pixel format for each codec a user can ask for.

@@ -44,6 +44,29 @@ def random_mask(batch: int, grid: tuple[int, int, int], ratio: float,
     return _hide_lowest(noise, num_hidden(n, ratio))
 
 
+def running_cell_mask(mask: torch.Tensor, grid: tuple[int, int, int], ratio: float,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Decoder masking (VideoMAEv2): which hidden tokens the decoder reconstructs.
+
+    mask (B, N) encoder mask -> (B, N) bool, a subset of ``mask`` with exactly
+    ``hidden - int(ratio * hidden)`` tokens per sample. Tokens of the "running cell" are taken
+    first: in every 2x2 spatial cell a fraction ``1 - ratio`` of the positions is selected, and
+    the selection moves one position around the cell per time step, so over time every
+    position gets decoded; random picks among the rest fill any shortfall.
+    """
+    t, h, w = grid
+    b, n = mask.shape
+    hidden = int(mask[0].sum())
+    keep = hidden - int(ratio * hidden)
+    around = torch.tensor([0, 1, 3, 2])  # cell positions in clockwise order
+    cell = around[2 * (torch.arange(h)[:, None] % 2) + torch.arange(w)[None, :] % 2]
+    running = (cell[None] + torch.arange(t)[:, None, None]) % 4 < round(4 * (1 - ratio))
+    score = running.reshape(1, n).float() + 0.5 * torch.rand(b, n, generator=generator)
+    score = score.masked_fill(~mask, -1.0)
+    picked = score.topk(keep, dim=1).indices
+    return torch.zeros_like(mask).scatter_(1, picked, True)
+
+
 MASKS = {"tube": tube_mask, "random": random_mask}
 
 

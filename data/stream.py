@@ -32,7 +32,7 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from .decode import VIDEO_EXTS, VideoDecodeError, decode_frames, num_frames as count_frames
 from .manifest import ShardSet, load_shard_set
-from .masks import make_mask
+from .masks import make_mask, running_cell_mask
 from .sampling import (SHORT_MODES, eval_clip_indices, resample_depth_indices,
                        sample_frame_indices)
 from .transforms import MULTISCALE, eval_crops, train_transform, volume_transform
@@ -56,6 +56,7 @@ class StreamConfig:
     repeats: int = 1                  # clips drawn from each decoded video (repeated sampling)
     mask: str = "tube"                # tube | random | none
     mask_ratio: float = 0.9
+    decoder_mask_ratio: float = 0.0   # >0: VideoMAEv2 running-cell decoder masking
     tubelet: int = 2                  # frames per token, for the mask grid
     patch: int = 16                   # pixels per token side, for the mask grid
     shuffle_buffer: int = 256         # samples per worker shuffle buffer (1 = no shuffle)
@@ -75,6 +76,8 @@ class StreamConfig:
         if self.num_frames % self.tubelet:
             raise ValueError(f"data.num_frames ({self.num_frames}) must be a multiple of "
                              f"data.tubelet ({self.tubelet})")
+        if not 0.0 <= self.decoder_mask_ratio < 1.0:
+            raise ValueError("data.decoder_mask_ratio must be in [0, 1)")
         if self.size is not None and self.size % self.patch:
             raise ValueError(f"data.size ({self.size}) must be a multiple of data.patch "
                              f"({self.patch})")
@@ -204,7 +207,7 @@ class _SampleMaker:
     def train_clips(self, raw: dict, epoch: int, shard: int, member: int):
         cfg = self.cfg
         kind, payload, label = decode_sample(raw)
-        clips, masks = [], []
+        clips, masks, decode = [], [], []
         for r in range(cfg.repeats):
             rng = np.random.default_rng(_clip_seed(cfg.seed, epoch, shard, member, r))
             if kind == "video":
@@ -227,9 +230,12 @@ class _SampleMaker:
             clips.append(clip)
             if cfg.mask != "none":
                 g = torch.Generator().manual_seed(int(rng.integers(2**62)))
-                masks.append(make_mask(cfg.mask, 1, cfg.token_grid(clip.shape[-1]),
-                                       cfg.mask_ratio, g)[0])
-        return clips, masks, label
+                grid = cfg.token_grid(clip.shape[-1])
+                m = make_mask(cfg.mask, 1, grid, cfg.mask_ratio, g)
+                masks.append(m[0])
+                if cfg.decoder_mask_ratio > 0:
+                    decode.append(running_cell_mask(m, grid, cfg.decoder_mask_ratio, g)[0])
+        return clips, masks, decode, label
 
     def eval_views(self, raw: dict):
         cfg = self.cfg
@@ -259,11 +265,13 @@ class _Counter:
                     self.skipped)
 
 
-def _collate(clips, masks, labels, index) -> dict:
+def _collate(clips, masks, labels, index, decode=()) -> dict:
     batch = {"video": torch.stack(clips), "label": torch.tensor(labels, dtype=torch.int64),
              "index": torch.tensor(index, dtype=torch.int64)}
     if masks:
         batch["mask"] = torch.stack(masks)
+    if decode:
+        batch["decode_mask"] = torch.stack(decode)
     return batch
 
 
@@ -282,7 +290,7 @@ def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, units: list[Unit], w
     maker, counter = _SampleMaker(cfg), _Counter()
     urls = [s.url for s in shard_set.shards]
     first_number = _first_sample_numbers(shard_set)
-    clips, masks, labels, index = [], [], [], []
+    clips, masks, decode, labels, index = [], [], [], [], []
     while True:
         mine = worker_units(units, epoch, cfg.seed, worker, total, cfg.shuffle_buffer > 1)
         ends = np.cumsum([u.count for u in mine]).astype(int)
@@ -312,22 +320,23 @@ def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, units: list[Unit], w
                 member, raw = cache.pop(p)
                 shard = mine[int(np.searchsorted(ends, p, side="right"))].shard
                 try:
-                    c, m, label = maker.train_clips(raw, epoch, shard, member)
+                    c, m, d, label = maker.train_clips(raw, epoch, shard, member)
                 except Exception as e:  # corrupt payload: counted, skipped, stream goes on
                     counter.skip(f"{raw.get('__key__')} in {raw.get('__url__')}", e)
                 else:
                     clips += c
                     masks += m
+                    decode += d
                     labels += [label] * len(c)
                     index += [int(first_number[shard]) + member] * len(c)
                     usable += 1
             if len(clips) >= cfg.batch_size:
-                batch = _collate(clips, masks, labels, index)
+                batch = _collate(clips, masks, labels, index, decode)
                 nxt = (epoch, k + 1) if k + 1 < n else (epoch + 1, 0)
                 batch["_state"] = {"worker": worker, "epoch": nxt[0], "pos": nxt[1],
                                    "skipped": counter.skipped}
                 yield batch
-                clips, masks, labels, index = [], [], [], []
+                clips, masks, decode, labels, index = [], [], [], [], []
         if usable == 0 and pos == 0:
             raise RuntimeError(f"loader worker {worker}: no usable sample in a whole epoch of "
                                f"{shard_set.root}; see the warnings above")
@@ -415,9 +424,12 @@ class TrainStream:
                           list(self.positions), self.next_worker)
         ds.world_workers = self.world_size * self.workers
         if self.cfg.num_workers > 0:
+            # Its own generator: the loader must not draw from the global RNG, which the
+            # training loop saves and restores for exact resume.
             loader = torch.utils.data.DataLoader(ds, batch_size=None,
                                                  num_workers=self.cfg.num_workers,
-                                                 prefetch_factor=2, persistent_workers=False)
+                                                 prefetch_factor=2, persistent_workers=False,
+                                                 generator=torch.Generator().manual_seed(0))
         else:
             loader = ds
         for batch in loader:
@@ -456,7 +468,8 @@ class EvalStream:
         ds = _EvalSplit(self.cfg, self.shard_set, units, self.workers)
         if self.cfg.num_workers > 0:
             yield from torch.utils.data.DataLoader(ds, batch_size=None,
-                                                   num_workers=self.cfg.num_workers)
+                                                   num_workers=self.cfg.num_workers,
+                                                   generator=torch.Generator().manual_seed(0))
         else:
             yield from ds
 

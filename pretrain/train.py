@@ -30,6 +30,9 @@ from .runtime.optim import cosine_lr, param_groups, scaled_lr
 
 # Sections a resumed run may change; anything else must match the run's config.yaml.
 RESUMABLE_CHANGES = ("train", "log")
+# Fault injection for the resume tests: the process SIGKILLs itself right after finishing this
+# optimizer step (and any checkpoint due at it), as `kill -9` or a pre-empted node would.
+KILL_AFTER_STEP = "TUBEMAE_KILL_AFTER_STEP"
 
 
 class NonFiniteLoss(RuntimeError):
@@ -152,7 +155,7 @@ def train(cfg: PretrainConfig) -> dict:
     elif dist.is_main:
         dump_yaml(cfg, os.path.join(run_dir, "config.yaml"))
     batches = iter(stream)
-    if rank_state is not None:  # after the loader exists: creating it draws from the RNG
+    if rank_state is not None:
         set_rng_state(rank_state["rng"], dist.device)
     logger = MetricsLogger(run_dir, dist.is_main, resume_step=step if tag else None)
     if dist.is_main:
@@ -238,6 +241,9 @@ def train(cfg: PretrainConfig) -> dict:
             if step % cfg.train.ckpt_every == 0 or step == cfg.train.steps:
                 save(step)
                 last_saved = step
+            if os.environ.get(KILL_AFTER_STEP) == str(step):
+                logger.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
         if stopped and last_saved != step:
             save(step)
     if bar is not None:

@@ -1,0 +1,44 @@
+import subprocess
+import sys
+
+import pytest
+
+from pretrain.config import ConfigError, load_config
+
+
+def test_unknown_and_mistyped_keys_name_the_key_and_the_file(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("data:\n  batchsize: 4\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(path))
+    assert "data.batchsize" in str(e.value) and str(path) in str(e.value)
+    assert "did you mean 'data.batch_size'" in str(e.value)
+    path.write_text("train:\n  steps: many\n")
+    with pytest.raises(ConfigError, match="'train.steps'.*expected an integer"):
+        load_config(str(path))
+    with pytest.raises(ConfigError, match="optim.lrr"):
+        load_config(None, ["optim.lrr=1"])
+
+
+def test_overrides_are_typed(tmp_path):
+    cfg = load_config(None, ["optim.base_lr=1e-3", "data.size=null", "train.steps=7",
+                             "data.scales=[1, 0.5]", "runtime.precision=bf16"])
+    assert cfg.optim.base_lr == 1e-3 and cfg.data.size is None and cfg.train.steps == 7
+    assert cfg.data.scales == (1, 0.5) and cfg.runtime.precision == "bf16"
+
+
+def test_every_shipped_recipe_loads():
+    import glob
+    recipes = sorted(glob.glob("launch/configs/pretrain/*.yaml"))
+    assert len(recipes) >= 5
+    for r in recipes:
+        cfg = load_config(r)
+        assert cfg.model.num_frames == cfg.data.num_frames, r
+
+
+def test_cli_rejects_a_bad_key_with_exit_code_2(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "pretrain", "--config",
+                        "launch/configs/pretrain/tiny_synthetic.yaml", "model.depht=3"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "unknown key 'model.depht'" in r.stderr and "model.depth" in r.stderr

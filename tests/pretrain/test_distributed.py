@@ -1,0 +1,46 @@
+"""Two processes under torchrun with DeepSpeed ZeRO on the CPU (gloo)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.pretrain.conftest import subprocess_env
+
+
+def torchrun(recipe, run_dir, *overrides, env=None):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", "-m", "pretrain", "--config", recipe, f"run.dir={run_dir}",
+           "runtime.engine=deepspeed", "train.steps=4", "train.ckpt_every=2",
+           "log.picture_every=0", *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(**(env or {})),
+                          timeout=600)
+
+
+def losses(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f)}
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_two_process_zero_trains_checkpoints_and_resumes_exactly(tiny_recipe, tmp_path, stage):
+    recipe, _ = tiny_recipe
+    straight, cut = str(tmp_path / "straight"), str(tmp_path / "cut")
+    zero = f"runtime.zero_stage={stage}"
+    r = torchrun(recipe, straight, zero)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 process(es), engine deepspeed" in r.stderr
+    tag = os.path.join(straight, "checkpoints", "step00000004")
+    assert {"rank0.pt", "rank1.pt", "COMPLETE"} <= set(os.listdir(tag))
+    assert len(losses(straight)) == 4
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses(straight).values())
+    assert os.path.isfile(os.path.join(straight, "export", "encoder.safetensors"))
+    if stage != 1:
+        return
+    r = torchrun(recipe, cut, zero, env={"TUBEMAE_KILL_AFTER_STEP": "3"})
+    assert r.returncode != 0
+    r = torchrun(recipe, cut, zero)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert losses(straight) == losses(cut)

@@ -1,0 +1,156 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from pretrain.config import load_config
+from pretrain.model import VideoMAE
+from pretrain.train import NonFiniteLoss, train
+from tests.pretrain.conftest import subprocess_env
+
+
+def run_cli(recipe, *overrides, env=None, **kw):
+    return subprocess.run([sys.executable, "-m", "pretrain", "--config", recipe, *overrides],
+                          capture_output=True, text=True, env=subprocess_env(**(env or {})),
+                          **kw)
+
+
+def losses(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f)}
+
+
+def final_weights(run_dir):
+    ckpt = os.path.join(run_dir, "checkpoints")
+    tag = open(os.path.join(ckpt, "latest")).read().strip()
+    return torch.load(os.path.join(ckpt, tag, "plain_state.pt"), weights_only=False)["model"]
+
+
+def test_killed_and_resumed_run_equals_the_straight_run(tiny_recipe, tmp_path):
+    recipe, _ = tiny_recipe
+    straight, cut = str(tmp_path / "straight"), str(tmp_path / "cut")
+    common = ["data.num_workers=2", "train.steps=6", "train.ckpt_every=3"]
+    r = run_cli(recipe, f"run.dir={straight}", *common)
+    assert r.returncode == 0, r.stderr
+    r = run_cli(recipe, f"run.dir={cut}", *common, env={"TUBEMAE_KILL_AFTER_STEP": "4"})
+    assert r.returncode == -signal.SIGKILL
+    assert open(os.path.join(cut, "checkpoints", "latest")).read().strip() == "step00000003"
+    r = run_cli(recipe, f"run.dir={cut}", *common)
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stderr and "at step 3" in r.stderr
+    assert losses(straight) == losses(cut)           # bitwise, every step 1..6
+    a, b = final_weights(straight), final_weights(cut)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert os.path.isfile(os.path.join(cut, "export", "encoder.safetensors"))
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tiny_recipe, tmp_path):
+    recipe, run_dir = tiny_recipe
+    p = subprocess.Popen([sys.executable, "-m", "pretrain", "--config", recipe,
+                          "train.steps=100000", "train.ckpt_every=100000"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=subprocess_env())
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    deadline = time.time() + 120
+    while time.time() < deadline and not (os.path.isfile(metrics) and
+                                          len(open(metrics).readlines()) >= 2):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err
+    assert "checkpoint saved" in err
+    tag = open(os.path.join(run_dir, "checkpoints", "latest")).read().strip()
+    saved_step = int(tag[len("step"):])
+    assert saved_step >= 2
+    r = run_cli(recipe, f"train.steps={saved_step + 2}")
+    assert r.returncode == 0, r.stderr
+    assert max(losses(run_dir)) == saved_step + 2
+
+
+def test_a_resume_with_other_settings_is_refused(tiny_recipe):
+    recipe, run_dir = tiny_recipe
+    assert run_cli(recipe, "train.steps=2").returncode == 0
+    r = run_cli(recipe, "train.steps=4", "data.batch_size=2")
+    assert r.returncode == 2 and "data.batch_size" in r.stderr
+
+
+def nan_after(calls_ok: int, always: bool):
+    """A forward that returns a NaN loss on call calls_ok+1 (and after, if always)."""
+    real = VideoMAE.forward
+    count = {"n": 0}
+
+    def forward(self, *a, **k):
+        out = real(self, *a, **k)
+        count["n"] += 1
+        if count["n"] == calls_ok + 1 or (always and count["n"] > calls_ok):
+            out["loss"] = out["loss"] * float("nan")
+        return out
+    return forward
+
+
+def test_an_isolated_nan_is_skipped_and_counted(tiny_recipe, monkeypatch):
+    recipe, run_dir = tiny_recipe
+    monkeypatch.setattr(VideoMAE, "forward", nan_after(2, always=False))
+    summary = train(load_config(recipe, ["log.picture_every=0"]))
+    assert summary["step"] == 6 and summary["nonfinite_total"] == 1
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        assert json.loads(f.readlines()[-1])["nonfinite_total"] == 1
+
+
+def test_nans_in_a_row_stop_the_run_and_keep_the_last_checkpoint(tiny_recipe, monkeypatch):
+    recipe, run_dir = tiny_recipe
+    monkeypatch.setattr(VideoMAE, "forward", nan_after(4, always=True))
+    with pytest.raises(NonFiniteLoss, match="5 times in a row.*step00000003.*intact"):
+        train(load_config(recipe, ["log.picture_every=0"]))
+    weights = final_weights(run_dir)
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_loss_falls_pictures_and_export(tiny_recipe, tmp_path):
+    recipe, run_dir = tiny_recipe
+    summary = train(load_config(recipe, ["train.steps=40", "train.ckpt_every=40",
+                                         "log.picture_every=20", "optim.warmup_steps=5"]))
+    steps = losses(run_dir)
+    first = sum(steps[s] for s in range(1, 6)) / 5
+    last = sum(steps[s] for s in range(36, 41)) / 5
+    assert last < 0.9 * first, (first, last)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(os.path.join(run_dir, "tb"), size_guidance={"images": 10}).Reload()
+    assert "reconstruction" in acc.Tags()["images"]
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/clips_per_s",
+            "train/data_wait", "train/memory_mb"} <= set(acc.Tags()["scalars"])
+    # the export holds the encoder of the last checkpoint, and the CLI writes the same
+    from safetensors.torch import load_file
+    enc = load_file(summary["export"])
+    ckpt = final_weights(run_dir)
+    assert all(torch.equal(enc[k], ckpt["encoder." + k]) for k in enc)
+    meta = json.load(open(os.path.join(run_dir, "export", "encoder.json")))
+    assert meta["model"]["embed_dim"] == 96 and meta["source"]["step"] == 40
+    out = tmp_path / "again"
+    r = subprocess.run([sys.executable, "-m", "pretrain.export", run_dir, "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    again = load_file(str(out / "encoder.safetensors"))
+    assert all(torch.equal(again[k], enc[k]) for k in enc)
+
+
+def test_the_medmnist_recipe_trains_on_single_channel_volumes(tmp_path):
+    from data.prep.cli import main as prep
+    from tests.conftest import make_medmnist_npz
+    make_medmnist_npz(str(tmp_path / "organmnist3d.npz"), n=(12, 3, 3))
+    assert prep(["medmnist", "organmnist3d", "--root", str(tmp_path), "--out",
+                 str(tmp_path / "organ")]) == 0
+    cfg = load_config("launch/configs/pretrain/medmnist3d_28.yaml", [
+        f"data.shards={tmp_path / 'organ'}", f"run.dir={tmp_path / 'run'}", "data.batch_size=4",
+        "data.num_workers=0", "model.preset=vit_tiny", "runtime.precision=fp32",
+        "train.steps=3", "train.ckpt_every=3", "log.every=1", "log.picture_every=3",
+        "log.progress=false"])
+    summary = train(cfg)
+    assert summary["step"] == 3 and os.path.isfile(summary["export"])
+    meta = json.load(open(os.path.join(tmp_path, "run", "export", "encoder.json")))
+    assert meta["model"]["in_chans"] == 1 and meta["model"]["img_size"] == 28

@@ -131,9 +131,14 @@ class VideoMAEEncoder(nn.Module):
         return tokens + self.pos_table(tokens.shape[1]).to(tokens.dtype)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.embed(x)
-        if mask is not None:
-            x = x[~mask].reshape(x.shape[0], -1, x.shape[-1])  # (B, N_visible, D)
+        if mask is None:
+            x = self.embed(x)
+        else:  # embed the visible tubelets only
+            b = x.shape[0]
+            t, h, w = self.patch_embed.grid(*x.shape[2:])
+            pos = self.pos_table(t * h * w).expand(b, -1, -1)
+            x = self.patch_embed.forward_selected(x, ~mask)              # (B, N_visible, D)
+            x = x + pos[~mask].reshape(b, -1, x.shape[-1]).to(x.dtype)
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)

@@ -1,6 +1,7 @@
 import torch
-from torch import nn
+import torch.nn.functional as F
 from einops import rearrange
+from torch import nn
 
 
 class TubeletEmbed(nn.Module):
@@ -23,3 +24,13 @@ class TubeletEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return rearrange(self.proj(x), "b d t h w -> b (t h w) d")
+
+    def forward_selected(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Embed only the tubelets where ``keep`` (B, N) is True, the same count per sample:
+        (B, C, T, H, W) -> (B, N_keep, D). Kernel = stride makes the convolution a linear map
+        of each tubelet, so with 10% visible this does a tenth of the work of ``forward``."""
+        p0, p = self.tubelet, self.patch
+        tubelets = rearrange(x, "b c (t p0) (h p1) (w p2) -> b (t h w) (c p0 p1 p2)",
+                             p0=p0, p1=p, p2=p)
+        kept = tubelets[keep].reshape(x.shape[0], -1, tubelets.shape[-1])
+        return F.linear(kept, self.proj.weight.flatten(1), self.proj.bias)

@@ -45,6 +45,7 @@ class Checkpointer:
     def __init__(self, run_dir: str, dist: Dist, keep_last: int = 2):
         self.dir = os.path.join(run_dir, "checkpoints")
         self.dist, self.keep_last = dist, max(1, keep_last)
+        self.protect: set = set()  # tags never pruned (fine-tuning's best checkpoint)
         os.makedirs(self.dir, exist_ok=True)
 
     def latest_tag(self) -> str | None:
@@ -90,7 +91,7 @@ class Checkpointer:
 
     def _prune(self, keep: str):
         for t in self.tags()[:-self.keep_last]:
-            if t != keep:
+            if t != keep and t not in self.protect:
                 shutil.rmtree(os.path.join(self.dir, t), ignore_errors=True)
         for t in os.listdir(self.dir):  # torn checkpoints of earlier crashes
             p = os.path.join(self.dir, t)

@@ -1,0 +1,38 @@
+"""`python -m finetune --config launch/configs/finetune/NAME.yaml --init PATH [section.key=value]`
+
+PATH: our export (RUN_DIR/export or its encoder.safetensors), an official or HuggingFace
+VideoMAE checkpoint, or a timm image-ViT checkpoint file; `--init none` trains from scratch.
+A run.dir that already holds a checkpoint is resumed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m finetune", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--init", help="weights to start from, or 'none'")
+    ap.add_argument("overrides", nargs="*", metavar="section.key=value")
+    ap.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    from data.manifest import DataSetError
+    from pretrain.config import ConfigError, load_config
+    from .train import FinetuneConfig, train
+
+    overrides = list(args.overrides)
+    if args.init is not None:
+        overrides.append(f"run.init={'' if args.init.lower() == 'none' else args.init}")
+    try:
+        cfg = load_config(args.config, overrides, schema=FinetuneConfig)
+        report = train(cfg)
+    except (ConfigError, DataSetError, FileNotFoundError, ValueError) as e:
+        print(f"finetune: error: {e}", file=sys.stderr)
+        return 2
+    return 143 if report.get("stopped_by_signal") else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

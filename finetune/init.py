@@ -1,0 +1,167 @@
+"""`--init PATH`: weights for a ViViT from a pre-trained encoder.
+
+Sources, recognised by their contents:
+  our export       ``encoder.safetensors`` (+ ``encoder.json``) from ``pretrain``;
+  VideoMAE         official v1/v2 (pre-training or fine-tuned) and HuggingFace checkpoints,
+                   through ``pretrain.convert``;
+  image ViT        a timm ViT checkpoint file (2D ``patch_embed.proj`` of shape (D, C, p, p),
+                   ``cls_token``, learned ``pos_embed``, fused ``qkv`` bias).
+Mapping to the four models (names follow the VideoMAE encoder):
+  1, 4  every encoder weight by name; Model 1 then computes exactly the encoder's features.
+  2     the encoder initialises the spatial encoder (``blocks``, ``norm``); the temporal
+        encoder (``temporal_blocks``, ``temporal_norm``) starts new.
+  3     ``blocks.i.{norm1,attn,norm2,mlp}`` are the spatial part and load by name;
+        ``temporal_attn`` / ``temporal_norm`` are zero-initialised or copied from the spatial
+        attention (``model.temporal_init``).
+Tokenisers: a 3D tubelet kernel becomes a 2D one (uniform frame sampling) by summing over time,
+which keeps the response to a still clip; a 2D image kernel becomes 3D by the central frame
+(zeros elsewhere, ``central``) or by averaging over time (``average``). Positional tables: our
+fixed sine-cosine table needs nothing; a learned image table is interpolated to H' x W' and
+tiled over T' (only where ``model.pos=learned``). The T2T tokeniser always starts new. A key
+bias in the image ViT's fused qkv is dropped: it adds the same amount to every logit of a query
+row, which softmax ignores.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+from einops import repeat
+
+from pretrain.convert import load_published, read_state_dict
+from .vivit import FactorisedSelfAttentionBlock, ViViT, init_temporal_attention
+
+
+def read_source(path: str) -> tuple[dict, str]:
+    """(encoder-named state dict, kind) for any supported source."""
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "encoder.safetensors")):
+        path = os.path.join(path, "encoder.safetensors")
+    if path.endswith("encoder.safetensors") or (
+            path.endswith(".safetensors") and os.path.isfile(
+                os.path.join(os.path.dirname(path), "encoder.json"))):
+        from safetensors.torch import load_file
+        return load_file(path), "tubemae encoder"
+    if os.path.isdir(path):
+        sd, _ = load_published(path)
+        return _encoder_part(sd), "VideoMAE (HuggingFace folder)"
+    raw = read_state_dict(path)
+    w = raw.get("patch_embed.proj.weight")
+    if w is not None and w.ndim == 4:
+        return raw, "image ViT"
+    sd, _ = load_published(path)
+    return _encoder_part(sd), "VideoMAE"
+
+
+def _encoder_part(sd: dict) -> dict:
+    return {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
+
+
+def _image_vit_to_encoder(sd: dict, model: ViViT, kernel_init: str, report: dict) -> dict:
+    cfg = model.cfg
+    out = {}
+    for k, v in sd.items():
+        if k.endswith("attn.qkv.bias"):
+            d = v.shape[0] // 3
+            base = k[: -len("qkv.bias")]
+            out[base + "q_bias"], out[base + "v_bias"] = v[:d], v[2 * d:]
+            report["notes"].append("dropped the key bias of the fused qkv (softmax ignores it)")
+        elif k == "patch_embed.proj.weight":
+            t = cfg.tubelet_size if cfg.tokenizer == "tubelet" else 1
+            if t == 1:
+                out[k] = v[:, :, None]
+            elif kernel_init == "central":
+                w = torch.zeros(*v.shape[:2], t, *v.shape[2:], dtype=v.dtype)
+                w[:, :, t // 2] = v
+                out[k] = w
+            elif kernel_init == "average":
+                out[k] = repeat(v, "d c h w -> d c t h w", t=t) / t
+            else:
+                raise ValueError(f"kernel init must be central or average, not {kernel_init!r}")
+        elif k == "pos_embed":
+            if cfg.pos != "learned":
+                report["unused"].append(k + " (the model uses the fixed sine-cosine table)")
+                continue
+            t, h, w = cfg.grid
+            grid = v[:, 1:] if v.shape[1] != int(v.shape[1] ** 0.5) ** 2 else v
+            side = int(grid.shape[1] ** 0.5)
+            img = grid.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+            img = F.interpolate(img.float(), size=(h, w), mode="bicubic", align_corners=False)
+            out[k] = repeat(img[0], "d h w -> 1 (t h w) d", t=t).to(v.dtype)
+        elif k in ("head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias"):
+            report["unused"].append(k)
+        else:
+            out[k] = v
+    return out
+
+
+def _tubelet_to_uniform(w: torch.Tensor) -> torch.Tensor:
+    """(D, C, t, p, p) -> (D, C, 1, p, p): summed over time (same response to a still clip)."""
+    return w.sum(dim=2, keepdim=True)
+
+
+def init_from(model: ViViT, path: str, kernel_init: str = "central", verbose: bool = True) -> dict:
+    """Load ``path`` into ``model`` and return the report {source, loaded, new, unused,
+    mismatched, notes}; prints it when verbose."""
+    sd, kind = read_source(path)
+    report = {"source": path, "kind": kind, "loaded": [], "new": [], "unused": [],
+              "mismatched": [], "notes": []}
+    if kind == "image ViT":
+        sd = _image_vit_to_encoder(sd, model, kernel_init, report)
+    target = model.state_dict()
+    w = sd.get("patch_embed.proj.weight")
+    if w is not None and w.ndim == 5 and model.cfg.tokenizer == "uniform" and w.shape[2] != 1:
+        sd["patch_embed.proj.weight"] = _tubelet_to_uniform(w)
+        report["notes"].append("tubelet kernel summed over time for uniform frame sampling")
+    if model.cfg.tokenizer == "t2t":
+        report["notes"].append("the T2T tokeniser starts new (no pre-trained counterpart)")
+    load = {}
+    for k, v in sd.items():
+        if k not in target:
+            report["unused"].append(k)
+        elif target[k].shape != v.shape:
+            report["mismatched"].append(f"{k}: {tuple(v.shape)} vs {tuple(target[k].shape)}")
+        else:
+            load[k] = v.to(target[k].dtype)
+    model.load_state_dict(load, strict=False)
+    report["loaded"] = sorted(load)
+    report["new"] = sorted(k for k in target if k not in load)
+    if model.cfg.variant == 3 and model.cfg.temporal_init == "copy":
+        for blk in model.blocks:
+            if isinstance(blk, FactorisedSelfAttentionBlock):
+                init_temporal_attention(blk, "copy")
+        report["notes"].append("temporal attention copied from the loaded spatial attention")
+    if verbose:
+        print(format_report(report))
+    return report
+
+
+def format_report(r: dict) -> str:
+    def short(keys):
+        blocks = sorted({k.split(".")[1] for k in keys if k.startswith("blocks.")}, key=int)
+        rest = [k for k in keys if not k.startswith("blocks.")]
+        head = f"blocks {blocks[0]}-{blocks[-1]} ({sum(k.startswith('blocks.') for k in keys)})" \
+            if blocks else ""
+        return ", ".join(([head] if head else []) + rest) or "-"
+    lines = [f"init from {r['source']} ({r['kind']})",
+             f"  loaded   {len(r['loaded']):4d}: {short(r['loaded'])}",
+             f"  new      {len(r['new']):4d}: {short(r['new'])}",
+             f"  unused   {len(r['unused']):4d}: {short(r['unused'])}"]
+    if r["mismatched"]:
+        lines.append(f"  shape mismatch {len(r['mismatched'])}: {', '.join(r['mismatched'])}")
+    lines += [f"  note: {n}" for n in dict.fromkeys(r["notes"])]
+    return "\n".join(lines)
+
+
+def encoder_geometry(path: str) -> dict:
+    """Model fields stored beside our export (encoder.json), for building a matching ViViT."""
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    meta = os.path.join(folder, "encoder.json")
+    if not os.path.isfile(meta):
+        return {}
+    with open(meta) as f:
+        m = json.load(f)["model"]
+    keys = ("img_size", "patch_size", "num_frames", "tubelet_size", "in_chans", "embed_dim",
+            "depth", "num_heads", "mlp_ratio", "norm_eps", "mean", "std")
+    return {k: m[k] for k in keys if k in m}

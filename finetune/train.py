@@ -1,0 +1,277 @@
+"""The fine-tuning loop: ViViT on a prepared folder with train/val/test splits.
+
+Reuses the pre-training runtime (engines, checkpoints and exact resume, TensorBoard and
+metrics.jsonl). Evaluates on val after every epoch, keeps the best checkpoint by the validation
+metric (AUC for volumes, top-1 for videos), runs the test split on it, and writes
+``run.dir/report.json`` with every metric, the config and the init used.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from data.manifest import DataSetError, has_splits, load_shard_set
+from data.stream import EvalStream, StreamConfig, TrainStream
+from pretrain.config import (LogConfig, OptimConfig, RunConfig, RuntimeConfig, dump_yaml,
+                             to_dict)
+from pretrain.runtime.checkpoint import Checkpointer, rng_state, set_rng_state
+from pretrain.runtime.distributed import (all_gather_objects, all_reduce_max, all_reduce_mean,
+                                          init_distributed, shutdown)
+from pretrain.runtime.engine import build_engine
+from pretrain.runtime.logger import MetricsLogger
+from pretrain.runtime.optim import cosine_lr, param_groups, scaled_lr
+from pretrain.train import StopRequested, check_resume_config, memory_mb
+from .evaluate import confusion_picture, summarize
+from .init import init_from
+from .vivit import ViViT, VivitConfig, layer_decay_scale
+
+
+@dataclass
+class FinetuneRunConfig(RunConfig):
+    init: str = ""                    # encoder / checkpoint to start from; "" = from scratch
+    kernel_init: str = "central"      # image ViT -> tubelet kernel: central | average
+
+
+@dataclass
+class FinetuneOptimConfig(OptimConfig):
+    base_lr: float = 5e-4             # per 256 clips
+    betas: tuple = (0.9, 0.999)
+    warmup_epochs: float = 5.0
+    layer_decay: float = 0.75         # lr x decay^(layers above); 1 = off
+    label_smoothing: float = 0.1
+    mixup: float = 0.0                # timm Mixup alpha (0.8 in the K400 recipe)
+    cutmix: float = 0.0               # timm CutMix alpha (1.0 in the K400 recipe)
+
+
+@dataclass
+class FinetuneTrainConfig:
+    epochs: int = 10
+    keep_last: int = 1                # checkpoints kept besides the best
+    max_nonfinite: int = 5
+
+
+@dataclass
+class FinetuneConfig:
+    run: FinetuneRunConfig = field(default_factory=FinetuneRunConfig)
+    data: StreamConfig = field(default_factory=lambda: StreamConfig(mask="none", flip=True))
+    model: VivitConfig = field(default_factory=VivitConfig)
+    optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
+
+
+def _check(cfg: FinetuneConfig, classes: int):
+    if not has_splits(cfg.data.shards):
+        raise DataSetError(f"{cfg.data.shards} has no train/val/test splits; fine-tuning needs "
+                           f"all three (prep writes them for MedMNIST, the synthetic set, and "
+                           f"Kinetics CSVs / split lists)")
+    if cfg.data.num_frames != cfg.model.num_frames:
+        raise ValueError(f"data.num_frames={cfg.data.num_frames} but model.num_frames="
+                         f"{cfg.model.num_frames}; set both to the same value")
+    if cfg.data.size is not None and cfg.data.size != cfg.model.img_size:
+        raise ValueError(f"data.size={cfg.data.size} but model.img_size={cfg.model.img_size}")
+    if (cfg.optim.mixup > 0 or cfg.optim.cutmix > 0) and cfg.data.batch_size % 2:
+        raise ValueError("mixup/cutmix pair samples within a batch: data.batch_size must be even")
+    if cfg.model.num_classes not in (0, classes):
+        raise ValueError(f"model.num_classes={cfg.model.num_classes} but the data has {classes} "
+                         f"classes; set model.num_classes=0 to take it from the data")
+
+
+def evaluate(engine, cfg: FinetuneConfig, split: str, dist, clips: int, crops: int,
+             kind: str) -> dict:
+    """Every sample of ``split`` once across ranks, ``clips x crops`` views, softmax-averaged."""
+    data = replace(cfg.data, test_clips=clips, test_crops=crops, mask="none")
+    stream = EvalStream(data, split, dist.rank, dist.world_size)
+    engine.train(False)
+    idx, logits, labels = [], [], []
+    with torch.no_grad():
+        for batch in stream:
+            out = engine(batch["video"].to(dist.device))
+            idx.append(batch["index"].numpy())
+            logits.append(out.float().cpu().numpy())
+            labels.append(batch["label"].numpy())
+    engine.train(True)
+    parts = all_gather_objects((np.concatenate(idx) if idx else np.zeros(0, np.int64),
+                                np.concatenate(logits) if logits else None,
+                                np.concatenate(labels) if labels else np.zeros(0, np.int64)),
+                               dist)
+    parts = [p for p in parts if p[1] is not None]
+    return summarize(kind, np.concatenate([p[0] for p in parts]),
+                     np.concatenate([p[1] for p in parts]),
+                     np.concatenate([p[2] for p in parts]))
+
+
+def _mixup(cfg: FinetuneConfig, num_classes: int):
+    if cfg.optim.mixup <= 0 and cfg.optim.cutmix <= 0:
+        return None
+    from timm.data import Mixup
+    return Mixup(mixup_alpha=cfg.optim.mixup, cutmix_alpha=cfg.optim.cutmix,
+                 label_smoothing=cfg.optim.label_smoothing, num_classes=num_classes)
+
+
+def train(cfg: FinetuneConfig) -> dict:
+    """Fine-tune (or resume), evaluate, test the best checkpoint; returns the report."""
+    t_start = time.time()
+    dist = init_distributed(cfg.runtime.device)
+    cfg.data = replace(cfg.data, mask="none")
+    cfg.data.check()
+    train_set = load_shard_set(cfg.data.shards, "train")
+    _check(cfg, train_set.num_classes)
+    if cfg.model.num_classes == 0:
+        cfg.model = replace(cfg.model, num_classes=train_set.num_classes)
+    run_dir = cfg.run.dir
+    os.makedirs(run_dir, exist_ok=True)
+    check_resume_config(run_dir, cfg)
+    torch.manual_seed(cfg.run.seed)
+    model = ViViT(cfg.model)
+    init_report = None
+    if cfg.run.init:
+        init_report = init_from(model, cfg.run.init, cfg.run.kernel_init,
+                                verbose=dist.is_main)
+    decay = layer_decay_scale(model.cfg, cfg.optim.layer_decay) \
+        if cfg.optim.layer_decay < 1 else None
+    total_batch = cfg.data.batch_size * cfg.runtime.grad_accum * dist.world_size
+    steps_per_epoch = max(1, math.ceil(train_set.num_samples * cfg.data.repeats / total_batch))
+    total_steps = steps_per_epoch * cfg.train.epochs
+    peak_lr = cfg.optim.lr if cfg.optim.lr is not None else scaled_lr(cfg.optim.base_lr,
+                                                                      total_batch)
+    warmup = int(cfg.optim.warmup_epochs * steps_per_epoch) or cfg.optim.warmup_steps
+    engine = build_engine(model, param_groups(model, cfg.optim.weight_decay, decay), cfg.optim,
+                          cfg.runtime, dist, cfg.data.batch_size)
+    stream = TrainStream(cfg.data, dist.rank, dist.world_size, shard_set=train_set)
+    ckpt = Checkpointer(run_dir, dist, cfg.train.keep_last)
+    mixup = _mixup(cfg, train_set.num_classes)
+    kind = train_set.kind
+    step, history, best, rank_state = 0, [], None, None
+    tag = ckpt.latest_tag()
+    if tag:
+        client, rank_state = ckpt.load(engine, tag)
+        step, history, best = client["step"], client["history"], client["best"]
+        stream.load_state_dict(rank_state["stream"])
+        ckpt.protect = {best["tag"]} if best else set()
+    elif dist.is_main:
+        dump_yaml(cfg, os.path.join(run_dir, "config.yaml"))
+    batches = iter(stream)
+    if rank_state is not None:
+        set_rng_state(rank_state["rng"], dist.device)
+    logger = MetricsLogger(run_dir, dist.is_main, resume_step=step if tag else None)
+    if dist.is_main:
+        what = f"resuming at step {step}" if tag else "new run"
+        print(f"finetune: {what} in {run_dir}: ViViT model {model.cfg.variant}, "
+              f"{model.cfg.tokenizer} tokens, {train_set.num_samples} training samples, "
+              f"{steps_per_epoch} steps/epoch x {cfg.train.epochs} epochs, peak lr "
+              f"{peak_lr:.3g}, init {cfg.run.init or 'none (from scratch)'}", file=sys.stderr)
+    in_row, losses, t_epoch = 0, [], time.time()
+    stopped = None
+    engine.train(True)
+    with StopRequested() as stop:
+        while step < total_steps:
+            engine.set_lr(cosine_lr(step, total_steps, peak_lr, warmup, cfg.optim.min_lr))
+            micro = 0
+            while micro < cfg.runtime.grad_accum:
+                batch = next(batches)
+                x = batch["video"].to(dist.device)
+                y = batch["label"].to(dist.device)
+                if mixup is not None:
+                    x, y = mixup(engine.module.normalize(x).float(), y)
+                logits = engine(x)
+                if mixup is not None:
+                    loss = torch.sum(-y * F.log_softmax(logits.float(), -1), -1).mean()
+                else:
+                    loss = F.cross_entropy(logits.float(), y,
+                                           label_smoothing=cfg.optim.label_smoothing)
+                if all_reduce_max([float(not torch.isfinite(loss).item())], dist)[0] > 0:
+                    in_row += 1
+                    if in_row >= cfg.train.max_nonfinite:
+                        raise RuntimeError(f"the loss was NaN or inf {in_row} times in a row; "
+                                           f"stopping (last checkpoint {ckpt.latest_tag()} is "
+                                           f"intact). Lower optim.base_lr")
+                    continue
+                in_row = 0
+                engine.backward(loss)
+                engine.step()
+                micro += 1
+                losses.append(float(loss.detach()))
+            step += 1
+            if step % cfg.log.every == 0:
+                logger.scalars(step, {"loss": all_reduce_mean(float(np.mean(losses)), dist),
+                                      "lr": engine.optimizer.param_groups[-1]["lr"],
+                                      "grad_norm": engine.grad_norm,
+                                      "memory_mb": memory_mb(dist.device)})
+                losses = []
+            if all_reduce_max([float(stop.signum is not None)], dist)[0] > 0:
+                stopped = stop.signum
+                break
+            if step % steps_per_epoch == 0:
+                epoch = step // steps_per_epoch
+                val = evaluate(engine, cfg, "val", dist, 1, 1, kind)
+                row = {"epoch": epoch, "step": step, "wall_s": round(time.time() - t_epoch, 2),
+                       **{k: v for k, v in val.items() if k != "confusion"}}
+                history.append(row)
+                t_epoch = time.time()
+                tag = f"epoch{epoch:04d}"
+                if best is None or val["primary"] > best["primary"]:
+                    best = {**row, "tag": tag}
+                ckpt.protect = {best["tag"]}
+                ckpt.save(engine, tag, {"step": step, "history": history, "best": best},
+                          {"stream": stream.state_dict(), "rng": rng_state(dist.device)})
+                logger.scalars(step, {k: v for k, v in row.items()
+                                      if isinstance(v, (int, float))}, prefix="val")
+                logger.image("val/confusion", step, confusion_picture(
+                    np.array(val["confusion"])))
+                if dist.is_main:
+                    print(f"finetune: epoch {epoch}/{cfg.train.epochs} val acc {val['acc']:.4f} "
+                          f"auc {val['auc']:.4f} top1 {val['top1']:.4f} "
+                          f"(best epoch {best['epoch']})", file=sys.stderr)
+    if stopped:
+        if step % steps_per_epoch:  # mid-epoch: save where we are
+            ckpt.save(engine, f"step{step:08d}", {"step": step, "history": history,
+                                                  "best": best},
+                      {"stream": stream.state_dict(), "rng": rng_state(dist.device)})
+        logger.close()
+        if dist.is_main:
+            print(f"finetune: stopped by signal {stopped} at step {step}; run the same command "
+                  f"to resume", file=sys.stderr)
+        shutdown()
+        return {"stopped_by_signal": True, "step": step}
+    engine.load(ckpt.dir, best["tag"])
+    test = evaluate(engine, cfg, "test", dist, cfg.data.test_clips, cfg.data.test_crops, kind)
+    logger.image("test/confusion", step, confusion_picture(np.array(test["confusion"])))
+    logger.close()
+    report = {"run_dir": os.path.abspath(run_dir), "task": kind,
+              "classes": train_set.classes, "init": cfg.run.init or None,
+              "init_report": None if init_report is None else {
+                  k: (len(v) if isinstance(v, list) else v) for k, v in init_report.items()},
+              "model": dataclasses.asdict(model.cfg), "best": best, "history": history,
+              "test": test, "wall_s": round(time.time() - t_start, 2),
+              "config": to_dict(cfg)}
+    if dist.is_main:
+        tmp = os.path.join(run_dir, "report.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=1, default=_plain)
+        os.replace(tmp, os.path.join(run_dir, "report.json"))
+        print(f"finetune: best epoch {best['epoch']} (val {best['primary']:.4f}); test acc "
+              f"{test['acc']:.4f} auc {test['auc']:.4f} top1 {test['top1']:.4f} top5 "
+              f"{test['top5']:.4f}; report in {run_dir}/report.json", file=sys.stderr)
+    shutdown()
+    return report
+
+
+def _plain(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(type(o))

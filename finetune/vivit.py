@@ -1,0 +1,376 @@
+"""ViViT (Arnab et al. 2021): four models over three tokenisers, built from pretrain.layers.
+
+Tokenisers (all give a (T', H', W') grid of tokens, t-major):
+  tubelet  Conv3d with kernel = stride = (t, p, p) (VideoMAE's cube embedding);
+  uniform  uniform frame sampling: every t-th frame, each embedded by a 2D (1, p, p) patch conv;
+  t2t      a 3D tokens-to-token soft split: overlapping unfold over (T, H, W), a small token
+           transformer between splits, then a linear projection to the model width.
+Models:
+  1 joint space-time attention over all tokens;
+  2 factorised encoder: a spatial encoder per time index, then a temporal encoder over the
+    per-frame vectors;
+  3 factorised self-attention: in each block attention over time, then over space, then MLP;
+  4 factorised dot-product attention: Model 1's parameters, half of the heads attend over
+    space and half over time.
+Parameter names follow the VideoMAE encoder (``patch_embed.proj``, ``blocks.{i}.attn.qkv``,
+``norm``), so Models 1 and 4 take a VideoMAE encoder as is, Model 3 takes it for its spatial
+part, and Model 2 for its spatial encoder.
+
+Input: (B, C, T, H, W), uint8 (normalised here) or float already normalised. Output: logits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from pretrain.layers import Attention, Block, TubeletEmbed, sincos_table
+from pretrain.model import IMAGENET_MEAN, IMAGENET_STD, PRESETS
+
+TOKENIZERS = ("tubelet", "uniform", "t2t")
+VARIANTS = (1, 2, 3, 4)
+
+
+@dataclass
+class VivitConfig:
+    """The `model` section of a fine-tuning recipe. Widths left at None come from ``preset``."""
+    variant: int = 1                 # ViViT model 1-4
+    tokenizer: str = "tubelet"       # tubelet | uniform | t2t
+    preset: str = "vit_b"
+    img_size: int = 224
+    patch_size: int = 16
+    num_frames: int = 16
+    tubelet_size: int = 2
+    in_chans: int = 3
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    temporal_depth: int = 4          # model 2: layers of the temporal encoder
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    norm_eps: float = 1e-6
+    num_classes: int = 0             # 0: taken from the data by the fine-tuning loop
+    pool: str = "mean"               # mean (+ fc_norm) | cls
+    drop_path: float = 0.1
+    dropout: float = 0.0             # before the head
+    head_init_scale: float = 0.001
+    pos: str = "sincos"              # sincos (fixed, VideoMAE) | learned
+    temporal_init: str = "zero"      # model 3: temporal attention zero-initialised or copied
+    t2t_dim: int = 64                # t2t: width of the token transformer between splits
+    t2t_kernels: tuple = ()          # t2t: ((k, s, p), ...), each an int or [t, h, w]
+    mean: tuple | None = None
+    std: tuple | None = None
+
+    def resolved(self) -> "VivitConfig":
+        if self.preset not in PRESETS:
+            raise ValueError(f"model.preset {self.preset!r} is not one of {sorted(PRESETS)}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"model.variant must be 1, 2, 3 or 4, not {self.variant}")
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"model.tokenizer must be one of {TOKENIZERS}")
+        if self.num_classes < 1:
+            raise ValueError("model.num_classes must be set (the fine-tuning loop takes it from "
+                             "the data when it is 0)")
+        if self.pool not in ("mean", "cls"):
+            raise ValueError("model.pool must be mean or cls")
+        if self.pool == "cls" and self.variant in (3, 4):
+            raise ValueError("model.pool=cls is for models 1 and 2: the factorised attention of "
+                             "models 3 and 4 runs over the token grid; use pool=mean")
+        d, depth, heads = PRESETS[self.preset][:3]
+        mean = self.mean or (IMAGENET_MEAN if self.in_chans == 3 else (0.5,) * self.in_chans)
+        std = self.std or (IMAGENET_STD if self.in_chans == 3 else (0.5,) * self.in_chans)
+        kernels = self.t2t_kernels or default_t2t_kernels(self)
+        return replace(self, embed_dim=self.embed_dim or d, depth=self.depth or depth,
+                       num_heads=self.num_heads or heads, mean=tuple(mean), std=tuple(std),
+                       t2t_kernels=tuple(tuple(_triple(v) for v in k) for k in kernels))
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        return (self.num_frames // self.tubelet_size, self.img_size // self.patch_size,
+                self.img_size // self.patch_size)
+
+
+def _triple(v) -> tuple[int, int, int]:
+    return tuple(v) if isinstance(v, (list, tuple)) else (v, v, v)
+
+
+# stride of one soft split -> (kernel, padding), as T2T-ViT's (7, 4, 2) and (3, 2, 1)
+_SPLIT = {1: (1, 0), 2: (3, 1), 4: (7, 2)}
+
+
+def _stride_steps(total: int) -> list[int]:
+    steps = []
+    if total >= 8 and total % 4 == 0:
+        steps.append(4)
+        total //= 4
+    while total > 1 and total % 2 == 0:
+        steps.append(2)
+        total //= 2
+    if total > 1:
+        steps.append(total)
+    return steps
+
+
+def default_t2t_kernels(cfg: VivitConfig) -> list:
+    """A soft-split schedule that reaches the tubelet tokeniser's grid: per axis the strides
+    multiply to (t, p, p); a first (7, 4, 2) split where the spatial stride allows, then
+    (3, 2, 1) splits, so 224^2 / 16 gives T2T-ViT's schedule and 28^3 / 4 gives (3, 2, 1) twice
+    (7^3 tokens). Time is reduced in the last splits."""
+    t, s = _stride_steps(cfg.tubelet_size), _stride_steps(cfg.patch_size)
+    n = max(len(t), len(s), 2)
+    t, s = [1] * (n - len(t)) + t, s + [1] * (n - len(s))
+    out = []
+    for ts, ss in zip(t, s):
+        kt, pt = _SPLIT.get(ts, (ts, 0))
+        ks, ps = _SPLIT.get(ss, (ss, 0))
+        out.append(((kt, ks, ks), (ts, ss, ss), (pt, ps, ps)))
+    return out
+
+
+class UniformFrameEmbed(nn.Module):
+    """Uniform frame sampling: every ``t``-th frame, each embedded with a 2D patch conv
+    (a (1, p, p) Conv3d named ``proj``). (B, C, T, H, W) -> (B, T/t * H/p * W/p, D)."""
+
+    def __init__(self, in_chans: int, embed_dim: int, every: int, patch: int):
+        super().__init__()
+        self.every, self.patch = every, patch
+        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=(1, patch, patch),
+                              stride=(1, patch, patch))
+
+    def forward(self, x):
+        return rearrange(self.proj(x[:, :, ::self.every]), "b d t h w -> b (t h w) d")
+
+
+class T2TEmbed(nn.Module):
+    """Tokens-to-token in 3D: soft split (overlapping unfold over T, H, W), a token transformer
+    of width ``dim`` between splits, and a final linear projection to the model width."""
+
+    def __init__(self, in_chans: int, embed_dim: int, kernels, dim: int = 64,
+                 norm_eps: float = 1e-6):
+        super().__init__()
+        self.kernels = [tuple(map(_triple, k)) for k in kernels]
+        chans, self.reduce, self.blocks = in_chans, nn.ModuleList(), nn.ModuleList()
+        for i, (k, s, p) in enumerate(self.kernels):
+            width = chans * k[0] * k[1] * k[2]
+            last = i == len(self.kernels) - 1
+            self.reduce.append(nn.Linear(width, embed_dim if last else dim))
+            if not last:
+                self.blocks.append(Block(dim, 1, 1.0, norm_layer=partial(nn.LayerNorm,
+                                                                          eps=norm_eps)))
+            chans = dim
+
+    @staticmethod
+    def soft_split(x: torch.Tensor, k, s, p) -> tuple[torch.Tensor, tuple]:
+        """(B, C, T, H, W) -> (B, N, C*kt*kh*kw) overlapping patches, and the new grid."""
+        x = F.pad(x, (p[2], p[2], p[1], p[1], p[0], p[0]))
+        x = x.unfold(2, k[0], s[0]).unfold(3, k[1], s[1]).unfold(4, k[2], s[2])
+        grid = x.shape[2:5]
+        return rearrange(x, "b c t h w i j l -> b (t h w) (c i j l)"), tuple(grid)
+
+    def forward(self, x):
+        for i, (k, s, p) in enumerate(self.kernels):
+            tokens, grid = self.soft_split(x, k, s, p)
+            tokens = self.reduce[i](tokens)
+            if i < len(self.blocks):
+                tokens = self.blocks[i](tokens)
+                x = rearrange(tokens, "b (t h w) c -> b c t h w", t=grid[0], h=grid[1],
+                              w=grid[2])
+        return tokens
+
+
+class FactorisedDotProductAttention(Attention):
+    """Model 4: the parameters of joint attention; the first half of the heads attend over
+    space (tokens of the same time index), the second half over time (tokens at the same
+    spatial position); heads are concatenated before the output projection."""
+
+    grid: tuple = (1, 1, 1)
+
+    def forward(self, x):
+        t, h, w = self.grid
+        q, k, v = self.project_qkv(x)                      # (B, heads, N, d)
+        half = self.num_heads // 2
+        drop = self.attn_drop if self.training else 0.0
+
+        def attend(q, k, v, pattern_in, pattern_out):
+            q, k, v = (rearrange(z, pattern_in, t=t, h=h, w=w) for z in (q, k, v))
+            o = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+            return rearrange(o, pattern_out, t=t, h=h, w=w)
+        space = attend(q[:, :half], k[:, :half], v[:, :half],
+                       "b e (t h w) d -> (b t) e (h w) d", "(b t) e (h w) d -> b e (t h w) d")
+        time = attend(q[:, half:], k[:, half:], v[:, half:],
+                      "b e (t h w) d -> (b h w) e t d", "(b h w) e t d -> b e (t h w) d")
+        out = torch.cat([space, time], dim=1)
+        return self.proj_drop(self.proj(rearrange(out, "b e n d -> b n (e d)")))
+
+
+class FactorisedSelfAttentionBlock(Block):
+    """Model 3: x + temporal_attn(temporal_norm(x)) over time, then the spatial block
+    (norm1/attn over space, norm2/mlp) whose names match a VideoMAE block."""
+
+    def __init__(self, dim, num_heads, grid, norm_layer, **kw):
+        super().__init__(dim, num_heads, norm_layer=norm_layer, **kw)
+        self.grid = grid
+        self.temporal_norm = norm_layer(dim)
+        self.temporal_attn = Attention(dim, num_heads, qkv_bias=kw.get("qkv_bias", True))
+
+    def forward(self, x):
+        t, h, w = self.grid
+        xt = rearrange(x, "b (t h w) d -> (b h w) t d", t=t, h=h, w=w)
+        xt = xt + self.drop_path(self.temporal_attn(self.temporal_norm(xt)))
+        xs = rearrange(xt, "(b h w) t d -> (b t) (h w) d", h=h, w=w)
+        xs = xs + self.drop_path(self.attn(self.norm1(xs)))
+        x = rearrange(xs, "(b t) n d -> b (t n) d", t=t)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class ViViT(nn.Module):
+    def __init__(self, cfg: VivitConfig):
+        super().__init__()
+        cfg = cfg.resolved()
+        self.cfg = cfg
+        d, grid = cfg.embed_dim, cfg.grid
+        norm = partial(nn.LayerNorm, eps=cfg.norm_eps)
+        if cfg.tokenizer == "tubelet":
+            self.patch_embed = TubeletEmbed(cfg.in_chans, d, cfg.tubelet_size, cfg.patch_size)
+        elif cfg.tokenizer == "uniform":
+            self.patch_embed = UniformFrameEmbed(cfg.in_chans, d, cfg.tubelet_size,
+                                                 cfg.patch_size)
+        else:
+            self.patch_embed = T2TEmbed(cfg.in_chans, d, cfg.t2t_kernels, cfg.t2t_dim,
+                                        cfg.norm_eps)
+        n = grid[0] * grid[1] * grid[2]
+        if cfg.pos == "learned":
+            self.pos_embed = nn.Parameter(sincos_table(n, d)[None].clone())
+        else:
+            self.register_buffer("pos_embed", sincos_table(n, d)[None], persistent=False)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.pool == "cls" else None
+        rates = torch.linspace(0, cfg.drop_path, cfg.depth + (cfg.temporal_depth
+                                                              if cfg.variant == 2 else 0))
+        rates = rates.tolist()
+        common = dict(mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias)
+        if cfg.variant == 3:
+            self.blocks = nn.ModuleList([FactorisedSelfAttentionBlock(
+                d, cfg.num_heads, grid, norm, drop_path=rates[i], **common)
+                for i in range(cfg.depth)])
+        else:
+            attn = Attention
+            if cfg.variant == 4:
+                if cfg.num_heads < 2:
+                    raise ValueError("model 4 needs at least 2 heads (half space, half time)")
+                attn = type("FDPA", (FactorisedDotProductAttention,), {"grid": grid})
+            self.blocks = nn.ModuleList([Block(d, cfg.num_heads, norm_layer=norm,
+                                               drop_path=rates[i], attn_layer=attn, **common)
+                                         for i in range(cfg.depth)])
+        if cfg.variant == 2:
+            self.temporal_cls = nn.Parameter(torch.zeros(1, 1, d)) if cfg.pool == "cls" else None
+            self.register_buffer("temporal_pos", sincos_table(grid[0], d)[None],
+                                 persistent=False)
+            self.temporal_blocks = nn.ModuleList([
+                Block(d, cfg.num_heads, norm_layer=norm, drop_path=rates[cfg.depth + i],
+                      **common) for i in range(cfg.temporal_depth)])
+            self.temporal_norm = norm(d)
+        self.norm = norm(d)
+        self.fc_norm = norm(d) if cfg.pool == "mean" else nn.Identity()
+        self.head_drop = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(d, cfg.num_classes)
+        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, -1, 1, 1, 1),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.std).view(1, -1, 1, 1, 1),
+                             persistent=False)
+        self._init_weights()
+
+    def _init_weights(self):
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for tok in (self.cls_token, getattr(self, "temporal_cls", None)):
+            if tok is not None:
+                nn.init.trunc_normal_(tok, std=0.02)
+        with torch.no_grad():
+            self.head.weight.mul_(self.cfg.head_init_scale)
+            self.head.bias.mul_(self.cfg.head_init_scale)
+        if self.cfg.variant == 3:
+            for blk in self.blocks:
+                init_temporal_attention(blk, self.cfg.temporal_init)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = (x.float() / 255.0 - self.mean) / self.std
+        return x.to(self.head.weight.dtype)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, T, H, W) -> (B, N, D) tokens with positions (before any block)."""
+        x = self.patch_embed(self.normalize(x))
+        return x + self.pos_embed.to(x.dtype)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Token features after the last block and ``norm``: (B, N, D), or (B, T', D) of the
+        temporal encoder for Model 2. For Model 1 with a VideoMAE encoder's weights this is
+        exactly that encoder's output."""
+        x = self.tokens(x)
+        b = x.shape[0]
+        t, h, w = self.cfg.grid
+        if self.cfg.variant == 2:
+            x = rearrange(x, "b (t n) d -> (b t) n d", t=t)
+            x = self._run(self.blocks, x, self.cls_token)
+            x = self.norm(x)
+            frame = x[:, 0] if self.cls_token is not None else x.mean(1)
+            x = rearrange(frame, "(b t) d -> b t d", b=b) + self.temporal_pos.to(x.dtype)
+            x = self._run(self.temporal_blocks, x, getattr(self, "temporal_cls", None))
+            return self.temporal_norm(x)
+        return self.norm(self._run(self.blocks, x, self.cls_token))
+
+    def _run(self, blocks, x, cls):
+        if cls is not None:
+            x = torch.cat([cls.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        for blk in blocks:
+            x = blk(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.forward_features(x)
+        pooled = f[:, 0] if self.cfg.pool == "cls" else f.mean(1)
+        return self.head(self.head_drop(self.fc_norm(pooled)))
+
+
+def init_temporal_attention(blk: FactorisedSelfAttentionBlock, how: str):
+    """Model 3's temporal attention: 'zero' (output projection zero: the block starts as the
+    spatial block) or 'copy' (the spatial attention's weights, as scenic does)."""
+    if how == "zero":
+        nn.init.zeros_(blk.temporal_attn.proj.weight)
+        nn.init.zeros_(blk.temporal_attn.proj.bias)
+    elif how == "copy":
+        blk.temporal_attn.load_state_dict(blk.attn.state_dict())
+        blk.temporal_norm.load_state_dict(blk.norm1.state_dict())
+    else:
+        raise ValueError(f"model.temporal_init must be zero or copy, not {how!r}")
+
+
+def layer_id(name: str, cfg: VivitConfig) -> int:
+    """Depth of a parameter for layer-wise lr decay: embeddings 0, block i -> i + 1, temporal
+    block j (model 2) -> depth + 1 + j, the rest (norms, head) last."""
+    n_layers = cfg.depth + (cfg.temporal_depth if cfg.variant == 2 else 0)
+    if name.startswith(("patch_embed", "pos_embed", "cls_token")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    if name.startswith("temporal_blocks."):
+        return cfg.depth + 1 + int(name.split(".")[1])
+    if name.startswith("temporal_cls"):
+        return cfg.depth + 1
+    return n_layers + 1
+
+
+def layer_decay_scale(cfg: VivitConfig, decay: float):
+    n_layers = cfg.depth + (cfg.temporal_depth if cfg.variant == 2 else 0)
+    return lambda name: decay ** (n_layers + 1 - layer_id(name, cfg))
+

@@ -70,11 +70,14 @@ class FinetuneConfig:
     train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
 
 
+def _check_splits(shards: str):
+    if os.path.isdir(shards) and not has_splits(shards):
+        raise DataSetError(f"{shards} has no train/val/test splits; fine-tuning needs all three "
+                           f"(prep writes them for MedMNIST, the synthetic set, and Kinetics "
+                           f"CSVs / split lists)")
+
+
 def _check(cfg: FinetuneConfig, classes: int):
-    if not has_splits(cfg.data.shards):
-        raise DataSetError(f"{cfg.data.shards} has no train/val/test splits; fine-tuning needs "
-                           f"all three (prep writes them for MedMNIST, the synthetic set, and "
-                           f"Kinetics CSVs / split lists)")
     if cfg.data.num_frames != cfg.model.num_frames:
         raise ValueError(f"data.num_frames={cfg.data.num_frames} but model.num_frames="
                          f"{cfg.model.num_frames}; set both to the same value")
@@ -125,6 +128,7 @@ def train(cfg: FinetuneConfig) -> dict:
     dist = init_distributed(cfg.runtime.device)
     cfg.data = replace(cfg.data, mask="none")
     cfg.data.check()
+    _check_splits(cfg.data.shards)
     train_set = load_shard_set(cfg.data.shards, "train")
     _check(cfg, train_set.num_classes)
     if cfg.model.num_classes == 0:

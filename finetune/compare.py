@@ -1,0 +1,119 @@
+"""`python -m finetune.compare`: the tokeniser comparison (uniform frame sampling vs tubelet
+embedding vs 3D tokens-to-token) with identical hyper-parameters over several data sets.
+
+    python -m finetune.compare --sets shards/organ28 shards/nodule28 ... \\
+        --config launch/configs/finetune/medmnist3d_vivit.yaml --out runs/compare [k=v ...]
+
+Each (set, tokeniser) is a fine-tuning run under OUT/<set>/<tokeniser>, all logging into one
+TensorBoard folder (OUT/tb, runs named <set>/<tokeniser>). Writes OUT/results.md (best
+validation ACC/AUC, test ACC/AUC, epochs to converge, wall time) and OUT/curves.png (validation
+AUC per epoch). No pre-training: all runs start from scratch unless --init is given.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+TOKENIZERS = ("uniform", "tubelet", "t2t")
+COLOURS = {"uniform": (214, 39, 40), "tubelet": (31, 119, 180), "t2t": (44, 160, 44)}
+
+
+def epochs_to_converge(history: list, key: str = "auc", within: float = 0.01) -> int:
+    """First epoch whose validation metric is within ``within`` of the run's best."""
+    best = max(h[key] for h in history)
+    return next(h["epoch"] for h in history if h[key] >= best - within)
+
+
+def draw_curves(results: dict, path: str, key: str = "auc", size=(360, 240)):
+    """One panel per data set: validation ``key`` per epoch for each tokeniser (PNG)."""
+    from PIL import Image, ImageDraw
+    w, h = size
+    sets = list(results)
+    img = Image.new("RGB", (w * len(sets), h + 20), "white")
+    d = ImageDraw.Draw(img)
+    for i, name in enumerate(sets):
+        x0, pad = i * w, 30
+        d.rectangle([x0 + pad, 10, x0 + w - 10, h - pad], outline=(0, 0, 0))
+        d.text((x0 + pad, h - pad + 4), f"{name}: val {key} / epoch", fill=(0, 0, 0))
+        for ti, (tok, rep) in enumerate(results[name].items()):
+            hist = rep["history"]
+            ys = [r[key] for r in hist]
+            n = max(len(hist) - 1, 1)
+            pts = [(x0 + pad + (w - pad - 10) * j / n,
+                    10 + (h - pad - 10) * (1 - (min(max(y, 0.0), 1.0)))) for j, y in enumerate(ys)]
+            d.line(pts, fill=COLOURS[tok], width=2)
+            d.text((x0 + w - 80, 14 + 12 * ti), tok, fill=COLOURS[tok])
+        d.text((x0 + 2, 6), "1.0", fill=(0, 0, 0))
+        d.text((x0 + 2, h - pad - 10), "0.0", fill=(0, 0, 0))
+    img.save(path)
+
+
+def table(results: dict) -> str:
+    lines = ["| data set | tokeniser | best val ACC | best val AUC | test ACC | test AUC | "
+             "epochs to converge | wall time (s) |", "|---|---|---|---|---|---|---|---|"]
+    for name, runs in results.items():
+        for tok, rep in runs.items():
+            b, t = rep["best"], rep["test"]
+            lines.append(f"| {name} | {tok} | {b['acc']:.3f} | {b['auc']:.3f} | {t['acc']:.3f} | "
+                         f"{t['auc']:.3f} | {epochs_to_converge(rep['history'])} | "
+                         f"{rep['wall_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m finetune.compare", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sets", nargs="+", required=True, help="prepared folders (with splits)")
+    ap.add_argument("--config", default="launch/configs/finetune/medmnist3d_vivit.yaml")
+    ap.add_argument("--out", default="runs/compare")
+    ap.add_argument("--tokenizers", nargs="+", default=list(TOKENIZERS), choices=TOKENIZERS)
+    ap.add_argument("--init", default="", help="optional encoder for every run")
+    ap.add_argument("overrides", nargs="*", metavar="section.key=value")
+    args = ap.parse_args(argv)
+    from pretrain.config import ConfigError, load_config
+    from .train import FinetuneConfig, train
+
+    results = {}
+    for path in args.sets:
+        name = os.path.basename(os.path.normpath(path))
+        results[name] = {}
+        for tok in args.tokenizers:
+            run_dir = os.path.join(args.out, name, tok)
+            try:
+                cfg = load_config(args.config, [*args.overrides, f"data.shards={path}",
+                                                f"run.dir={run_dir}", f"model.tokenizer={tok}",
+                                                f"run.init={args.init}"], schema=FinetuneConfig)
+            except ConfigError as e:
+                print(f"finetune.compare: error: {e}", file=sys.stderr)
+                return 2
+            report_path = os.path.join(run_dir, "report.json")
+            if os.path.isfile(report_path):  # finished earlier: reuse (the study resumes)
+                with open(report_path) as f:
+                    results[name][tok] = json.load(f)
+                continue
+            results[name][tok] = train(cfg)
+            _link_tb(run_dir, os.path.join(args.out, "tb", name, tok))
+    os.makedirs(args.out, exist_ok=True)
+    md = table(results)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(md)
+    draw_curves(results, os.path.join(args.out, "curves.png"))
+    print(md)
+    print(f"curves: {os.path.join(args.out, 'curves.png')}; TensorBoard: "
+          f"tensorboard --logdir {os.path.join(args.out, 'tb')}")
+    return 0
+
+
+def _link_tb(run_dir: str, where: str):
+    """All runs under one TensorBoard folder: link each run's tb/ there."""
+    os.makedirs(os.path.dirname(where), exist_ok=True)
+    if not os.path.lexists(where):
+        os.symlink(os.path.abspath(os.path.join(run_dir, "tb")), where)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,55 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from finetune.train import FinetuneConfig, train
+from pretrain.config import load_config
+
+
+def test_finetune_evaluates_keeps_the_best_and_reports(ft_recipe):
+    recipe, run_dir = ft_recipe
+    report = train(load_config(recipe, ["optim.mixup=0.8", "optim.cutmix=1.0"],
+                               schema=FinetuneConfig))
+    on_disk = json.load(open(os.path.join(run_dir, "report.json")))
+    assert on_disk["best"]["epoch"] == report["best"]["epoch"]
+    assert [h["epoch"] for h in on_disk["history"]] == [1, 2]
+    test = on_disk["test"]
+    assert test["samples"] == 9 and {"acc", "auc", "top1", "top5"} <= set(test)
+    assert np.array(test["confusion"]).sum() == 9
+    assert on_disk["config"]["optim"]["mixup"] == 0.8 and on_disk["init"] is None
+    ckpts = os.listdir(os.path.join(run_dir, "checkpoints"))
+    assert on_disk["best"]["tag"] in ckpts            # the best is never pruned
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(os.path.join(run_dir, "tb"), size_guidance={"images": 4}).Reload()
+    assert {"val/confusion", "test/confusion"} <= set(acc.Tags()["images"])
+    assert "val/auc" in acc.Tags()["scalars"]
+
+
+def test_cli_names_bad_keys_and_missing_splits(ft_recipe, tmp_path):
+    recipe, _ = ft_recipe
+    r = subprocess.run([sys.executable, "-m", "finetune", "--config", recipe, "--init", "none",
+                        "model.tokeniser=t2t"], capture_output=True, text=True)
+    assert r.returncode == 2 and "model.tokeniser" in r.stderr and "model.tokenizer" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "finetune", "--config", recipe, "--init", "none",
+                        f"data.shards={tmp_path}"], capture_output=True, text=True)
+    assert r.returncode == 2 and "splits" in r.stderr
+
+
+def test_compare_writes_a_table_curves_and_one_tensorboard_folder(synthetic_set, ft_recipe,
+                                                                  tmp_path):
+    recipe, _ = ft_recipe
+    from finetune.compare import main as compare
+    out = tmp_path / "cmp"
+    assert compare(["--sets", synthetic_set, "--config", recipe, "--out", str(out),
+                    "train.epochs=1"]) == 0
+    md = (out / "results.md").read_text()
+    for tok in ("uniform", "tubelet", "t2t"):
+        assert f"| {tok} |" in md
+        assert (out / "tb" / "set" / tok).exists()
+    assert "epochs to converge" in md
+    from PIL import Image
+    assert Image.open(out / "curves.png").size[0] > 100

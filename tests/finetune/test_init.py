@@ -1,0 +1,140 @@
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from data.masks import tube_mask
+from finetune.init import init_from
+from finetune.vivit import ViViT, VivitConfig
+from pretrain.export import export_encoder, export_hf
+from pretrain.model import ModelConfig, VideoMAE
+
+GEOM = dict(preset="vit_tiny", img_size=32, patch_size=8, num_frames=8, tubelet_size=2)
+
+
+@pytest.fixture(scope="module")
+def videomae(tmp_path_factory):
+    torch.manual_seed(0)
+    m = VideoMAE(ModelConfig(**GEOM)).eval()
+    for p in m.parameters():  # non-trivial norms and biases
+        torch.nn.init.normal_(p, std=0.05) if p.ndim == 1 else None
+    out = tmp_path_factory.mktemp("enc")
+    export_encoder(m.state_dict(), m.cfg, str(out), {"test": True})
+    return m, str(out)
+
+
+def vivit(**kw):
+    return ViViT(VivitConfig(**GEOM, num_classes=3, **kw)).eval()
+
+
+def test_model_1_from_our_encoder_reproduces_its_features_exactly(videomae, capsys):
+    m, path = videomae
+    v = vivit(variant=1)
+    report = init_from(v, path)
+    assert report["unused"] == [] and report["mismatched"] == []
+    assert set(report["new"]) == {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
+    assert "loaded" in capsys.readouterr().out
+    x = torch.randint(0, 256, (2, 3, 8, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        want = m.encoder(m.normalize(x)[0])
+        got = v.forward_features(x)
+    assert torch.equal(got, want)
+    # the encoder also reproduces its masked forward: visible tokens only
+    mask = tube_mask(2, m.cfg.grid, 0.75)
+    with torch.no_grad():
+        vis = m.encoder(m.normalize(x)[0], mask)
+    assert vis.shape[1] == int((~mask[0]).sum())
+
+
+def test_model_1_from_official_and_hf_checkpoints(videomae, tmp_path):
+    m, _ = videomae
+    torch.save({"model": m.state_dict()}, tmp_path / "official.pth")
+    export_hf(m.state_dict(), m.cfg, str(tmp_path / "hf"))
+    x = torch.randint(0, 256, (1, 3, 8, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        want = m.encoder(m.normalize(x)[0])
+    for src in (str(tmp_path / "official.pth"), str(tmp_path / "hf")):
+        v = vivit(variant=1)
+        report = init_from(v, src, verbose=False)
+        assert report["kind"].startswith("VideoMAE") and report["mismatched"] == []
+        with torch.no_grad():
+            assert torch.allclose(v.forward_features(x), want, atol=1e-6)
+
+
+def test_models_2_3_4_mapping(videomae):
+    _, path = videomae
+    sd = VideoMAE(ModelConfig(**GEOM)).encoder.state_dict()
+    m4 = vivit(variant=4)
+    assert init_from(m4, path, verbose=False)["unused"] == []
+    m2 = vivit(variant=2, temporal_depth=2)
+    r2 = init_from(m2, path, verbose=False)
+    assert any(k.startswith("temporal_blocks.") for k in r2["new"])
+    assert not any(k.startswith("blocks.") for k in r2["new"])
+    for how in ("zero", "copy"):
+        m3 = vivit(variant=3, temporal_init=how)
+        r3 = init_from(m3, path, verbose=False)
+        assert not any(k.startswith("blocks.") and ".temporal" not in k for k in r3["new"])
+        blk = m3.blocks[0]
+        if how == "zero":
+            assert not blk.temporal_attn.proj.weight.any()
+        else:
+            assert torch.equal(blk.temporal_attn.qkv.weight, blk.attn.qkv.weight)
+    assert len(sd) > 0
+
+
+def test_model_3_with_zero_temporal_attention_is_the_spatial_model(videomae):
+    _, path = videomae
+    m3 = vivit(variant=3, temporal_init="zero")
+    init_from(m3, path, verbose=False)
+    x = torch.randn(1, 3, 8, 32, 32)
+    blk = m3.blocks[0]
+    t, h, w = m3.cfg.grid
+    tokens = m3.tokens(x)
+    from einops import rearrange
+    frames = rearrange(tokens, "b (t n) d -> (b t) n d", t=t)
+    spatial = frames + blk.attn(blk.norm1(frames))
+    spatial = rearrange(spatial, "(b t) n d -> b (t n) d", t=t)
+    spatial = spatial + blk.mlp(blk.norm2(spatial))
+    assert torch.allclose(blk(tokens), spatial, atol=1e-6)
+
+
+def test_uniform_tokens_from_a_tubelet_kernel_match_on_a_still_clip(videomae):
+    m, path = videomae
+    u = vivit(variant=1, tokenizer="uniform")
+    report = init_from(u, path, verbose=False)
+    assert "summed over time" in " ".join(report["notes"])
+    frame = torch.randn(1, 3, 1, 32, 32)
+    still = frame.expand(-1, -1, 8, -1, -1)
+    with torch.no_grad():
+        assert torch.allclose(u.patch_embed(still), m.encoder.patch_embed(still), atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel_init", ["central", "average"])
+def test_image_vit_initialisation(tmp_path, kernel_init):
+    import timm
+    torch.manual_seed(0)
+    image = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32,
+                              patch_size=8, num_classes=10, embed_dim=96, depth=2, num_heads=3)
+    for blk in image.blocks:
+        torch.nn.init.normal_(blk.attn.qkv.bias, std=0.5)  # includes a key bias
+    save_file({k: v.contiguous() for k, v in image.state_dict().items()},
+              str(tmp_path / "vit.safetensors"))
+    v = ViViT(VivitConfig(preset="vit_tiny", depth=2, img_size=32, patch_size=8, num_frames=8,
+                          tubelet_size=2, num_classes=3, pos="learned")).eval()
+    report = init_from(v, str(tmp_path / "vit.safetensors"), kernel_init, verbose=False)
+    assert report["kind"] == "image ViT"
+    assert {"head.weight", "head.bias"} <= set(report["unused"])
+    assert "cls_token" in report["unused"]
+    # a still clip: each tubelet token equals the image patch token (central or average)
+    img = torch.randn(1, 3, 32, 32)
+    still = img[:, :, None].expand(-1, -1, 8, -1, -1)
+    with torch.no_grad():
+        assert torch.allclose(v.patch_embed(still)[:, :16], image.patch_embed(img), atol=1e-5)
+        # positions: the image table (without its CLS row) tiled over time
+        table = image.pos_embed[:, 1:]
+        assert torch.allclose(v.pos_embed[:, :16], table, atol=1e-5)
+        assert torch.allclose(v.pos_embed[:, 16:32], table, atol=1e-5)
+        # attention without the key bias equals timm's attention with it (softmax ignores it)
+        tokens = torch.randn(1, 16, 96)
+        assert torch.allclose(v.blocks[0].attn(tokens), image.blocks[0].attn(tokens), atol=1e-5)

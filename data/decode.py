@@ -172,11 +172,31 @@ def encode_video(frames: Iterable[np.ndarray], fps: float, codec: str = "h264",
             if first:
                 stream.height, stream.width = frame.shape[:2]
                 first = False
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            for packet in stream.encode(_yuv420_frame(frame)):
                 box.mux(packet)
         for packet in stream.encode():
             box.mux(packet)
     return out.getvalue()
+
+
+def _yuv420_frame(rgb: np.ndarray):
+    """RGB (H, W, 3) -> a yuv420p frame whose buffers, row padding included, are all written.
+
+    The encoder's SIMD code reads past the last pixel of a row; with the padding left
+    uninitialised (as frame allocation leaves it) the output bytes depended on leftover memory
+    for some frame widths, so the same frames did not always give the same file."""
+    h, w = rgb.shape[:2]
+    yuv = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(
+        format="yuv420p").to_ndarray()                       # (h * 3/2, w): Y, then U, then V
+    q = h // 4
+    planes = [yuv[:h], yuv[h:h + q].reshape(h // 2, w // 2),
+              yuv[h + q:h + 2 * q].reshape(h // 2, w // 2)]
+    frame = av.VideoFrame(w, h, "yuv420p")
+    for plane, data in zip(frame.planes, planes):
+        buf = np.zeros((plane.buffer_size // plane.line_size, plane.line_size), np.uint8)
+        buf[:data.shape[0], :data.shape[1]] = data
+        plane.update(buf)
+    return frame
 
 
 def even_size(height: int, width: int, short_side: int) -> tuple[int, int]:

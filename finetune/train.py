@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -29,7 +30,7 @@ from pretrain.runtime.distributed import (all_gather_objects, all_reduce_max, al
 from pretrain.runtime.engine import build_engine
 from pretrain.runtime.logger import MetricsLogger
 from pretrain.runtime.optim import cosine_lr, param_groups, scaled_lr
-from pretrain.train import StopRequested, check_resume_config, memory_mb
+from pretrain.train import KILL_AFTER_STEP, StopRequested, check_resume_config, memory_mb
 from .evaluate import confusion_picture, summarize
 from .init import init_from
 from .vivit import ViViT, VivitConfig, layer_decay_scale
@@ -237,6 +238,9 @@ def train(cfg: FinetuneConfig) -> dict:
                     print(f"finetune: epoch {epoch}/{cfg.train.epochs} val acc {val['acc']:.4f} "
                           f"auc {val['auc']:.4f} top1 {val['top1']:.4f} "
                           f"(best epoch {best['epoch']})", file=sys.stderr)
+            if os.environ.get(KILL_AFTER_STEP) == str(step):  # fault injection (tests)
+                logger.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
     if stopped:
         if step % steps_per_epoch:  # mid-epoch: save where we are
             ckpt.save(engine, f"step{step:08d}", {"step": step, "history": history,

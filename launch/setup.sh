@@ -1,37 +1,50 @@
 #!/usr/bin/env bash
 # Set-up: a virtual environment with every dependency, cached outside the clone and keyed by
-# launch/constraints.txt, so a second run takes seconds. Source it (`. launch/setup.sh`) to get
-# the environment activated; run it (`bash launch/setup.sh`) to only prepare it.
+# launch/constraints.txt, so a second run takes well under a second. Source it
+# (`. launch/setup.sh`) to get the environment activated; run it (`bash launch/setup.sh`) to
+# only prepare it.
 #   TUBEMAE_VENV  use this folder instead of the cache
 #   PYTHON        the interpreter to build the environment from (default python3)
-set -euo pipefail
-_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-_python=${PYTHON:-python3}
-_key=$( (cat "$_root/launch/constraints.txt"; "$_python" -c 'import sys; print(sys.version)') \
-        | sha256sum | cut -c1-12)
-_venv=${TUBEMAE_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/tubemae/venv-$_key}
-_pin() { grep -E "^$1==" "$_root/launch/constraints.txt" | head -n1; }
-
-if [ ! -f "$_venv/.tubemae-complete" ]; then
-  echo "setup: creating $_venv (torch and friends, a few minutes the first time)" >&2
-  rm -rf "$_venv"
-  mkdir -p "$(dirname "$_venv")"
-  "$_python" -m venv "$_venv"
-  "$_venv/bin/python" -m pip install -q --upgrade "pip>=24" "setuptools>=77" wheel
-  # The matched torch/torchvision pair from the registry: a CPU-only torch found through
-  # PIP_FIND_LINKS would not load the registry's torchvision.
-  env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null \
-    "$_venv/bin/python" -m pip install -q "$(_pin torch)" "$(_pin torchvision)"
-  "$_venv/bin/python" -m pip install -q -c "$_root/launch/constraints.txt" -e "$_root[dev]"
-  touch "$_venv/.tubemae-complete"
-fi
-# The environment may have been made from another clone: point the editable install here.
-if [ "$("$_venv/bin/python" -c 'import os, data; print(os.path.dirname(os.path.dirname(os.path.abspath(data.__file__))))' 2>/dev/null)" != "$_root" ]; then
-  "$_venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$_root" >&2
-fi
-export VIRTUAL_ENV=$_venv
-export PATH="$_venv/bin:$PATH"
-# CPU runs: one thread per process, extensions built somewhere writable, DeepSpeed on the CPU.
+_tubemae_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+_tubemae_venv=$(
+  set -euo pipefail
+  root=$_tubemae_root
+  python=${PYTHON:-python3}
+  key=$( (cat "$root/launch/constraints.txt"; "$python" -c 'import sys; print(sys.version)') \
+         | sha256sum | cut -c1-12)
+  venv=${TUBEMAE_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/tubemae/venv-$key}
+  pin() { grep -E "^$1==" "$root/launch/constraints.txt" | head -n1; }
+  quiet() {  # run quietly; show the output only when it fails
+    local out
+    if ! out=$("$@" 2>&1); then echo "$out" >&2; return 1; fi
+  }
+  if [ ! -f "$venv/.tubemae-complete" ]; then
+    echo "setup: creating $venv (torch and friends, a few minutes the first time)" >&2
+    rm -rf "$venv"
+    mkdir -p "$(dirname "$venv")"
+    "$python" -m venv "$venv"
+    quiet "$venv/bin/python" -m pip install --upgrade "pip>=24" "setuptools>=77" wheel
+    # The matched torch/torchvision pair from the registry: a CPU-only torch found through
+    # PIP_FIND_LINKS would not load the registry's torchvision.
+    quiet env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null \
+      "$venv/bin/python" -m pip install "$(pin torch)" "$(pin torchvision)"
+    quiet "$venv/bin/python" -m pip install -c "$root/launch/constraints.txt" -e "$root[dev]"
+    touch "$venv/.tubemae-complete"
+  fi
+  # The environment may have been made from another clone, or pyproject.toml (entry points)
+  # may have changed: point the editable install at this clone (seconds, no downloads).
+  stamp="$root $(sha256sum "$root/pyproject.toml" | cut -c1-16)"
+  if [ "$(cat "$venv/.tubemae-project" 2>/dev/null)" != "$stamp" ]; then
+    quiet "$venv/bin/python" -m pip install --no-deps --no-build-isolation -e "$root"
+    echo "$stamp" > "$venv/.tubemae-project"
+  fi
+  echo "$venv"
+) || { echo "setup: failed (see above)" >&2; unset _tubemae_root _tubemae_venv; return 1 2>/dev/null || exit 1; }
+export VIRTUAL_ENV=$_tubemae_venv
+export PATH="$_tubemae_venv/bin:$PATH"
+# CPU runs: one thread per process, extensions built somewhere writable, DeepSpeed on the CPU
+# unless a GPU is there.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tubemae/torch_extensions}
-unset _root _python _key _venv
+if ! command -v nvidia-smi >/dev/null 2>&1; then export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}; fi
+unset _tubemae_root _tubemae_venv

@@ -50,6 +50,24 @@ ENCODERS = {"h264": ("libx264", "yuv420p"), "vp9": ("libvpx-vp9", "yuv420p"),
             "av1": ("libsvtav1", "yuv420p")}
 
 
+def _cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+# x264's AVX-512 functions read memory they do not own: with them, the same frames gave
+# different bytes in about one process in five (seen with libx264 165 on AVX-512 CPUs). Capping
+# x264 at AVX2 (only where AVX-512 exists, so the cap never asks for more than the CPU has)
+# makes encoding reproducible.
+_X264_ASM = ":asm=AVX2" if "avx512f" in _cpu_flags() else ""
+
+
 class VideoDecodeError(ValueError):
     """The bytes are not a video this decoder can read (empty, truncated, not a video)."""
 
@@ -143,7 +161,7 @@ def encode_video(frames: Iterable[np.ndarray], fps: float, codec: str = "h264",
                  preset: str = "veryfast") -> bytes:
     """Encode RGB frames (H, W, 3) uint8 into container bytes.
 
-    Single-threaded, so the same frames always give the same bytes (the synthetic set and
+    One encoder thread, so the same frames always give the same bytes (the synthetic set and
     re-runs of prep rely on that). ``gop`` is the keyframe interval: a short one keeps strided
     seeking cheap. Height and width must be even.
     """
@@ -159,44 +177,29 @@ def encode_video(frames: Iterable[np.ndarray], fps: float, codec: str = "h264",
         stream.pix_fmt = pix_fmt
         stream.gop_size = gop
         stream.thread_count = 1
+        # One encoder thread, said to x264 itself (the stream's thread_count does not reach
+        # it), and x264's AVX-512 code kept out: either made the same frames encode to
+        # different bytes in some processes.
         if codec == "h264":
-            stream.options = {"crf": str(crf), "preset": preset, "bf": "0",
-                              "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
+            stream.options = {"crf": str(crf), "preset": preset, "bf": "0", "threads": "1",
+                              "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:"
+                                             f"threads=1:lookahead-threads=1:sliced-threads=0"
+                                             f"{_X264_ASM}"}
         elif codec == "vp9":
             stream.options = {"crf": str(crf + 10), "b": "0", "deadline": "realtime",
-                              "cpu-used": "8", "row-mt": "0"}
+                              "cpu-used": "8", "row-mt": "0", "threads": "1"}
         else:
-            stream.options = {"crf": str(crf + 12), "preset": "10"}
+            stream.options = {"crf": str(crf + 12), "preset": "10", "threads": "1"}
         first = True
         for frame in frames:
             if first:
                 stream.height, stream.width = frame.shape[:2]
                 first = False
-            for packet in stream.encode(_yuv420_frame(frame)):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 box.mux(packet)
         for packet in stream.encode():
             box.mux(packet)
     return out.getvalue()
-
-
-def _yuv420_frame(rgb: np.ndarray):
-    """RGB (H, W, 3) -> a yuv420p frame whose buffers, row padding included, are all written.
-
-    The encoder's SIMD code reads past the last pixel of a row; with the padding left
-    uninitialised (as frame allocation leaves it) the output bytes depended on leftover memory
-    for some frame widths, so the same frames did not always give the same file."""
-    h, w = rgb.shape[:2]
-    yuv = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(
-        format="yuv420p").to_ndarray()                       # (h * 3/2, w): Y, then U, then V
-    q = h // 4
-    planes = [yuv[:h], yuv[h:h + q].reshape(h // 2, w // 2),
-              yuv[h + q:h + 2 * q].reshape(h // 2, w // 2)]
-    frame = av.VideoFrame(w, h, "yuv420p")
-    for plane, data in zip(frame.planes, planes):
-        buf = np.zeros((plane.buffer_size // plane.line_size, plane.line_size), np.uint8)
-        buf[:data.shape[0], :data.shape[1]] = data
-        plane.update(buf)
-    return frame
 
 
 def even_size(height: int, width: int, short_side: int) -> tuple[int, int]:

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data.atomic import write_text_atomic
 from data.manifest import DataSetError, has_splits, load_shard_set
 from data.stream import EvalStream, StreamConfig, TrainStream
 from pretrain.config import (LogConfig, OptimConfig, RunConfig, RuntimeConfig, dump_yaml,
                              to_dict)
-from pretrain.runtime.checkpoint import Checkpointer, rng_state, set_rng_state
+from pretrain.runtime.checkpoint import Checkpointer
 from pretrain.runtime.distributed import (all_gather_objects, all_reduce_max, all_reduce_mean,
                                           init_distributed, shutdown)
 from pretrain.runtime.engine import build_engine
@@ -157,21 +158,14 @@ def train(cfg: FinetuneConfig) -> dict:
     ckpt = Checkpointer(run_dir, dist, cfg.train.keep_last)
     mixup = _mixup(cfg, train_set.num_classes)
     kind = train_set.kind
-    step, history, best, rank_state = 0, [], None, None
-    tag = ckpt.latest_tag()
-    if tag:
-        client, rank_state = ckpt.load(engine, tag)
-        step, history, best = client["step"], client["history"], client["best"]
-        stream.load_state_dict(rank_state["stream"])
-        ckpt.protect = {best["tag"]} if best else set()
-    elif dist.is_main:
-        dump_yaml(cfg, os.path.join(run_dir, "config.yaml"))
-    batches = iter(stream)
-    if rank_state is not None:
-        set_rng_state(rank_state["rng"], dist.device)
-    logger = MetricsLogger(run_dir, dist.is_main, resume_step=step if tag else None)
+    client, batches = ckpt.resume(engine, stream,
+                                  lambda: dump_yaml(cfg, os.path.join(run_dir, "config.yaml")))
+    step, history, best = (client["step"], client["history"], client["best"]) if client \
+        else (0, [], None)
+    ckpt.protect = {best["tag"]} if best else set()
+    logger = MetricsLogger(run_dir, dist.is_main, resume_step=step if client else None)
     if dist.is_main:
-        what = f"resuming at step {step}" if tag else "new run"
+        what = f"resuming at step {step}" if client else "new run"
         print(f"finetune: {what} in {run_dir}: ViViT model {model.cfg.variant}, "
               f"{model.cfg.tokenizer} tokens, {train_set.num_samples} training samples, "
               f"{steps_per_epoch} steps/epoch x {cfg.train.epochs} epochs, peak lr "
@@ -228,8 +222,8 @@ def train(cfg: FinetuneConfig) -> dict:
                 if best is None or val["primary"] > best["primary"]:
                     best = {**row, "tag": tag}
                 ckpt.protect = {best["tag"]}
-                ckpt.save(engine, tag, {"step": step, "history": history, "best": best},
-                          {"stream": stream.state_dict(), "rng": rng_state(dist.device)})
+                ckpt.save_run(engine, tag, {"step": step, "history": history, "best": best},
+                              stream)
                 logger.scalars(step, {k: v for k, v in row.items()
                                       if isinstance(v, (int, float))}, prefix="val")
                 logger.image("val/confusion", step, confusion_picture(
@@ -243,9 +237,8 @@ def train(cfg: FinetuneConfig) -> dict:
                 os.kill(os.getpid(), signal.SIGKILL)
     if stopped:
         if step % steps_per_epoch:  # mid-epoch: save where we are
-            ckpt.save(engine, f"step{step:08d}", {"step": step, "history": history,
-                                                  "best": best},
-                      {"stream": stream.state_dict(), "rng": rng_state(dist.device)})
+            ckpt.save_run(engine, f"step{step:08d}", {"step": step, "history": history,
+                                                      "best": best}, stream)
         logger.close()
         if dist.is_main:
             print(f"finetune: stopped by signal {stopped} at step {step}; run the same command "
@@ -264,10 +257,8 @@ def train(cfg: FinetuneConfig) -> dict:
               "test": test, "wall_s": round(time.time() - t_start, 2),
               "config": to_dict(cfg)}
     if dist.is_main:
-        tmp = os.path.join(run_dir, "report.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=1, default=_plain)
-        os.replace(tmp, os.path.join(run_dir, "report.json"))
+        write_text_atomic(os.path.join(run_dir, "report.json"),
+                          json.dumps(report, indent=1, default=_plain))
         print(f"finetune: best epoch {best['epoch']} (val {best['primary']:.4f}); test acc "
               f"{test['acc']:.4f} auc {test['auc']:.4f} top1 {test['top1']:.4f} top5 "
               f"{test['top5']:.4f}; report in {run_dir}/report.json", file=sys.stderr)

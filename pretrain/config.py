@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 
 import yaml
 
+from data.atomic import write_text_atomic
 from data.stream import StreamConfig
 from .model import ModelConfig
 
@@ -194,7 +195,4 @@ def to_dict(cfg) -> dict:
 
 
 def dump_yaml(cfg, path: str):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-    os.replace(tmp, path)
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

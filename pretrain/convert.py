@@ -20,6 +20,12 @@ import re
 
 import torch
 
+TOP_LEVEL = {  # ours -> HF, outside the blocks
+    "encoder.patch_embed.proj": "videomae.embeddings.patch_embeddings.projection",
+    "encoder.norm": "videomae.layernorm", "decoder.norm": "decoder.norm",
+    "decoder.head": "decoder.head", "encoder_to_decoder": "encoder_to_decoder",
+    "fc_norm": "fc_norm", "head": "classifier", "mask_token": "mask_token",
+}
 BLOCK_MAP = [  # ours (inside a block) <-> HF (inside a layer)
     ("norm1", "layernorm_before"), ("norm2", "layernorm_after"),
     ("attn.proj", "attention.output.dense"), ("mlp.fc1", "intermediate.dense"),
@@ -97,16 +103,7 @@ def hf_to_ours(sd: dict) -> dict:
         _hf_layer_to_ours(f"videomae.encoder.layer.{i}", f"encoder.blocks.{i}", sd, out)
     for i in _indices(sd, r"decoder\.decoder_layers\.(\d+)\."):
         _hf_layer_to_ours(f"decoder.decoder_layers.{i}", f"decoder.blocks.{i}", sd, out)
-    simple = {"videomae.embeddings.patch_embeddings.projection": "encoder.patch_embed.proj",
-              "videomae.layernorm": "encoder.norm", "decoder.norm": "decoder.norm",
-              "decoder.head": "decoder.head", "encoder_to_decoder": "encoder_to_decoder",
-              "fc_norm": "fc_norm", "classifier": "head"}
-    for hf, ours in simple.items():
-        for leaf in ("weight", "bias"):
-            if f"{hf}.{leaf}" in sd:
-                out[f"{ours}.{leaf}"] = sd[f"{hf}.{leaf}"]
-    if "mask_token" in sd:
-        out["mask_token"] = sd["mask_token"]
+    _copy_top_level(sd, out, {hf: ours for ours, hf in TOP_LEVEL.items()})
     return out
 
 
@@ -119,17 +116,17 @@ def ours_to_hf(sd: dict) -> dict:
         _our_block_to_hf(f"encoder.blocks.{i}", f"videomae.encoder.layer.{i}", sd, out)
     for i in _indices(sd, r"decoder\.blocks\.(\d+)\."):
         _our_block_to_hf(f"decoder.blocks.{i}", f"decoder.decoder_layers.{i}", sd, out)
-    simple = {"encoder.patch_embed.proj": "videomae.embeddings.patch_embeddings.projection",
-              "encoder.norm": "videomae.layernorm", "decoder.norm": "decoder.norm",
-              "decoder.head": "decoder.head", "encoder_to_decoder": "encoder_to_decoder",
-              "fc_norm": "fc_norm", "head": "classifier"}
-    for ours, hf in simple.items():
-        for leaf in ("weight", "bias"):
-            if f"{ours}.{leaf}" in sd:
-                out[f"{hf}.{leaf}"] = sd[f"{ours}.{leaf}"]
-    if "mask_token" in sd:
-        out["mask_token"] = sd["mask_token"]
+    _copy_top_level(sd, out, TOP_LEVEL)
     return out
+
+
+def _copy_top_level(sd: dict, out: dict, names: dict):
+    """Copy the tensors outside the blocks, renamed by ``names`` (module name -> module name;
+    their .weight/.bias, or the tensor itself for a bare parameter such as mask_token)."""
+    for src, dst in names.items():
+        for leaf in ("", ".weight", ".bias"):
+            if src + leaf in sd:
+                out[dst + leaf] = sd[src + leaf]
 
 
 def to_ours(sd: dict) -> dict:

@@ -14,8 +14,7 @@ import json
 import os
 import sys
 
-import torch
-
+from data.atomic import write_text_atomic
 from .model import ModelConfig
 
 
@@ -34,9 +33,7 @@ def export_encoder(weights: dict, model_cfg: ModelConfig, out_dir: str, provenan
     meta = {"format": "tubemae-encoder", "version": 1,
             "model": json.loads(json.dumps(dataclasses.asdict(model_cfg.resolved()))),
             "source": provenance}
-    with open(os.path.join(out_dir, "encoder.json.tmp"), "w") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(os.path.join(out_dir, "encoder.json.tmp"), os.path.join(out_dir, "encoder.json"))
+    write_text_atomic(os.path.join(out_dir, "encoder.json"), json.dumps(meta, indent=1))
     return path
 
 

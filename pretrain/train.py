@@ -22,7 +22,7 @@ from data.stream import TrainStream
 from .config import PretrainConfig, dump_yaml, to_dict
 from .export import export_encoder
 from .model import VideoMAE
-from .runtime.checkpoint import Checkpointer, rng_state, set_rng_state
+from .runtime.checkpoint import Checkpointer
 from .runtime.distributed import all_reduce_max, all_reduce_mean, init_distributed, shutdown
 from .runtime.engine import build_engine, read_model_weights
 from .runtime.logger import MetricsLogger
@@ -146,17 +146,10 @@ def train(cfg: PretrainConfig) -> dict:
                           cfg.runtime, dist, cfg.data.batch_size)
     stream = TrainStream(cfg.data, dist.rank, dist.world_size)
     ckpt = Checkpointer(run_dir, dist, cfg.train.keep_last)
-    tag = ckpt.latest_tag()
-    step, nonfinite_total, rank_state = 0, 0, None
-    if tag:
-        client, rank_state = ckpt.load(engine, tag)
-        step, nonfinite_total = client["step"], client.get("nonfinite_total", 0)
-        stream.load_state_dict(rank_state["stream"])
-    elif dist.is_main:
-        dump_yaml(cfg, os.path.join(run_dir, "config.yaml"))
-    batches = iter(stream)
-    if rank_state is not None:
-        set_rng_state(rank_state["rng"], dist.device)
+    client, batches = ckpt.resume(engine, stream,
+                                  lambda: dump_yaml(cfg, os.path.join(run_dir, "config.yaml")))
+    tag = client and client["tag"]
+    step, nonfinite_total = (client["step"], client["nonfinite_total"]) if client else (0, 0)
     logger = MetricsLogger(run_dir, dist.is_main, resume_step=step if tag else None)
     if dist.is_main:
         what = f"resuming {run_dir} at step {step} ({tag})" if tag else f"new run in {run_dir}"
@@ -165,9 +158,8 @@ def train(cfg: PretrainConfig) -> dict:
               f"{dist.world_size} = {total_batch}, peak lr {peak_lr:.3g}", file=sys.stderr)
 
     def save(at_step: int):
-        client = {"step": at_step, "nonfinite_total": nonfinite_total, "peak_lr": peak_lr}
-        ckpt.save(engine, f"step{at_step:08d}", client,
-                  {"stream": stream.state_dict(), "rng": rng_state(dist.device)})
+        ckpt.save_run(engine, f"step{at_step:08d}", {"step": at_step, "nonfinite_total":
+                                                     nonfinite_total, "peak_lr": peak_lr}, stream)
 
     bar = None
     if dist.is_main and cfg.log.progress:

@@ -14,6 +14,7 @@ import os
 
 import webdataset as wds
 
+from ..atomic import write_text_atomic
 from ..manifest import FORMAT, VERSION
 
 JOURNAL = ".progress.jsonl"
@@ -39,15 +40,6 @@ class _HashingFile:
         self.f.flush()
         os.fsync(self.f.fileno())
         self.f.close()
-
-
-def _atomic_write_text(path: str, text: str):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class ShardSetWriter:
@@ -101,7 +93,7 @@ class ShardSetWriter:
                 break
             good.append(r)
         if records and len(good) != len(records) - 1:  # drop the journal tail that has no shard behind it
-            _atomic_write_text(path, "".join(json.dumps(r) + "\n"
+            write_text_atomic(path, "".join(json.dumps(r) + "\n"
                                              for r in [records[0]] + good))
         for r in good:
             if "name" in r:
@@ -169,7 +161,7 @@ class ShardSetWriter:
             self._journal({"inputs_end": self.next_input, "failures": self._pending_failures})
             self.failures.extend(self._pending_failures)
             self._pending_failures = []
-        _atomic_write_text(os.path.join(self.out_dir, "failures.jsonl"),
+        write_text_atomic(os.path.join(self.out_dir, "failures.jsonl"),
                            "".join(json.dumps(f) + "\n" for f in self.failures))
         manifest = {
             "format": FORMAT, "version": VERSION, "kind": self.kind, "split": self.split,
@@ -178,7 +170,7 @@ class ShardSetWriter:
             "num_bytes": sum(s["bytes"] for s in self.shards),
             "num_failures": len(self.failures), "shards": self.shards,
         }
-        _atomic_write_text(os.path.join(self.out_dir, "manifest.json"),
+        write_text_atomic(os.path.join(self.out_dir, "manifest.json"),
                            json.dumps(manifest, indent=1) + "\n")
         return manifest
 

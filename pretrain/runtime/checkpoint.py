@@ -13,6 +13,7 @@ import shutil
 
 import torch
 
+from data.atomic import write_text_atomic
 from .distributed import Dist, barrier
 
 LATEST = "latest"
@@ -30,15 +31,6 @@ def set_rng_state(state: dict, device: torch.device):
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _atomic_write(path: str, text: str):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Checkpointer:
@@ -69,10 +61,32 @@ class Checkpointer:
         os.replace(tmp, os.path.join(folder, f"rank{self.dist.rank}.pt"))
         barrier(self.dist)
         if self.dist.is_main:
-            _atomic_write(os.path.join(folder, COMPLETE), tag + "\n")
-            _atomic_write(os.path.join(self.dir, LATEST), tag + "\n")
+            write_text_atomic(os.path.join(folder, COMPLETE), tag + "\n")
+            write_text_atomic(os.path.join(self.dir, LATEST), tag + "\n")
             self._prune(keep=tag)
         barrier(self.dist)
+
+    def save_run(self, engine, tag: str, client_state: dict, stream):
+        """``save`` with this rank's data-stream position and RNG states as its rank state."""
+        self.save(engine, tag, client_state,
+                  {"stream": stream.state_dict(), "rng": rng_state(self.dist.device)})
+
+    def resume(self, engine, stream, start_new) -> tuple[dict | None, object]:
+        """Continue from ``latest`` when there is one (engine, then the stream's position, then
+        the RNG states), else call ``start_new()`` on rank 0. Returns (the client state with
+        its ``tag``, or None for a new run; the stream's batch iterator)."""
+        tag = self.latest_tag()
+        client = rank_state = None
+        if tag:
+            client, rank_state = self.load(engine, tag)
+            client["tag"] = tag
+            stream.load_state_dict(rank_state["stream"])
+        elif self.dist.is_main:
+            start_new()
+        batches = iter(stream)
+        if rank_state is not None:
+            set_rng_state(rank_state["rng"], self.dist.device)
+        return client, batches
 
     def load(self, engine, tag: str) -> tuple[dict, dict]:
         """-> (client state, this rank's state)."""

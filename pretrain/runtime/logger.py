@@ -8,6 +8,8 @@ import time
 
 import numpy as np
 
+from data.atomic import write_text_atomic
+
 
 class MetricsLogger:
     def __init__(self, run_dir: str, enabled: bool, resume_step: int | None = None):
@@ -21,9 +23,7 @@ class MetricsLogger:
             if resume_step is not None and os.path.isfile(path):
                 with open(path) as f:
                     keep = [line for line in f if _step_of(line) <= resume_step]
-                with open(path + ".tmp", "w") as f:
-                    f.writelines(keep)
-                os.replace(path + ".tmp", path)
+                write_text_atomic(path, "".join(keep))
             self.writer = SummaryWriter(os.path.join(run_dir, "tb"),
                                         purge_step=None if resume_step is None
                                         else resume_step + 1)

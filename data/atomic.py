@@ -1,0 +1,14 @@
+"""Writing small files so that a crash never leaves a half-written one under the final name."""
+from __future__ import annotations
+
+import os
+
+
+def write_text_atomic(path: str, text: str):
+    """Write ``text`` to ``path + '.tmp'``, flush it to disk, then rename it over ``path``."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

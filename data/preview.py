@@ -9,7 +9,6 @@ import argparse
 import json
 import sys
 
-import numpy as np
 import torch
 from einops import rearrange, repeat
 

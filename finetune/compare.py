@@ -16,7 +16,6 @@ import json
 import os
 import sys
 
-import numpy as np
 
 TOKENIZERS = ("uniform", "tubelet", "t2t")
 COLOURS = {"uniform": (214, 39, 40), "tubelet": (31, 119, 180), "t2t": (44, 160, 44)}

@@ -78,7 +78,7 @@ def main():
                          "train_clips_s": round(args.batch / t_train, 3),
                          "infer_clips_s": round(args.batch / t_infer, 3),
                          "infer_ms_per_clip": round(1000 * t_infer / args.batch, 1)}
-        del m, opt
+
     print(f"\nViViT {args.preset}, {args.frames}x{args.size}^2, tubelet 2x16x16, batch "
           f"{args.batch}, {device.type} {str(dtype).split('.')[-1]}, "
           f"{torch.get_num_threads()} threads")

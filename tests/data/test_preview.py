@@ -1,5 +1,4 @@
 import json
-import os
 
 from data.preview import main as preview
 

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from finetune.train import FinetuneConfig, train
 from pretrain.config import load_config

@@ -1,7 +1,6 @@
 import math
 
 import torch
-import torch.nn.functional as F
 
 from pretrain.layers import Attention, DropPath, TubeletEmbed, sincos_table
 

@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from data.atomic import write_text_atomic
-from data.manifest import DataSetError, has_splits, load_shard_set
+from data.manifest import DataSetError, has_splits, load_shard_set, resolve_shards
 from data.stream import EvalStream, StreamConfig, TrainStream
 from pretrain.config import (LogConfig, OptimConfig, RunConfig, RuntimeConfig, dump_yaml,
                              to_dict)
 from pretrain.runtime.checkpoint import Checkpointer
 from pretrain.runtime.distributed import (all_gather_objects, all_reduce_max, all_reduce_mean,
-                                          init_distributed, shutdown)
+                                          barrier, init_distributed, shutdown)
 from pretrain.runtime.engine import build_engine
 from pretrain.runtime.logger import MetricsLogger
 from pretrain.runtime.optim import cosine_lr, param_groups, scaled_lr
@@ -130,6 +130,8 @@ def train(cfg: FinetuneConfig) -> dict:
     dist = init_distributed(cfg.runtime.device)
     cfg.data = replace(cfg.data, mask="none")
     cfg.data.check()
+    cfg.data.shards = resolve_shards(cfg.data.shards, os.path.join(cfg.run.dir, "data"),
+                                     dist.is_main, lambda: barrier(dist))
     _check_splits(cfg.data.shards)
     train_set = load_shard_set(cfg.data.shards, "train")
     _check(cfg, train_set.num_classes)

@@ -18,12 +18,14 @@ import torch
 import yaml
 from einops import rearrange
 
+from data.manifest import resolve_shards
 from data.stream import TrainStream
 from .config import PretrainConfig, dump_yaml, to_dict
 from .export import export_encoder
 from .model import VideoMAE
 from .runtime.checkpoint import Checkpointer
-from .runtime.distributed import all_reduce_max, all_reduce_mean, init_distributed, shutdown
+from .runtime.distributed import (all_reduce_max, all_reduce_mean, barrier, init_distributed,
+                                  shutdown)
 from .runtime.engine import build_engine, read_model_weights
 from .runtime.logger import MetricsLogger
 from .runtime.optim import cosine_lr, param_groups, scaled_lr
@@ -136,6 +138,8 @@ def train(cfg: PretrainConfig) -> dict:
     dist = init_distributed(cfg.runtime.device)
     run_dir = cfg.run.dir
     os.makedirs(run_dir, exist_ok=True)
+    cfg.data.shards = resolve_shards(cfg.data.shards, os.path.join(run_dir, "data"),
+                                     dist.is_main, lambda: barrier(dist))
     check_resume_config(run_dir, cfg)
     torch.manual_seed(cfg.run.seed)  # same initial weights on every rank
     model = VideoMAE(cfg.model)

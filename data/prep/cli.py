@@ -117,37 +117,12 @@ def cmd_videos(args) -> int:
     return 0
 
 
-def _volume_work(item):
-    return {"ok": True, "sample": mm.volume_sample(*item)}
-
-
 def cmd_medmnist(args) -> int:
     if args.flag.endswith(".npz"):
         path = args.flag
-        flag, size = mm.flag_and_size(path)
-        mm.check_flag(flag)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} not found. Download {os.path.basename(path)} from "
-                                    f"{mm.URL.format(file=os.path.basename(path))}")
     else:
-        flag, size = args.flag, args.size
-        path = mm.locate(flag, size, args.root, fetch=args.download, url=args.url)
-    arrays = mm.load_npz(path)
-    classes = mm.CLASSES[flag]
-    options = {"flag": flag, "size": size, "file": os.path.basename(path),
-               "shard_samples": args.shard_samples, "shard_bytes": args.shard_bytes}
-    for split in mm.SPLITS:
-        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        bad = labels[(labels < 0) | (labels >= len(classes))]
-        if len(bad):
-            raise ValueError(f"{path}: {split} labels {sorted(set(bad.tolist()))} outside "
-                             f"0..{len(classes) - 1} for {flag}")
-        items = [(split, i, images[i], labels[i], classes, os.path.basename(path))
-                 for i in range(len(images))]
-        write_shard_set(os.path.join(args.out, split), "volume", classes, options, items,
-                        _volume_work, source_of=lambda it: f"{it[5]}#{it[0]}/{it[1]}",
-                        workers=0, max_samples=args.shard_samples,
-                        max_bytes=args.shard_bytes, split=split)
+        path = mm.locate(args.flag, args.size, args.root, fetch=args.download, url=args.url)
+    mm.shards_from_npz(path, args.out, args.shard_samples, args.shard_bytes)
     return 0
 
 

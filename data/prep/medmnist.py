@@ -100,3 +100,36 @@ def volume_sample(split: str, i: int, volume: np.ndarray, label: int, classes: l
     meta = {"label": int(label), "label_name": classes[int(label)], "source": f"{source}#{split}/{i}",
             "shape": list(volume.shape)}
     return encode_sample(f"{split}_{i:06d}", "npy", buf.getvalue(), meta)
+
+
+def shards_from_npz(npz_path: str, out_dir: str, max_samples: int = 1000,
+                    max_bytes: int = 10**9) -> str:
+    """Shard an official npz file into ``out_dir``/{train,val,test} (a finished set is left
+    alone, an interrupted one continued); returns ``out_dir``."""
+    from .runner import write_shard_set
+
+    flag, size = flag_and_size(npz_path)
+    check_flag(flag)
+    if not os.path.isfile(npz_path):
+        raise FileNotFoundError(f"{npz_path} not found. Download {os.path.basename(npz_path)} "
+                                f"from {URL.format(file=os.path.basename(npz_path))}")
+    arrays = load_npz(npz_path)
+    classes = CLASSES[flag]
+    name = os.path.basename(npz_path)
+    options = {"flag": flag, "size": size, "file": name, "shard_samples": max_samples,
+               "shard_bytes": max_bytes}
+    for split in SPLITS:
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        bad = labels[(labels < 0) | (labels >= len(classes))]
+        if len(bad):
+            raise ValueError(f"{npz_path}: {split} labels {sorted(set(bad.tolist()))} outside "
+                             f"0..{len(classes) - 1} for {flag}")
+        items = [(split, i, images[i], labels[i], classes, name) for i in range(len(images))]
+        write_shard_set(os.path.join(out_dir, split), "volume", classes, options, items,
+                        volume_work, source_of=lambda it: f"{it[5]}#{it[0]}/{it[1]}", workers=0,
+                        max_samples=max_samples, max_bytes=max_bytes, split=split)
+    return out_dir
+
+
+def volume_work(item) -> dict:
+    return {"ok": True, "sample": volume_sample(*item)}

@@ -73,3 +73,17 @@ def test_killed_and_resumed_finetune_equals_the_straight_run(ft_recipe, tmp_path
     strip = lambda h: [{k: v for k, v in row.items() if k != "wall_s"} for row in h]
     assert strip(a["history"]) == strip(b["history"])
     assert a["test"] == b["test"]
+
+
+def test_medmnist_straight_from_the_official_npz_file(tmp_path):
+    from tests.conftest import make_medmnist_npz
+    npz = str(tmp_path / "nodulemnist3d.npz")
+    make_medmnist_npz(npz, n=(16, 6, 6), classes=2)
+    cfg = load_config("launch/configs/finetune/medmnist3d_vivit.yaml", [
+        f"data.shards={npz}", f"run.dir={tmp_path / 'run'}", "data.batch_size=8",
+        "data.num_workers=0", "model.preset=vit_tiny", "runtime.precision=fp32",
+        "train.epochs=1", "log.progress=false"], schema=FinetuneConfig)
+    report = train(cfg)
+    assert report["task"] == "volume" and report["test"]["samples"] == 6
+    assert report["classes"] == ["benign", "malignant"]
+    assert os.path.isfile(tmp_path / "run" / "data" / "nodulemnist3d" / "test" / "manifest.json")

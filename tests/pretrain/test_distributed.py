@@ -24,12 +24,13 @@ def losses(run_dir):
         return {r["step"]: r["loss"] for r in map(json.loads, f)}
 
 
-@pytest.mark.parametrize("stage", [1, 2])
-def test_two_process_zero_trains_checkpoints_and_resumes_exactly(tiny_recipe, tmp_path, stage):
+@pytest.mark.parametrize("stage,precision", [(1, "fp32"), (2, "fp32"), (3, "bf16")])
+def test_two_process_zero_trains_checkpoints_and_resumes_exactly(tiny_recipe, tmp_path, stage,
+                                                                 precision):
     recipe, _ = tiny_recipe
     straight, cut = str(tmp_path / "straight"), str(tmp_path / "cut")
     zero = f"runtime.zero_stage={stage}"
-    r = torchrun(recipe, straight, zero)
+    r = torchrun(recipe, straight, zero, f"runtime.precision={precision}")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "2 process(es), engine deepspeed" in r.stderr
     tag = os.path.join(straight, "checkpoints", "step00000004")

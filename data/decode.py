@@ -10,7 +10,7 @@ import sys
 import types
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -140,20 +140,22 @@ def _decode_pyav(data: bytes, idx: list) -> np.ndarray:
     return np.stack([wanted[i] for i in idx])
 
 
-def decode_frames(data: bytes, indices: Iterable[int] | None = None,
+def decode_frames(data: bytes,
+                  indices: Iterable[int] | Callable[[int], Iterable[int]] | None = None,
                   num_threads: int = 1) -> np.ndarray:
-    """Frames at ``indices`` (all frames when None) -> (T, H, W, 3) uint8."""
+    """Frames at ``indices`` (all frames when None) -> (T, H, W, 3) uint8.
+
+    ``indices`` may be a function of the video's frame count: a caller that picks frames by
+    the length (strided sampling) then opens the video once, not once to count and again to
+    decode."""
     vr = _reader(data, num_threads)
     n = len(vr)
+    if callable(indices):
+        indices = indices(n)
     idx = list(range(n)) if indices is None else [int(i) for i in indices]
     if n < 1 or (idx and (min(idx) < 0 or max(idx) >= n)):
         raise VideoDecodeError(f"frame indices out of range for a video of {n} frames")
     return _get_batch(vr, data, idx)
-
-
-def num_frames(data: bytes) -> int:
-    """Frame count from the container index (no decoding)."""
-    return len(_reader(data))
 
 
 def encode_video(frames: Iterable[np.ndarray], fps: float, codec: str = "h264",

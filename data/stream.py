@@ -30,7 +30,7 @@ import torch
 import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from .decode import VIDEO_EXTS, VideoDecodeError, decode_frames, num_frames as count_frames
+from .decode import VIDEO_EXTS, VideoDecodeError, decode_frames
 from .manifest import ShardSet, load_shard_set
 from .masks import make_mask, running_cell_mask
 from .sampling import (SHORT_MODES, eval_clip_indices, resample_depth_indices,
@@ -207,22 +207,26 @@ class _SampleMaker:
     def train_clips(self, raw: dict, epoch: int, shard: int, member: int):
         cfg = self.cfg
         kind, payload, label = decode_sample(raw)
+        rngs = [np.random.default_rng(_clip_seed(cfg.seed, epoch, shard, member, r))
+                for r in range(cfg.repeats)]
+        if kind == "video":
+            picked = {}
+
+            def pick(n: int) -> np.ndarray:
+                # repeat 0 draws its start from its own stream; later repeats from a fresh
+                # copy of theirs
+                picked["clips"] = [sample_frame_indices(
+                    n, cfg.num_frames, cfg.stride,
+                    rngs[0] if r == 0 else np.random.default_rng(
+                        _clip_seed(cfg.seed, epoch, shard, member, r)),
+                    cfg.short_video) for r in range(cfg.repeats)]
+                picked["union"] = np.unique(np.concatenate(picked["clips"]))
+                return picked["union"]
+            frames = decode_frames(payload, pick)  # one open, one decode for every repeat
         clips, masks, decode = [], [], []
-        for r in range(cfg.repeats):
-            rng = np.random.default_rng(_clip_seed(cfg.seed, epoch, shard, member, r))
+        for r, rng in enumerate(rngs):
             if kind == "video":
-                if r == 0:
-                    n = count_frames(payload)
-                    all_idx = [sample_frame_indices(n, cfg.num_frames, cfg.stride, rng,
-                                                    cfg.short_video)]
-                    all_idx += [sample_frame_indices(
-                        n, cfg.num_frames, cfg.stride,
-                        np.random.default_rng(_clip_seed(cfg.seed, epoch, shard, member, q)),
-                        cfg.short_video) for q in range(1, cfg.repeats)]
-                    union = np.unique(np.concatenate(all_idx))
-                    frames = decode_frames(payload, union)  # one decode serves every repeat
-                    where = {int(f): i for i, f in enumerate(union)}
-                idx = [where[int(f)] for f in all_idx[r]]
+                idx = np.searchsorted(picked["union"], picked["clips"][r])
                 clip = train_transform(frames[idx], cfg.size, rng, cfg.scales, cfg.flip)
             else:
                 depth = resample_depth_indices(payload.shape[0], cfg.num_frames)
@@ -243,12 +247,15 @@ class _SampleMaker:
         if kind == "volume":
             depth = resample_depth_indices(payload.shape[0], cfg.num_frames)
             return [volume_transform(payload, depth, cfg.size)], label
-        n = count_frames(payload)
-        clip_idx = eval_clip_indices(n, cfg.num_frames, cfg.stride, cfg.test_clips,
-                                     cfg.short_video)
-        union = np.unique(clip_idx)
-        frames = decode_frames(payload, union)
-        where = np.searchsorted(union, clip_idx)
+        picked = {}
+
+        def pick(n: int) -> np.ndarray:
+            picked["clips"] = eval_clip_indices(n, cfg.num_frames, cfg.stride, cfg.test_clips,
+                                                cfg.short_video)
+            picked["union"] = np.unique(picked["clips"])
+            return picked["union"]
+        frames = decode_frames(payload, pick)
+        where = np.searchsorted(picked["union"], picked["clips"])
         views = []
         for c in range(cfg.test_clips):
             views.extend(eval_crops(frames[where[c]], cfg.size, cfg.test_crops))

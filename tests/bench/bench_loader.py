@@ -29,7 +29,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from data.decode import decode_frames, num_frames  # noqa: E402
+from data.decode import decode_frames  # noqa: E402
 from data.manifest import load_shard_set  # noqa: E402
 from data.masks import make_mask  # noqa: E402
 from data.sampling import sample_frame_indices  # noqa: E402
@@ -92,8 +92,8 @@ def breakdown(shards: str, clips: int) -> dict:
                 t1 = time.perf_counter()
                 t["read"] += t1 - t0
                 data = raw["mp4"]
-                idx = sample_frame_indices(num_frames(data), FRAMES, STRIDE, rng)
-                frames = decode_frames(data, idx)
+                frames = decode_frames(
+                    data, lambda n: sample_frame_indices(n, FRAMES, STRIDE, rng))
                 t2 = time.perf_counter()
                 clip = train_transform(frames, SIZE, rng)
                 t3 = time.perf_counter()

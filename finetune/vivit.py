@@ -29,7 +29,7 @@ from einops import rearrange
 from torch import nn
 
 from pretrain.layers import Attention, Block, TubeletEmbed, sincos_table
-from pretrain.model import IMAGENET_MEAN, IMAGENET_STD, PRESETS
+from pretrain.model import PRESETS, channel_stats
 
 TOKENIZERS = ("tubelet", "uniform", "t2t")
 VARIANTS = (1, 2, 3, 4)
@@ -81,11 +81,10 @@ class VivitConfig:
             raise ValueError("model.pool=cls is for models 1 and 2: the factorised attention of "
                              "models 3 and 4 runs over the token grid; use pool=mean")
         d, depth, heads = PRESETS[self.preset][:3]
-        mean = self.mean or (IMAGENET_MEAN if self.in_chans == 3 else (0.5,) * self.in_chans)
-        std = self.std or (IMAGENET_STD if self.in_chans == 3 else (0.5,) * self.in_chans)
+        mean, std = channel_stats(self.in_chans, self.mean, self.std)
         kernels = self.t2t_kernels or default_t2t_kernels(self)
         return replace(self, embed_dim=self.embed_dim or d, depth=self.depth or depth,
-                       num_heads=self.num_heads or heads, mean=tuple(mean), std=tuple(std),
+                       num_heads=self.num_heads or heads, mean=mean, std=std,
                        t2t_kernels=tuple(tuple(_triple(v) for v in k) for k in kernels))
 
     @property

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .layers import Block, TubeletEmbed, sincos_table
+from .layers import Block, TubeletEmbed, sincos_table, table_for
 
 STD_FLOOR = 1e-2      # pixel std (in [0, 1] units) below which a patch counts as flat
 STATS_WEIGHT = 1e-3   # weight of the stats head's loss in what is back-propagated
@@ -33,6 +33,16 @@ PRESETS = {
     "vit_l": (1024, 24, 16, 512, 4, 8),
     "vit_h": (1280, 32, 16, 512, 4, 8),
 }
+def channel_stats(in_chans: int, mean, std) -> tuple[tuple, tuple]:
+    """The normalisation of a model's input: given values, else ImageNet's for 3 channels and
+    0.5 / 0.5 otherwise (volumes)."""
+    mean = mean or (IMAGENET_MEAN if in_chans == 3 else (0.5,) * in_chans)
+    std = std or (IMAGENET_STD if in_chans == 3 else (0.5,) * in_chans)
+    if len(mean) != in_chans or len(std) != in_chans:
+        raise ValueError(f"model.mean/std need {in_chans} values")
+    return tuple(mean), tuple(std)
+
+
 _PRESET_FIELDS = ("embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
                   "decoder_num_heads")
 
@@ -66,11 +76,8 @@ class ModelConfig:
             raise ValueError(f"model.preset {self.preset!r} is not one of {sorted(PRESETS)}")
         filled = {k: v if getattr(self, k) is None else getattr(self, k)
                   for k, v in zip(_PRESET_FIELDS, PRESETS[self.preset])}
-        mean = self.mean or (IMAGENET_MEAN if self.in_chans == 3 else (0.5,) * self.in_chans)
-        std = self.std or (IMAGENET_STD if self.in_chans == 3 else (0.5,) * self.in_chans)
-        cfg = replace(self, **filled, mean=tuple(mean), std=tuple(std))
-        if len(cfg.mean) != cfg.in_chans or len(cfg.std) != cfg.in_chans:
-            raise ValueError(f"model.mean/std need {cfg.in_chans} values")
+        mean, std = channel_stats(self.in_chans, self.mean, self.std)
+        cfg = replace(self, **filled, mean=mean, std=std)
         if cfg.num_frames % cfg.tubelet_size or cfg.img_size % cfg.patch_size:
             raise ValueError("model.num_frames must be a multiple of tubelet_size and img_size a "
                              "multiple of patch_size")
@@ -121,10 +128,7 @@ class VideoMAEEncoder(nn.Module):
         self.norm = norm(cfg.embed_dim)
 
     def pos_table(self, n: int) -> torch.Tensor:
-        """(1, n, D): the stored table, or a new one when the clip has another token count."""
-        if n == self.pos_embed.shape[1]:
-            return self.pos_embed
-        return sincos_table(n, self.pos_embed.shape[2])[None].to(self.pos_embed.device)
+        return table_for(self.pos_embed, n)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.patch_embed(x)
@@ -238,7 +242,7 @@ class VideoMAE(nn.Module):
         b = x.shape[0]
         rec = mask if decode_mask is None else decode_mask
         vis = self.encoder_to_decoder(self.encoder(x, mask))         # (B, N_vis, Dd)
-        pos = self.decoder_pos(x).expand(b, -1, -1).to(vis.dtype)   # (B, N, Dd)
+        pos = table_for(self.decoder_pos_embed, mask.shape[1]).expand(b, -1, -1).to(vis.dtype)
         pos_vis = pos[~mask].reshape(b, -1, pos.shape[-1])
         pos_rec = pos[rec].reshape(b, -1, pos.shape[-1])
         n_rec = pos_rec.shape[1]
@@ -261,14 +265,6 @@ class VideoMAE(nn.Module):
             # down; it keeps its gradients out of the global norm that clipping looks at.
             out["loss"] = recon + STATS_WEIGHT * out["stats_loss"]
         return out
-
-    def decoder_pos(self, x: torch.Tensor) -> torch.Tensor:
-        t, h, w = (x.shape[2] // self.cfg.tubelet_size, x.shape[3] // self.cfg.patch_size,
-                   x.shape[4] // self.cfg.patch_size)
-        n = t * h * w
-        if n == self.decoder_pos_embed.shape[1]:
-            return self.decoder_pos_embed
-        return sincos_table(n, self.cfg.decoder_embed_dim)[None].to(x.device)
 
     @torch.no_grad()
     def reconstruct(self, video: torch.Tensor, mask: torch.Tensor, out: dict,

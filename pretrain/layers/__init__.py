@@ -4,6 +4,6 @@ from .block import Block
 from .drop import DropPath
 from .mlp import Mlp
 from .patch_embed import TubeletEmbed
-from .pos_embed import sincos_table
+from .pos_embed import sincos_table, table_for
 
-__all__ = ["Attention", "Block", "DropPath", "Mlp", "TubeletEmbed", "sincos_table"]
+__all__ = ["Attention", "Block", "DropPath", "Mlp", "TubeletEmbed", "sincos_table", "table_for"]

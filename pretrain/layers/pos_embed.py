@@ -11,3 +11,11 @@ def sincos_table(num_positions: int, dim: int) -> torch.Tensor:
     table = torch.where(j.long() % 2 == 0, torch.sin(angle), torch.cos(angle))
     return table.float()
 
+
+def table_for(stored: torch.Tensor, n: int) -> torch.Tensor:
+    """(1, n, D): ``stored`` (1, N, D) when n == N, else the table built for n positions (a clip
+    with another token count)."""
+    if n == stored.shape[1]:
+        return stored
+    return sincos_table(n, stored.shape[2])[None].to(stored.device)
+

@@ -139,17 +139,18 @@ def buffer_order(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
 class _Reader:
     """Reads the samples of one worker's units, in order, keeping only wanted positions."""
 
-    def __init__(self, shard_urls: list[str], units: list[Unit], wanted_from: int,
-                 wanted: set):
-        self.urls, self.units, self.wanted = shard_urls, units, wanted
+    def __init__(self, shard_urls: list[str], units: list[Unit], wanted: np.ndarray):
+        self.urls, self.units = shard_urls, units
+        self.wanted = np.sort(wanted)
         self.offsets = np.concatenate([[0], np.cumsum([u.count for u in units])]).astype(int)
-        self.first_unit = int(np.searchsorted(self.offsets, wanted_from, side="right") - 1)
 
     def __iter__(self) -> Iterator[tuple[int, int, dict]]:
         """(stream position, member number in its shard, raw sample)."""
-        for ui in range(max(self.first_unit, 0), len(self.units)):
-            unit, base = self.units[ui], int(self.offsets[ui])
-            local = {p - base for p in self.wanted if base <= p < base + unit.count}
+        # each unit's wanted positions are one slice of the sorted array
+        bounds = np.searchsorted(self.wanted, self.offsets)
+        for ui, unit in enumerate(self.units):
+            base = int(self.offsets[ui])
+            local = set((self.wanted[bounds[ui]:bounds[ui + 1]] - base).tolist())
             if not local:
                 continue
             for j, sample in _numbered_samples(self.urls[unit.shard], unit, local):
@@ -308,8 +309,7 @@ def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, units: list[Unit], w
         order = buffer_order(n, cfg.shuffle_buffer,
                              np.random.default_rng([cfg.seed, epoch, worker, 104729]))
         remaining = order[pos:]
-        reader = iter(_Reader(urls, mine, int(remaining.min()) if len(remaining) else n,
-                              set(remaining.tolist())))
+        reader = iter(_Reader(urls, mine, remaining))
         cache, read_upto, usable = {}, -1, 0
         for k, p in enumerate(remaining.tolist(), start=pos):
             while p not in cache and read_upto < p:

@@ -12,7 +12,6 @@ cd "$(dirname "$0")/.."
 . launch/setup.sh
 OUT=${QUICKSTART_DIR:-runs/quickstart}
 mkdir -p "$OUT"
-export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
 
 echo "== 1/4 synthetic data set -> shards ($OUT/data)"
 python -m data.prep synthetic --out "$OUT/data" --count 320 --num-classes 4 --size 64 \

@@ -67,6 +67,24 @@ def running_cell_mask(mask: torch.Tensor, grid: tuple[int, int, int], ratio: flo
     return torch.zeros_like(mask).scatter_(1, picked, True)
 
 
+def token_ids(mask: torch.Tensor, decode_mask: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks -> the token numbers a model gathers: (visible (B, N_vis), reconstructed
+    (B, N_rec)), each ascending, int64. ``decode_mask`` (default: ``mask``) names the tokens to
+    reconstruct.
+
+    Call it where the masks are made or still on the host: the counts become plain shapes, so a
+    compiled model sees static shapes and the device never has to report a count back.
+    """
+    rec = mask if decode_mask is None else decode_mask
+    n_vis = mask.shape[1] - int(mask[0].sum())
+    n_rec = int(rec[0].sum())
+    # a stable sort of 0/1 keys puts the zeros first, each group in ascending token order
+    vis = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)[:, :n_vis]
+    picked = torch.argsort((~rec).to(torch.uint8), dim=1, stable=True)[:, :n_rec]
+    return vis, picked
+
+
 MASKS = {"tube": tube_mask, "random": random_mask}
 
 

@@ -376,9 +376,10 @@ class TrainStream:
     """
 
     def __init__(self, cfg: StreamConfig, rank: int = 0, world_size: int = 1,
-                 shard_set: ShardSet | None = None):
+                 shard_set: ShardSet | None = None, pin_memory: bool = False):
         cfg.check()
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.pin_memory = pin_memory  # page-locked batches: asynchronous copies to a GPU
         self.shard_set = shard_set or load_shard_set(cfg.shards, cfg.split or "train")
         self.workers = max(cfg.num_workers, 1)
         self.units = plan_units([s.samples for s in self.shard_set.shards],
@@ -436,6 +437,7 @@ class TrainStream:
             loader = torch.utils.data.DataLoader(ds, batch_size=None,
                                                  num_workers=self.cfg.num_workers,
                                                  prefetch_factor=2, persistent_workers=False,
+                                                 pin_memory=self.pin_memory,
                                                  generator=torch.Generator().manual_seed(0))
         else:
             loader = ds

@@ -57,6 +57,7 @@ class RuntimeConfig:
     grad_accum: int = 1               # micro-batches per optimizer step
     grad_clip: float = 0.0            # max global grad norm; 0 = off
     device: str = "auto"              # auto | cpu | cuda
+    compile: bool = False             # torch.compile the model (GPU: faster steps after warm-up)
 
 
 @dataclass

@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .layers import Block, TubeletEmbed, sincos_table, table_for
+from data.masks import token_ids
+
+from .layers import Block, TubeletEmbed, gather_tokens, sincos_table, table_for
 
 STD_FLOOR = 1e-2      # pixel std (in [0, 1] units) below which a patch counts as flat
 STATS_WEIGHT = 1e-3   # weight of the stats head's loss in what is back-propagated
@@ -111,7 +113,8 @@ def _init_weights(m: nn.Module):
 class VideoMAEEncoder(nn.Module):
     """Tubelet embedding + positional table + ViT blocks + final norm.
 
-    forward: clip (B, C, T, H, W) float, mask (B, N) or None -> tokens (B, N_visible, D).
+    forward: clip (B, C, T, H, W) float, and the visible token numbers (B, N_visible) or None
+    (every token) -> tokens (B, N_visible, D).
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -134,15 +137,14 @@ class VideoMAEEncoder(nn.Module):
         tokens = self.patch_embed(x)
         return tokens + self.pos_table(tokens.shape[1]).to(tokens.dtype)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if mask is None:
+    def forward(self, x: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
+        if visible is None:
             x = self.embed(x)
         else:  # embed the visible tubelets only
-            b = x.shape[0]
             t, h, w = self.patch_embed.grid(*x.shape[2:])
-            pos = self.pos_table(t * h * w).expand(b, -1, -1)
-            x = self.patch_embed.forward_selected(x, ~mask)              # (B, N_visible, D)
-            x = x + pos[~mask].reshape(b, -1, x.shape[-1]).to(x.dtype)
+            pos = self.pos_table(t * h * w).expand(x.shape[0], -1, -1)
+            x = self.patch_embed.forward_selected(x, visible)            # (B, N_visible, D)
+            x = x + gather_tokens(pos, visible).to(x.dtype)
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)
@@ -230,34 +232,37 @@ class VideoMAE(nn.Module):
         return rearrange(p, "b n p c -> b n (p c)")
 
     # -- forward ----------------------------------------------------------------------------
-    def forward(self, video: torch.Tensor, mask: torch.Tensor,
-                decode_mask: torch.Tensor | None = None) -> dict:
+    def forward(self, video: torch.Tensor, mask: torch.Tensor | None,
+                decode_mask: torch.Tensor | None = None,
+                ids: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
         """video (B, C, T, H, W); mask (B, N) True = hidden from the encoder; decode_mask
         (B, N) the hidden tokens to reconstruct (default: all hidden), same count per sample.
+        ``ids``: the same as ``data.masks.token_ids(mask, decode_mask)``, computed by the caller
+        on the host (the training loop does); the masks are then not needed. Without it the
+        counts are read from the masks, which waits for the device.
 
         Returns {'loss': what to back-propagate, 'recon_loss': the VideoMAE MSE,
         'pred': (B, N_rec, patch_dim), 'target', 'stats_loss' (when predicting stats)}.
         """
+        vis_ids, rec_ids = ids if ids is not None else token_ids(mask, decode_mask)
         x, pixels = self.normalize(video)
-        b = x.shape[0]
-        rec = mask if decode_mask is None else decode_mask
-        vis = self.encoder_to_decoder(self.encoder(x, mask))         # (B, N_vis, Dd)
-        pos = table_for(self.decoder_pos_embed, mask.shape[1]).expand(b, -1, -1).to(vis.dtype)
-        pos_vis = pos[~mask].reshape(b, -1, pos.shape[-1])
-        pos_rec = pos[rec].reshape(b, -1, pos.shape[-1])
-        n_rec = pos_rec.shape[1]
-        tokens = torch.cat([vis + pos_vis, self.mask_token.to(vis.dtype) + pos_rec], dim=1)
+        b, n_rec = x.shape[0], rec_ids.shape[1]
+        vis = self.encoder_to_decoder(self.encoder(x, vis_ids))      # (B, N_vis, Dd)
+        t, h, w = self.encoder.patch_embed.grid(*x.shape[2:])
+        pos = table_for(self.decoder_pos_embed, t * h * w).to(vis.dtype).expand(b, -1, -1)
+        tokens = torch.cat([vis + gather_tokens(pos, vis_ids),
+                            self.mask_token.to(vis.dtype) + gather_tokens(pos, rec_ids)], dim=1)
         feats = self.decoder.features(tokens, n_rec)                # (B, N_rec, Dd)
         pred = self.decoder.head(feats)
         with torch.no_grad():
-            target = self.target(pixels)[rec].reshape(b, n_rec, -1)
+            target = gather_tokens(self.target(pixels), rec_ids)
         recon = F.mse_loss(pred.float(), target)
         out = {"recon_loss": recon, "loss": recon, "pred": pred, "target": target}
         if self.stats_head is not None:
             stats = self.stats_head(feats.detach()).float()         # (B, N_rec, 2C)
             with torch.no_grad():
                 raw = patchify(pixels, self.cfg.tubelet_size, self.cfg.patch_size)
-                raw = raw[rec].reshape(b, n_rec, -1, self.cfg.in_chans)
+                raw = gather_tokens(raw, rec_ids)                   # (B, N_rec, t*p*p, C)
                 true = torch.cat([raw.mean(-2), raw.std(-2).clamp_min(STD_FLOOR).log()], dim=-1)
             out["stats_loss"] = F.mse_loss(stats, true)
             out["stats"] = stats

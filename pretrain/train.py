@@ -19,6 +19,7 @@ import yaml
 from einops import rearrange
 
 from data.manifest import resolve_shards
+from data.masks import token_ids
 from data.stream import TrainStream
 from .config import PretrainConfig, dump_yaml, to_dict
 from .export import export_encoder
@@ -128,7 +129,51 @@ def picture(model: VideoMAE, video: torch.Tensor, mask: torch.Tensor, out: dict,
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    """The batch on the device, plus ``ids``: the visible and reconstructed token numbers,
+    computed here on the host from the masks (so the model never has to read a count back)."""
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    if "mask" in batch:
+        out["ids"] = tuple(i.to(device, non_blocking=True)
+                           for i in token_ids(batch["mask"], batch.get("decode_mask")))
+    return out
+
+
+class StepStats:
+    """What the loop logs, accumulated on the device between log steps, so that training
+    steps never wait for the device: losses of finite steps, skipped (non-finite) steps, and
+    the current run of skipped steps in a row."""
+
+    def __init__(self, device: torch.device, nonfinite_total: int = 0):
+        zero = torch.zeros((), device=device)
+        self.loss_sum, self.loss_count = zero.clone(), zero.clone()
+        self.skipped, self.in_row = zero.clone(), zero.clone()
+        self.base_total = nonfinite_total
+
+    def add_loss(self, loss: torch.Tensor):
+        loss = loss.detach().float()
+        ok = torch.isfinite(loss)
+        self.loss_sum += torch.where(ok, loss, 0.0)
+        self.loss_count += ok
+
+    def add_step(self, skipped: torch.Tensor | None):
+        if skipped is None:
+            return
+        skipped = skipped.to(self.skipped.device)
+        self.skipped += skipped
+        self.in_row = (self.in_row + skipped) * skipped
+
+    def read(self) -> tuple[float, int, int]:
+        """(mean loss of the finite steps since the last read, skipped steps in all, skipped
+        in a row now); waits for the device."""
+        n = float(self.loss_count)
+        loss = float(self.loss_sum) / n if n else float("nan")
+        self.loss_sum.zero_()
+        self.loss_count.zero_()
+        return loss, self.base_total + int(self.skipped), int(self.in_row)
+
+    @property
+    def total(self) -> int:
+        return self.base_total + int(self.skipped)
 
 
 def train(cfg: PretrainConfig) -> dict:
@@ -148,7 +193,8 @@ def train(cfg: PretrainConfig) -> dict:
                                                                       total_batch)
     engine = build_engine(model, param_groups(model, cfg.optim.weight_decay), cfg.optim,
                           cfg.runtime, dist, cfg.data.batch_size)
-    stream = TrainStream(cfg.data, dist.rank, dist.world_size)
+    stream = TrainStream(cfg.data, dist.rank, dist.world_size,
+                         pin_memory=dist.device.type == "cuda")
     ckpt = Checkpointer(run_dir, dist, cfg.train.keep_last)
     client, batches = ckpt.resume(engine, stream,
                                   lambda: dump_yaml(cfg, os.path.join(run_dir, "config.yaml")))
@@ -161,9 +207,11 @@ def train(cfg: PretrainConfig) -> dict:
               f"batch {cfg.data.batch_size} x accum {cfg.runtime.grad_accum} x "
               f"{dist.world_size} = {total_batch}, peak lr {peak_lr:.3g}", file=sys.stderr)
 
+    stats = StepStats(dist.device, nonfinite_total)
+
     def save(at_step: int):
         ckpt.save_run(engine, f"step{at_step:08d}", {"step": at_step, "nonfinite_total":
-                                                     nonfinite_total, "peak_lr": peak_lr}, stream)
+                                                     stats.total, "peak_lr": peak_lr}, stream)
 
     bar = None
     if dist.is_main and cfg.log.progress:
@@ -171,7 +219,7 @@ def train(cfg: PretrainConfig) -> dict:
         bar = tqdm(total=cfg.train.steps, initial=step, desc="pretrain", unit="step",
                    dynamic_ncols=True, file=sys.stderr, disable=None)
     engine.train()
-    in_row, window, last_saved = 0, [], step if tag else -1
+    last_saved = step if tag else -1
     t_window, wait_window, clips_window = time.perf_counter(), 0.0, 0
     stopped = None
     last = None
@@ -180,52 +228,50 @@ def train(cfg: PretrainConfig) -> dict:
             lr = cosine_lr(step, cfg.train.steps, peak_lr, cfg.optim.warmup_steps,
                            cfg.optim.min_lr)
             engine.set_lr(lr)
-            micro = 0
-            while micro < cfg.runtime.grad_accum:
+            for _ in range(cfg.runtime.grad_accum):
                 t0 = time.perf_counter()
                 batch = _to_device(next(batches), dist.device)
                 wait_window += time.perf_counter() - t0
-                out = engine(batch["video"], batch["mask"], batch.get("decode_mask"))
-                bad = not bool(torch.isfinite(out["loss"]).item())
-                if all_reduce_max([float(bad)], dist)[0] > 0:
-                    in_row += 1
-                    nonfinite_total += 1
-                    if dist.is_main:
-                        print(f"pretrain: non-finite loss at step {step + 1}, batch skipped "
-                              f"({in_row} in a row)", file=sys.stderr)
-                    if in_row >= cfg.train.max_nonfinite:
-                        last_tag = ckpt.latest_tag()
-                        raise NonFiniteLoss(
-                            f"the loss was NaN or inf {in_row} times in a row (step {step + 1});"
-                            f" stopping. The last good checkpoint "
-                            f"({last_tag or 'none yet'}) is intact. Lower optim.base_lr, "
-                            f"set runtime.grad_clip, or check the data")
-                    continue
-                in_row = 0
+                out = engine(batch["video"], batch["mask"], batch.get("decode_mask"),
+                             ids=batch["ids"])
+                # A non-finite loss is not waited for here: the engine skips that step's
+                # update on the device, and the count is read at the next log step.
                 engine.backward(out["loss"])
                 engine.step()
-                micro += 1
-                window.append(float(out["recon_loss"].detach()))
+                stats.add_loss(out["recon_loss"])
                 clips_window += batch["video"].shape[0]
                 last = (batch, out)
+            stats.add_step(engine.nonfinite.skipped)
             step += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{window[-1]:.4f}", lr=f"{lr:.2e}", refresh=False)
             if step % cfg.log.every == 0 or step == cfg.train.steps:
+                loss, nonfinite_total, in_row = stats.read()
                 dt = time.perf_counter() - t_window
-                loss = all_reduce_mean(float(np.mean(window)), dist)
-                scalars = {"loss": loss, "lr": lr, "grad_norm": engine.grad_norm,
+                loss = all_reduce_mean(loss, dist)
+                scalars = {"loss": loss, "lr": lr, "grad_norm": _number(engine.grad_norm),
                            "clips_per_s": clips_window * dist.world_size / dt,
                            "data_wait": wait_window / dt, "memory_mb": memory_mb(dist.device),
                            "nonfinite_total": nonfinite_total, "epoch": stream.epoch}
                 if "stats_loss" in last[1]:
                     scalars["stats_loss"] = float(last[1]["stats_loss"].detach())
                 logger.scalars(step, scalars)
-                if bar is None and dist.is_main:
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+                elif dist.is_main:
                     print(f"step {step}/{cfg.train.steps} loss {loss:.4f} lr {lr:.3g} "
                           f"clips/s {scalars['clips_per_s']:.1f}", file=sys.stderr)
-                window, clips_window, wait_window = [], 0, 0.0
+                if in_row and dist.is_main:
+                    print(f"pretrain: non-finite loss; {in_row} step(s) in a row up to step "
+                          f"{step} left the weights unchanged ({nonfinite_total} in all)",
+                          file=sys.stderr)
+                if in_row >= cfg.train.max_nonfinite:
+                    last_tag = ckpt.latest_tag()
+                    raise NonFiniteLoss(
+                        f"the loss was NaN or inf {in_row} times in a row (up to step {step});"
+                        f" stopping. The last good checkpoint ({last_tag or 'none yet'}) is "
+                        f"intact. Lower optim.base_lr, set runtime.grad_clip, or check the data")
+                clips_window, wait_window = 0, 0.0
                 t_window = time.perf_counter()
             if cfg.log.picture_every and step % cfg.log.picture_every == 0 and dist.is_main:
                 b, o = last
@@ -245,7 +291,7 @@ def train(cfg: PretrainConfig) -> dict:
     if bar is not None:
         bar.close()
     logger.close()
-    summary = {"step": step, "run_dir": run_dir, "nonfinite_total": nonfinite_total,
+    summary = {"step": step, "run_dir": run_dir, "nonfinite_total": stats.total,
                "stopped_by_signal": bool(stopped)}
     if stopped:
         if dist.is_main:
@@ -263,6 +309,11 @@ def train(cfg: PretrainConfig) -> dict:
               file=sys.stderr)
     shutdown()
     return summary
+
+
+def _number(value) -> float | None:
+    """A logged scalar from a device tensor, a float or None (read at log steps only)."""
+    return None if value is None else float(value)
 
 
 def exit_code(summary: dict) -> int:

@@ -3,7 +3,7 @@ from .attention import Attention
 from .block import Block
 from .drop import DropPath
 from .mlp import Mlp
-from .patch_embed import TubeletEmbed
+from .patch_embed import TubeletEmbed, gather_tokens
 from .pos_embed import sincos_table, table_for
 
-__all__ = ["Attention", "Block", "DropPath", "Mlp", "TubeletEmbed", "sincos_table", "table_for"]
+__all__ = ["Attention", "Block", "DropPath", "Mlp", "TubeletEmbed", "gather_tokens", "sincos_table", "table_for"]

@@ -25,12 +25,19 @@ class TubeletEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return rearrange(self.proj(x), "b d t h w -> b (t h w) d")
 
-    def forward_selected(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """Embed only the tubelets where ``keep`` (B, N) is True, the same count per sample:
+    def forward_selected(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Embed only the tubelets numbered ``ids`` (B, N_keep) (t-major token numbers):
         (B, C, T, H, W) -> (B, N_keep, D). Kernel = stride makes the convolution a linear map
         of each tubelet, so with 10% visible this does a tenth of the work of ``forward``."""
         p0, p = self.tubelet, self.patch
         tubelets = rearrange(x, "b c (t p0) (h p1) (w p2) -> b (t h w) (c p0 p1 p2)",
                              p0=p0, p1=p, p2=p)
-        kept = tubelets[keep].reshape(x.shape[0], -1, tubelets.shape[-1])
+        kept = gather_tokens(tubelets, ids)
         return F.linear(kept, self.proj.weight.flatten(1), self.proj.bias)
+
+
+def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """x (B, N, ...) and token numbers ids (B, K) -> (B, K, ...). Shapes depend only on the
+    shapes of the inputs (no boolean indexing), so compiled graphs stay static."""
+    index = ids.reshape(*ids.shape, *([1] * (x.ndim - 2))).expand(-1, -1, *x.shape[2:])
+    return torch.gather(x, 1, index)

@@ -47,9 +47,22 @@ def init_distributed(device: str = "auto") -> Dist:
     return Dist(rank, world, local, dev)
 
 
+_CONTROL = {}
+
+
+def _control_group():
+    """A gloo group for the loop's small host-side values (flags, logged scalars): reducing
+    them over NCCL would need device tensors and make the host wait for the device."""
+    if dist.get_backend() == "gloo":
+        return None  # the default group already is one
+    if "group" not in _CONTROL:
+        _CONTROL["group"] = dist.new_group(backend="gloo")
+    return _CONTROL["group"]
+
+
 def barrier(d: Dist):
     if d.world_size > 1:
-        dist.barrier()
+        dist.barrier(group=_control_group())
 
 
 def all_reduce_max(values: list[float], d: Dist) -> list[float]:
@@ -57,7 +70,7 @@ def all_reduce_max(values: list[float], d: Dist) -> list[float]:
     if d.world_size == 1:
         return values
     t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control_group())
     return t.tolist()
 
 
@@ -65,7 +78,7 @@ def all_reduce_mean(value: float, d: Dist) -> float:
     if d.world_size == 1:
         return value
     t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t)
+    dist.all_reduce(t, group=_control_group())
     return t.item() / d.world_size
 
 
@@ -73,10 +86,11 @@ def all_gather_objects(obj, d: Dist) -> list:
     if d.world_size == 1:
         return [obj]
     out = [None] * d.world_size
-    dist.all_gather_object(out, obj)
+    dist.all_gather_object(out, obj, group=_control_group())
     return out
 
 
 def shutdown():
     if dist.is_initialized():
         dist.destroy_process_group()
+    _CONTROL.clear()

@@ -22,7 +22,39 @@ PLAIN_STATE = "plain_state.pt"
 
 
 def _adamw(groups, optim_cfg) -> torch.optim.AdamW:
-    return torch.optim.AdamW(groups, lr=0.0, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
+    # The fused kernel (CPU and CUDA): one launch for all parameters, and it takes the
+    # ``found_inf`` flag on the device, so a step with a non-finite loss is skipped without the
+    # host ever waiting for the device.
+    return torch.optim.AdamW(groups, lr=0.0, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps,
+                             fused=True)
+
+
+class _NonFinite:
+    """Tracks, on the device, whether the losses of the current optimizer step were finite.
+    ``skipped`` is the flag of the last step (a 0-d float tensor: 1 = its update was skipped)."""
+
+    def __init__(self):
+        self.pending = None
+        self.skipped = None
+
+    def loss(self, loss: torch.Tensor):
+        bad = (~torch.isfinite(loss.detach())).float()
+        self.pending = bad if self.pending is None else torch.maximum(self.pending, bad)
+
+    def flag(self, grad_norm: torch.Tensor | None) -> torch.Tensor:
+        """The flag for this step (a bad loss or a non-finite gradient norm); resets."""
+        flag = self.pending
+        if grad_norm is not None and torch.is_tensor(grad_norm):
+            bad = (~torch.isfinite(grad_norm.detach().float())).float().to(flag.device)
+            flag = torch.maximum(flag, bad)
+        self.pending, self.skipped = None, flag
+        return flag
+
+
+def _compile(module: nn.Module, enabled: bool):
+    """``runtime.compile``: the whole model through torch.compile with static shapes (the
+    training batch keeps its shape; the masks arrive as index tensors of fixed length)."""
+    return torch.compile(module, dynamic=False) if enabled else module
 
 
 def _check_precision(precision: str, device: torch.device):
@@ -45,7 +77,9 @@ class PlainEngine:
         self.precision = runtime_cfg.precision
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.micro_steps = 0
-        self.grad_norm: float | None = None
+        self.grad_norm: torch.Tensor | None = None   # of the last step, on the device
+        self.nonfinite = _NonFinite()
+        self.forward = _compile(self.module, runtime_cfg.compile)
 
     def autocast(self):
         if self.precision == "fp32":
@@ -55,29 +89,37 @@ class PlainEngine:
 
     def __call__(self, *args, **kwargs):
         with self.autocast():
-            return self.module(*args, **kwargs)
+            return self.forward(*args, **kwargs)
 
     def train(self, mode: bool = True):
         self.module.train(mode)
 
     def backward(self, loss: torch.Tensor):
+        self.nonfinite.loss(loss)
         loss = loss / self.accum
         (self.scaler.scale(loss) if self.scaler else loss).backward()
         self.micro_steps += 1
 
     def step(self) -> bool:
-        """Optimizer step at an accumulation boundary; returns whether one was taken."""
+        """Optimizer step at an accumulation boundary; returns whether one was taken. A step
+        whose loss or gradient norm is not finite leaves weights and optimizer state as they
+        were (``nonfinite.skipped`` says so), decided on the device."""
         if self.micro_steps % self.accum:
             return False
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        norm = torch.nn.utils.clip_grad_norm_(params, self.clip if self.clip > 0 else float("inf"))
-        self.grad_norm = float(norm)
-        if self.scaler:
+        if self.clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        self.grad_norm = norm.detach()
+        skip = self.nonfinite.flag(norm)
+        if self.scaler:  # fp16: the scaler skips steps with inf/NaN gradients itself
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
+            self.optimizer.found_inf = skip
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return True
@@ -152,11 +194,16 @@ class DeepSpeedEngine:
             os.environ.setdefault("LOCAL_RANK", "0")
         deepspeed.init_distributed(dist_backend="nccl" if dist.device.type == "cuda" else "gloo")
         self.config = deepspeed_config(runtime_cfg, micro_batch, dist.world_size)
+        self.adamw = _adamw(groups, optim_cfg)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=model.to(dist.device), optimizer=_adamw(groups, optim_cfg), config=self.config)
+            model=model.to(dist.device), optimizer=self.adamw, config=self.config)
+        if runtime_cfg.compile:
+            self.engine.compile(compile_kwargs={"dynamic": False})
         self.module = self.engine.module
         self.device = dist.device
-        self.grad_norm: float | None = None
+        self.world_size = dist.world_size
+        self.grad_norm: torch.Tensor | float | None = None
+        self.nonfinite = _NonFinite()
 
     def __call__(self, *args, **kwargs):
         return self.engine(*args, **kwargs)
@@ -165,14 +212,22 @@ class DeepSpeedEngine:
         self.engine.train(mode)
 
     def backward(self, loss: torch.Tensor):
+        self.nonfinite.loss(loss)
         self.engine.backward(loss)
 
     def step(self) -> bool:
         boundary = self.engine.is_gradient_accumulation_boundary()
+        if boundary:
+            # DeepSpeed ends in our fused AdamW, which skips the update on the device when
+            # the step's loss was not finite (bf16/fp32 have no loss scaler to do it). Every
+            # rank must skip together: the flag is reduced on the device, no host wait.
+            flag = self.nonfinite.flag(None).to(self.device)
+            if self.world_size > 1:
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            self.adamw.found_inf = flag
         self.engine.step()
         if boundary:
-            norm = self.engine.get_global_grad_norm()
-            self.grad_norm = None if norm is None else float(norm)
+            self.grad_norm = self.engine.get_global_grad_norm()
         return boundary
 
     def set_lr(self, lr: float):

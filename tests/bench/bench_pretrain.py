@@ -1,9 +1,13 @@
 """Pre-training step time: ours vs transformers' VideoMAEForPreTraining (eager and sdpa).
 
-Same geometry, same weights, same mask; one step = forward + backward + AdamW step, fp32 on the
-CPU (bf16 with --device cuda, where model FLOPs utilisation is reported too).
+Same geometry, same weights, same mask; one step = forward + backward + fused AdamW step, fp32
+on the CPU (bf16 autocast with --device cuda, where model FLOPs utilisation is reported too).
+Optional rows: ``--compile`` (torch.compile), several ``--batch`` sizes, and ``--engines`` (the
+step through our plain engine and DeepSpeed ZeRO-0/1/2, what ``python -m pretrain`` runs).
 
     python tests/bench/bench_pretrain.py [--preset vit_s] [--batch 2] [--steps 5]
+    python tests/bench/bench_pretrain.py --device cuda --preset vit_b --batch 32 64 128 \\
+        --compile --engines
 
 Prints a table and one JSON line.
 """
@@ -21,7 +25,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from data.masks import running_cell_mask, tube_mask  # noqa: E402
+from data.masks import running_cell_mask, token_ids, tube_mask  # noqa: E402
 from pretrain.convert import ours_to_hf  # noqa: E402
 from pretrain.model import ModelConfig, VideoMAE  # noqa: E402
 
@@ -60,23 +64,59 @@ class VideoMAEForPreTrainingWrapper(torch.nn.Module):
         return {"loss": self.inner(x.to(self.inner.dtype), bool_masked_pos=mask).loss}
 
 
-def time_steps(model, video, mask, steps: int, device, dtype, decode=None) -> list[float]:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
+def time_steps(step, steps: int, device) -> list[float]:
+    """Seconds of each of ``steps`` calls of ``step()`` after three warm-up calls (compiling
+    happens there)."""
     out = []
-    for i in range(steps + 2):
+    for i in range(steps + 3):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 3:
+            out.append(time.perf_counter() - t0)
+    return out
+
+
+def model_step(model, video, mask, device, dtype, decode=None, ids=None, compiled=False):
+    """One training step of a bare model: forward under autocast, backward, fused AdamW."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
+    fwd = torch.compile(model, dynamic=False) if compiled else model
+
+    def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = (model(video, mask) if decode is None else model(video, mask, decode))["loss"]
+            if ids is None:
+                loss = fwd(video, mask)["loss"]
+            else:
+                loss = fwd(video, mask, decode, ids=ids)["loss"]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= 2:  # warm-up steps excluded
-            out.append(time.perf_counter() - t0)
-    return out
+    return step
+
+
+def engine_step(kind: str, cfg: ModelConfig, video, mask, ids, device, precision: str,
+                compiled: bool, zero_stage: int):
+    """One step through our runtime's engine (what ``python -m pretrain`` runs)."""
+    from pretrain.config import OptimConfig, RuntimeConfig
+    from pretrain.runtime.distributed import init_distributed
+    from pretrain.runtime.engine import build_engine
+    from pretrain.runtime.optim import param_groups
+    torch.manual_seed(0)
+    model = VideoMAE(cfg)
+    rt = RuntimeConfig(engine=kind, precision=precision, compile=compiled,
+                       zero_stage=zero_stage, device=device.type)
+    engine = build_engine(model, param_groups(model, 0.05), OptimConfig(), rt,
+                          init_distributed(device.type), video.shape[0])
+    engine.set_lr(1e-4)
+
+    def step():
+        out = engine(video, mask, None, ids=ids)
+        engine.backward(out["loss"])
+        engine.step()
+    return step, engine
 
 
 def train_flops(cfg, batch: int, visible: int, hidden: int) -> float:
@@ -95,53 +135,108 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="vit_s")
-    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--batch", type=int, nargs="+", default=[2],
+                    help="batch sizes of our rows (the first one for the transformers rows)")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--ratio", type=float, default=0.9)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--compile", action="store_true", help="add torch.compile rows")
+    ap.add_argument("--engines", action="store_true",
+                    help="add rows through our engines: plain vs DeepSpeed ZeRO-0/1/2 at the "
+                         "largest batch (compiled when --compile)")
+    ap.add_argument("--no-hf", action="store_true", help="leave out the transformers rows")
     args = ap.parse_args()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    precision = "bf16" if dtype == torch.bfloat16 else "fp32"
     torch.manual_seed(0)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
     ours = VideoMAE(ModelConfig(preset=args.preset, predict_stats=False)).to(device)
     cfg = ours.cfg
     g = torch.Generator().manual_seed(0)
-    video = torch.randint(0, 256, (args.batch, 3, cfg.num_frames, cfg.img_size, cfg.img_size),
-                          dtype=torch.uint8, generator=g).to(device)
-    mask = tube_mask(args.batch, cfg.grid, args.ratio, g).to(device)
-    decode = running_cell_mask(mask.cpu(), cfg.grid, 0.5, g).to(device)
-    results = {}
-    for name, build, dec in [("hf_eager", lambda: hf_model(ours, "eager"), None),
-                             ("hf_sdpa", lambda: hf_model(ours, "sdpa"), None),
-                             ("ours", lambda: ours, None),
-                             ("ours_decmask", lambda: ours, decode)]:
-        model = build().to(device).train()
-        times = time_steps(model, video, mask, args.steps, device, dtype, dec)
-        results[name] = statistics.median(times)
-        del model
+
+    def inputs(batch):
+        video = torch.randint(0, 256, (batch, 3, cfg.num_frames, cfg.img_size, cfg.img_size),
+                              dtype=torch.uint8, generator=g)
+        mask = tube_mask(batch, cfg.grid, args.ratio, g)
+        decode = running_cell_mask(mask, cfg.grid, 0.5, g)
+        ids = tuple(i.to(device) for i in token_ids(mask))
+        dec_ids = tuple(i.to(device) for i in token_ids(mask, decode))
+        return video.to(device), mask.to(device), decode.to(device), ids, dec_ids
+
+    rows = []   # (name, batch, seconds per step)
+
+    def measure(name, batch, step):
+        try:
+            t = statistics.median(time_steps(step, args.steps, device))
+        except torch.OutOfMemoryError:
+            print(f"{name} batch {batch}: out of memory", file=sys.stderr)
+            return
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        rows.append((name, batch, t))
+        print(f"  {name:<22} batch {batch:4d}: {t:.4f} s/step, {batch / t:.1f} clips/s",
+              file=sys.stderr, flush=True)
+
+    b0 = args.batch[0]
+    video, mask, decode, ids, dec_ids = inputs(b0)
+    if not args.no_hf:
+        for impl in ("eager", "sdpa"):
+            m = hf_model(ours, impl).to(device).train()
+            measure(f"hf_{impl}", b0, model_step(m, video, mask, device, dtype))
+            del m
+    measure("ours_decmask", b0, model_step(ours, video, mask, device, dtype, decode, dec_ids))
+    for batch in args.batch:
+        video, mask, decode, ids, _ = inputs(batch)
+        measure("ours", batch, model_step(ours, video, mask, device, dtype, ids=ids))
+        if args.compile:
+            measure("ours_compiled", batch, model_step(ours, video, mask, device, dtype,
+                                                       ids=ids, compiled=True))
+    if args.engines:
+        batch = args.batch[-1]
+        video, mask, _, ids, _ = inputs(batch)
+        del ours
+        for kind, stage in (("plain", 0), ("deepspeed", 0), ("deepspeed", 1), ("deepspeed", 2)):
+            step, engine = engine_step(kind, cfg, video, mask, ids, device, precision,
+                                       args.compile, stage)
+            measure(f"engine_{kind}" + (f"_zero{stage}" if kind == "deepspeed" else ""),
+                    batch, step)
+            del step, engine
     hidden = int(mask[0].sum())
-    flops = train_flops(cfg, args.batch, cfg.num_patches - hidden, hidden)
-    print(f"\npre-training step, {args.preset}, {cfg.num_frames}x{cfg.img_size}^2, batch "
-          f"{args.batch}, mask {args.ratio}, {device.type} {str(dtype).split('.')[-1]}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"{'model':<14} {'s/step':>8} {'clips/s':>8} {'x eager':>8} {'x sdpa':>8}")
-    for name, t in results.items():
-        print(f"{name:<14} {t:8.3f} {args.batch / t:8.2f} {t / results['hf_eager']:8.2f} "
-              f"{t / results['hf_sdpa']:8.2f}")
-    print("ours_decmask: VideoMAEv2 decoder masking (running cell, 50% of hidden tokens "
-          "decoded), a different objective; the other rows compute the same loss.")
-    line = {"bench": "pretrain", "preset": args.preset, "batch": args.batch,
-            "device": device.type, "s_per_step": {k: round(v, 4) for k, v in results.items()},
-            "ours_vs_eager": round(results["ours"] / results["hf_eager"], 3),
-            "ours_vs_sdpa": round(results["ours"] / results["hf_sdpa"], 3),
-            "ours_decmask_vs_eager": round(results["ours_decmask"] / results["hf_eager"], 3),
-            "ours_decmask_vs_sdpa": round(results["ours_decmask"] / results["hf_sdpa"], 3),
-            "train_gflop_per_step": round(flops / 1e9, 1)}
+
+    def flops(batch):
+        return train_flops(cfg, batch, cfg.num_patches - hidden, hidden)
+    peak = None
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    print(f"\npre-training step, {args.preset}, {cfg.num_frames}x{cfg.img_size}^2, mask "
+          f"{args.ratio}, {device.type} {precision}"
+          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+          + f", torch {torch.__version__}, {torch.get_num_threads()} threads")
+    ref = {name: t / b for name, b, t in rows if name in ("hf_eager", "hf_sdpa")}
+    print(f"{'row':<24} {'batch':>5} {'s/step':>8} {'clips/s':>9} {'x eager':>8} {'x sdpa':>8}"
+          + (f" {'MFU':>6}" if peak else ""))
+    for name, b, t in rows:
+        per_clip = t / b
+        line = f"{name:<24} {b:5d} {t:8.4f} {b / t:9.1f}"
+        line += "".join(f" {per_clip / ref[k]:8.2f}" if k in ref else f" {'':>8}"
+                        for k in ("hf_eager", "hf_sdpa"))
         if peak:
-            line["mfu"] = {k: round(flops / v / (peak * 1e12), 3) for k, v in results.items()}
+            line += f" {flops(b) / t / (peak * 1e12):6.1%}"
+        print(line)
+    print("x eager / x sdpa: time per clip relative to transformers at the first batch size. "
+          "ours_decmask: VideoMAEv2 decoder masking (half the hidden tokens decoded), another "
+          "objective; the other rows compute the same loss.")
+    line = {"bench": "pretrain", "preset": args.preset, "device": device.type,
+            "precision": precision, "torch": torch.__version__,
+            "rows": [{"name": n, "batch": b, "s_per_step": round(t, 5),
+                      "clips_per_s": round(b / t, 2),
+                      **({"mfu": round(flops(b) / t / (peak * 1e12), 4)} if peak else {})}
+                     for n, b, t in rows],
+            "train_gflop_per_clip": round(flops(1) / 1e9, 1)}
     print(json.dumps(line))
 
 

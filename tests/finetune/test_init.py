@@ -3,7 +3,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from data.masks import tube_mask
+from data.masks import token_ids, tube_mask
 from finetune.init import init_from
 from finetune.vivit import ViViT, VivitConfig
 from pretrain.export import export_encoder, export_hf
@@ -42,7 +42,7 @@ def test_model_1_from_our_encoder_reproduces_its_features_exactly(videomae, caps
     # the encoder also reproduces its masked forward: visible tokens only
     mask = tube_mask(2, m.cfg.grid, 0.75)
     with torch.no_grad():
-        vis = m.encoder(m.normalize(x)[0], mask)
+        vis = m.encoder(m.normalize(x)[0], token_ids(mask)[0])
     assert vis.shape[1] == int((~mask[0]).sum())
 
 

@@ -104,11 +104,19 @@ def test_an_isolated_nan_is_skipped_and_counted(tiny_recipe, monkeypatch):
 
 def test_nans_in_a_row_stop_the_run_and_keep_the_last_checkpoint(tiny_recipe, monkeypatch):
     recipe, run_dir = tiny_recipe
-    monkeypatch.setattr(VideoMAE, "forward", nan_after(4, always=True))
-    with pytest.raises(NonFiniteLoss, match="5 times in a row.*step00000003.*intact"):
-        train(load_config(recipe, ["log.picture_every=0"]))
-    weights = final_weights(run_dir)
-    assert all(torch.isfinite(v).all() for v in weights.values())
+    # steps 4, 5, ... have a NaN loss: their updates are skipped, the fifth in a row stops
+    monkeypatch.setattr(VideoMAE, "forward", nan_after(3, always=True))
+    with pytest.raises(NonFiniteLoss, match="5 times in a row.*step 8.*step00000006.*intact"):
+        train(load_config(recipe, ["log.picture_every=0", "train.steps=12"]))
+    ckpt = os.path.join(run_dir, "checkpoints")
+    at3, at6 = (torch.load(os.path.join(ckpt, t, "plain_state.pt"), weights_only=False)
+                for t in ("step00000003", "step00000006"))
+    # the skipped steps 4-6 changed neither the weights nor the optimizer's state
+    assert all(torch.isfinite(v).all() and torch.equal(v, at3["model"][k])
+               for k, v in at6["model"].items())
+    s3, s6 = at3["optimizer"]["state"], at6["optimizer"]["state"]
+    assert all(torch.equal(s3[i]["exp_avg"], s6[i]["exp_avg"]) and
+               torch.equal(s3[i]["step"], s6[i]["step"]) for i in s3)
 
 
 def test_loss_falls_pictures_and_export(tiny_recipe, tmp_path):

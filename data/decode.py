@@ -213,9 +213,12 @@ def even_size(height: int, width: int, short_side: int) -> tuple[int, int]:
 
 
 def transcode(data: bytes, short_side: int | None, gop: int = 16, crf: int = 23,
-              codec: str = "h264") -> tuple[bytes, VideoInfo]:
-    """Re-encode a video for fast strided loading: short side <= short_side, keyframe every
-    ``gop`` frames, no audio. Returns the new bytes (mp4) and their probe."""
+              codec: str = "h264", frame_step: int = 1) -> tuple[bytes, VideoInfo]:
+    """Re-encode a video for fast strided loading: short side <= short_side, every
+    ``frame_step``-th frame (0, k, 2k, ...; the frame rate divided by k), a keyframe every
+    ``gop`` kept frames, no audio. Returns the new bytes (mp4) and their probe."""
+    if frame_step < 1:
+        raise ValueError(f"frame_step must be >= 1, got {frame_step}")
     try:
         src = av.open(io.BytesIO(data))
     except Exception as e:
@@ -231,7 +234,9 @@ def transcode(data: bytes, short_side: int | None, gop: int = 16, crf: int = 23,
         def frames():
             nonlocal size
             try:
-                for frame in src.decode(stream):
+                for n, frame in enumerate(src.decode(stream)):
+                    if n % frame_step:
+                        continue
                     if size is None:
                         side = short_side or min(frame.height, frame.width)
                         size = even_size(frame.height, frame.width, side)
@@ -241,7 +246,7 @@ def transcode(data: bytes, short_side: int | None, gop: int = 16, crf: int = 23,
             except av.error.FFmpegError as e:
                 raise VideoDecodeError(f"cannot decode frames: {_short(e)}") from None
 
-        out = encode_video(frames(), fps=float(rate), codec=codec, gop=gop, crf=crf)
+        out = encode_video(frames(), fps=float(rate) / frame_step, codec=codec, gop=gop, crf=crf)
     if size is None:
         raise VideoDecodeError("no decodable video frames")
     return out, probe_video(out)

@@ -35,7 +35,8 @@ from .manifest import ShardSet, load_shard_set
 from .masks import make_mask, running_cell_mask
 from .sampling import (SHORT_MODES, eval_clip_indices, resample_depth_indices,
                        sample_frame_indices)
-from .transforms import MULTISCALE, eval_crops, train_transform, volume_transform
+from .transforms import (MULTISCALE, apply_crop, crop_batch, eval_crops, train_crop_params,
+                         volume_transform)
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -49,7 +50,8 @@ class StreamConfig:
     batch_size: int = 8               # clips per batch on one rank
     num_workers: int = 2              # loader processes per rank (0 = in the training process)
     num_frames: int = 16              # frames per clip (volumes: slices, resampled)
-    stride: int = 4                   # raw frames between sampled frames
+    stride: int = 4                   # source frames between sampled frames (also on shards
+                                      # prepared with --frame-step: it must divide this)
     size: int | None = 224            # output side; None keeps a volume's own size
     scales: tuple = MULTISCALE        # multi-scale crop scales of the short side
     flip: bool = False                # random left-right flip (off in VideoMAE pre-training)
@@ -64,6 +66,9 @@ class StreamConfig:
     short_video: str = "clamp"        # clamp | loop: indices past the end of a short video
     test_clips: int = 1               # evaluation views: clips x crops per sample
     test_crops: int = 1
+    augment: str = "cpu"              # cpu | device: crop and resize training clips in the
+                                      # loader, or on the training device (workers ship the
+                                      # decoded frames and the crop boxes)
 
     def check(self):
         if self.batch_size % self.repeats:
@@ -78,6 +83,10 @@ class StreamConfig:
                              f"data.tubelet ({self.tubelet})")
         if not 0.0 <= self.decoder_mask_ratio < 1.0:
             raise ValueError("data.decoder_mask_ratio must be in [0, 1)")
+        if self.augment not in ("cpu", "device"):
+            raise ValueError(f"data.augment must be cpu or device, not {self.augment!r}")
+        if self.augment == "device" and self.size is None:
+            raise ValueError("data.augment=device needs data.size (the side of the clips)")
         if self.size is not None and self.size % self.patch:
             raise ValueError(f"data.size ({self.size}) must be a multiple of data.patch "
                              f"({self.patch})")
@@ -85,6 +94,18 @@ class StreamConfig:
     def token_grid(self, height: int | None = None) -> tuple[int, int, int]:
         side = self.size if self.size is not None else height
         return (self.num_frames // self.tubelet, side // self.patch, side // self.patch)
+
+
+def stored_stride(cfg: StreamConfig, shard_set: ShardSet) -> int:
+    """``data.stride`` (source frames) in the frames stored in ``shard_set``: prep's
+    ``--frame-step k`` kept every k-th frame, so the stride there is stride / k and a clip
+    covers the same time span."""
+    step = int(shard_set.options.get("frame_step", 1) or 1)
+    if cfg.stride % step:
+        raise ValueError(f"data.stride={cfg.stride} is not a multiple of the frame step "
+                         f"{step} that {shard_set.root} was prepared with (--frame-step): use a "
+                         f"stride of {step}, {2 * step}, ...")
+    return cfg.stride // step
 
 
 @dataclass(frozen=True)
@@ -200,13 +221,17 @@ def _clip_seed(seed: int, epoch: int, shard: int, member: int, repeat: int) -> l
 
 
 class _SampleMaker:
-    """Turns one raw sample into training clips (and masks), or evaluation views."""
+    """Turns one raw sample into training clips (and masks), or evaluation views.
 
-    def __init__(self, cfg: StreamConfig):
-        self.cfg = cfg
+    With ``augment: device`` a video's training clips are not cropped here: ``train_clips``
+    returns, per clip, its frame positions in the decoded video and its crop parameters, and
+    the decoded frames once (as ``frames``)."""
+
+    def __init__(self, cfg: StreamConfig, stride: int):
+        self.cfg, self.stride = cfg, stride
 
     def train_clips(self, raw: dict, epoch: int, shard: int, member: int):
-        cfg = self.cfg
+        cfg, stride = self.cfg, self.stride
         kind, payload, label = decode_sample(raw)
         rngs = [np.random.default_rng(_clip_seed(cfg.seed, epoch, shard, member, r))
                 for r in range(cfg.repeats)]
@@ -217,7 +242,7 @@ class _SampleMaker:
                 # repeat 0 draws its start from its own stream; later repeats from a fresh
                 # copy of theirs
                 picked["clips"] = [sample_frame_indices(
-                    n, cfg.num_frames, cfg.stride,
+                    n, cfg.num_frames, stride,
                     rngs[0] if r == 0 else np.random.default_rng(
                         _clip_seed(cfg.seed, epoch, shard, member, r)),
                     cfg.short_video) for r in range(cfg.repeats)]
@@ -225,22 +250,28 @@ class _SampleMaker:
                 return picked["union"]
             frames = decode_frames(payload, pick)  # one open, one decode for every repeat
         clips, masks, decode = [], [], []
+        on_device = kind == "video" and cfg.augment == "device"
+        if kind == "video":
+            frames = torch.from_numpy(frames)
         for r, rng in enumerate(rngs):
             if kind == "video":
                 idx = np.searchsorted(picked["union"], picked["clips"][r])
-                clip = train_transform(frames[idx], cfg.size, rng, cfg.scales, cfg.flip)
+                params = train_crop_params(frames.shape[1], frames.shape[2], rng, cfg.scales,
+                                           cfg.flip)
+                clip = ((torch.from_numpy(idx), params) if on_device
+                        else apply_crop(frames[idx], params, cfg.size))
             else:
                 depth = resample_depth_indices(payload.shape[0], cfg.num_frames)
                 clip = volume_transform(payload, depth, cfg.size, rng, cfg.flip)
             clips.append(clip)
             if cfg.mask != "none":
                 g = torch.Generator().manual_seed(int(rng.integers(2**62)))
-                grid = cfg.token_grid(clip.shape[-1])
+                grid = cfg.token_grid(None if on_device else clip.shape[-1])
                 m = make_mask(cfg.mask, 1, grid, cfg.mask_ratio, g)
                 masks.append(m[0])
                 if cfg.decoder_mask_ratio > 0:
                     decode.append(running_cell_mask(m, grid, cfg.decoder_mask_ratio, g)[0])
-        return clips, masks, decode, label
+        return clips, masks, decode, label, (frames if on_device else None)
 
     def eval_views(self, raw: dict):
         cfg = self.cfg
@@ -251,7 +282,7 @@ class _SampleMaker:
         picked = {}
 
         def pick(n: int) -> np.ndarray:
-            picked["clips"] = eval_clip_indices(n, cfg.num_frames, cfg.stride, cfg.test_clips,
+            picked["clips"] = eval_clip_indices(n, cfg.num_frames, self.stride, cfg.test_clips,
                                                 cfg.short_video)
             picked["union"] = np.unique(picked["clips"])
             return picked["union"]
@@ -273,9 +304,16 @@ class _Counter:
                     self.skipped)
 
 
-def _collate(clips, masks, labels, index, decode=()) -> dict:
-    batch = {"video": torch.stack(clips), "label": torch.tensor(labels, dtype=torch.int64),
+def _collate(clips, masks, labels, index, decode=(), videos=()) -> dict:
+    batch = {"label": torch.tensor(labels, dtype=torch.int64),
              "index": torch.tensor(index, dtype=torch.int64)}
+    if videos:  # device augmentation: clips are (video number, positions, crop parameters)
+        batch["frames"] = list(videos)
+        batch["clip_source"] = torch.tensor([c[0] for c in clips], dtype=torch.int64)
+        batch["clip_frames"] = torch.stack([c[1] for c in clips])
+        batch["clip_crop"] = torch.tensor([c[2] for c in clips], dtype=torch.int64)
+    else:
+        batch["video"] = torch.stack(clips)
     if masks:
         batch["mask"] = torch.stack(masks)
     if decode:
@@ -295,10 +333,10 @@ def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, units: list[Unit], w
     ``pos`` counts the samples of that epoch's planned order already consumed. Each batch
     carries ``_state``: where this worker continues after it.
     """
-    maker, counter = _SampleMaker(cfg), _Counter()
+    maker, counter = _SampleMaker(cfg, stored_stride(cfg, shard_set)), _Counter()
     urls = [s.url for s in shard_set.shards]
     first_number = _first_sample_numbers(shard_set)
-    clips, masks, decode, labels, index = [], [], [], [], []
+    clips, masks, decode, labels, index, videos = [], [], [], [], [], []
     while True:
         mine = worker_units(units, epoch, cfg.seed, worker, total, cfg.shuffle_buffer > 1)
         ends = np.cumsum([u.count for u in mine]).astype(int)
@@ -327,10 +365,13 @@ def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, units: list[Unit], w
                 member, raw = cache.pop(p)
                 shard = mine[int(np.searchsorted(ends, p, side="right"))].shard
                 try:
-                    c, m, d, label = maker.train_clips(raw, epoch, shard, member)
+                    c, m, d, label, frames = maker.train_clips(raw, epoch, shard, member)
                 except Exception as e:  # corrupt payload: counted, skipped, stream goes on
                     counter.skip(f"{raw.get('__key__')} in {raw.get('__url__')}", e)
                 else:
+                    if frames is not None:
+                        c = [(len(videos), idx, params) for idx, params in c]
+                        videos.append(frames)
                     clips += c
                     masks += m
                     decode += d
@@ -338,12 +379,12 @@ def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, units: list[Unit], w
                     index += [int(first_number[shard]) + member] * len(c)
                     usable += 1
             if len(clips) >= cfg.batch_size:
-                batch = _collate(clips, masks, labels, index, decode)
+                batch = _collate(clips, masks, labels, index, decode, videos)
                 nxt = (epoch, k + 1) if k + 1 < n else (epoch + 1, 0)
                 batch["_state"] = {"worker": worker, "epoch": nxt[0], "pos": nxt[1],
                                    "skipped": counter.skipped}
                 yield batch
-                clips, masks, decode, labels, index = [], [], [], [], []
+                clips, masks, decode, labels, index, videos = [], [], [], [], [], []
         if usable == 0 and pos == 0:
             raise RuntimeError(f"loader worker {worker}: no usable sample in a whole epoch of "
                                f"{shard_set.root}; see the warnings above")
@@ -490,7 +531,8 @@ class _EvalSplit(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         w, nw = (info.id, info.num_workers) if info else (0, 1)
-        maker, counter = _SampleMaker(self.cfg), _Counter()
+        maker = _SampleMaker(self.cfg, stored_stride(self.cfg, self.shard_set))
+        counter = _Counter()
         urls = [s.url for s in self.shard_set.shards]
         first_number = _first_sample_numbers(self.shard_set)
         views, labels, index, view_ids = [], [], [], []
@@ -512,3 +554,15 @@ class _EvalSplit(torch.utils.data.IterableDataset):
                         views, labels, index, view_ids = [], [], [], []
         if views:
             yield {**_collate(views, [], labels, index), "view": torch.tensor(view_ids)}
+
+
+def batch_to_device(batch: dict, device: torch.device, size: int | None) -> dict:
+    """A training batch on ``device``; a device-augmentation batch gets its ``video`` made
+    there (crop and resize of the shipped frames, the same values as the CPU path)."""
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()
+           if torch.is_tensor(v) and k not in ("clip_frames", "clip_source", "clip_crop")}
+    if "frames" in batch:
+        frames = [f.to(device, non_blocking=True) for f in batch["frames"]]
+        out["video"] = crop_batch(frames, batch["clip_source"], batch["clip_frames"],
+                                  batch["clip_crop"], size)
+    return out

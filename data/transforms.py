@@ -49,6 +49,25 @@ def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
+def train_crop_params(height: int, width: int, rng: np.random.Generator, scales=MULTISCALE,
+                      flip: bool = False) -> tuple[int, int, int, int, int]:
+    """The random part of ``train_transform``: (top, left, crop_h, crop_w, flipped), drawn from
+    ``rng`` in the same order, so CPU and device augmentation make the same clip."""
+    top, left, ch, cw = multiscale_crop_box(height, width, rng, scales)
+    flipped = int(flip and rng.random() < 0.5)
+    return top, left, ch, cw, flipped
+
+
+def apply_crop(frames: torch.Tensor, params, size: int) -> torch.Tensor:
+    """frames (T, H, W, C) uint8 (any device) + ``train_crop_params`` -> (C, T, size, size)."""
+    top, left, ch, cw, flipped = (int(v) for v in params)
+    crop = rearrange(frames[:, top:top + ch, left:left + cw], "t h w c -> t c h w")
+    out = resize_frames(crop, (size, size))
+    if flipped:
+        out = out.flip(-1)
+    return rearrange(out, "t c h w -> c t h w").contiguous()
+
+
 def train_transform(frames: np.ndarray | torch.Tensor, size: int, rng: np.random.Generator,
                     scales=MULTISCALE, flip: bool = False) -> torch.Tensor:
     """VideoMAE pre-training augmentation of one clip.
@@ -58,12 +77,18 @@ def train_transform(frames: np.ndarray | torch.Tensor, size: int, rng: np.random
     """
     frames = torch.as_tensor(frames)
     t, h, w, c = frames.shape
-    top, left, ch, cw = multiscale_crop_box(h, w, rng, scales)
-    crop = rearrange(frames[:, top:top + ch, left:left + cw], "t h w c -> t c h w")
-    out = resize_frames(crop, (size, size))
-    if flip and rng.random() < 0.5:
-        out = out.flip(-1)
-    return rearrange(out, "t c h w -> c t h w").contiguous()
+    return apply_crop(frames, train_crop_params(h, w, rng, scales, flip), size)
+
+
+def crop_batch(frames: list[torch.Tensor], source: torch.Tensor, positions: torch.Tensor,
+               params: torch.Tensor, size: int) -> torch.Tensor:
+    """Device augmentation: decoded videos ``frames`` (each (F, H, W, C) uint8), and per clip
+    the video it comes from ``source`` (B,), its frames ``positions`` (B, T) in that video and
+    its ``train_crop_params`` (B, 5) -> clips (B, C, T, size, size) uint8 on the frames'
+    device; the same values as ``train_transform`` on the CPU."""
+    params = params.tolist()
+    return torch.stack([apply_crop(frames[int(s)][p], params[b], size)
+                        for b, (s, p) in enumerate(zip(source.tolist(), positions))])
 
 
 def resize_short_side(frames: torch.Tensor, size: int) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from data.atomic import write_text_atomic
 from data.manifest import DataSetError, has_splits, load_shard_set, resolve_shards
-from data.stream import EvalStream, StreamConfig, TrainStream
+from data.stream import EvalStream, StreamConfig, TrainStream, batch_to_device
 from pretrain.config import (LogConfig, OptimConfig, RunConfig, RuntimeConfig, dump_yaml,
                              to_dict)
 from pretrain.runtime.checkpoint import Checkpointer
@@ -156,7 +156,8 @@ def train(cfg: FinetuneConfig) -> dict:
     warmup = int(cfg.optim.warmup_epochs * steps_per_epoch) or cfg.optim.warmup_steps
     engine = build_engine(model, param_groups(model, cfg.optim.weight_decay, decay), cfg.optim,
                           cfg.runtime, dist, cfg.data.batch_size)
-    stream = TrainStream(cfg.data, dist.rank, dist.world_size, shard_set=train_set)
+    stream = TrainStream(cfg.data, dist.rank, dist.world_size, shard_set=train_set,
+                         pin_memory=dist.device.type == "cuda")
     ckpt = Checkpointer(run_dir, dist, cfg.train.keep_last)
     mixup = _mixup(cfg, train_set.num_classes)
     kind = train_set.kind
@@ -180,9 +181,8 @@ def train(cfg: FinetuneConfig) -> dict:
             engine.set_lr(cosine_lr(step, total_steps, peak_lr, warmup, cfg.optim.min_lr))
             micro = 0
             while micro < cfg.runtime.grad_accum:
-                batch = next(batches)
-                x = batch["video"].to(dist.device)
-                y = batch["label"].to(dist.device)
+                batch = batch_to_device(next(batches), dist.device, cfg.data.size)
+                x, y = batch["video"], batch["label"]
                 if mixup is not None:
                     x, y = mixup(engine.module.normalize(x).float(), y)
                 logits = engine(x)

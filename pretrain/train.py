@@ -20,7 +20,7 @@ from einops import rearrange
 
 from data.manifest import resolve_shards
 from data.masks import token_ids
-from data.stream import TrainStream
+from data.stream import TrainStream, batch_to_device
 from .config import PretrainConfig, dump_yaml, to_dict
 from .export import export_encoder
 from .model import VideoMAE
@@ -128,10 +128,10 @@ def picture(model: VideoMAE, video: torch.Tensor, mask: torch.Tensor, out: dict,
     return (grid.clamp(0, 1) * 255).round().byte().cpu().numpy()
 
 
-def _to_device(batch: dict, device: torch.device) -> dict:
+def _to_device(batch: dict, device: torch.device, size: int | None) -> dict:
     """The batch on the device, plus ``ids``: the visible and reconstructed token numbers,
     computed here on the host from the masks (so the model never has to read a count back)."""
-    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    out = batch_to_device(batch, device, size)
     if "mask" in batch:
         out["ids"] = tuple(i.to(device, non_blocking=True)
                            for i in token_ids(batch["mask"], batch.get("decode_mask")))
@@ -230,7 +230,7 @@ def train(cfg: PretrainConfig) -> dict:
             engine.set_lr(lr)
             for _ in range(cfg.runtime.grad_accum):
                 t0 = time.perf_counter()
-                batch = _to_device(next(batches), dist.device)
+                batch = _to_device(next(batches), dist.device, cfg.data.size)
                 wait_window += time.perf_counter() - t0
                 out = engine(batch["video"], batch["mask"], batch.get("decode_mask"),
                              ids=batch["ids"])

@@ -45,7 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--gop", type=int, default=16, help="keyframe interval when transcoding")
     v.add_argument("--crf", type=int, default=23, help="H.264 quality when transcoding")
     v.add_argument("--transcode", action="store_true",
-                   help="transcode without resizing (implied by --short-side)")
+                   help="transcode without resizing (implied by --short-side, --frame-step)")
+    v.add_argument("--frame-step", type=int, default=1,
+                   help="keep every N-th frame when transcoding (e.g. 4 for pre-training at "
+                        "stride 4: 4x fewer frames to decode). data.stride stays in source "
+                        "frames and must be a multiple of N; clip starts fall on every N-th "
+                        "source frame")
     _common(v)
 
     m = sub.add_parser("medmnist", help="official MedMNIST3D npz -> one shard set per split")
@@ -103,11 +108,15 @@ def _split_lists(args) -> dict:
 def cmd_videos(args) -> int:
     groups, classes = _split_lists(args)
     seed = None if args.no_shuffle else args.seed
-    transcoding = args.transcode or args.short_side is not None
+    if args.frame_step < 1:
+        raise ValueError(f"--frame-step must be >= 1, got {args.frame_step}")
+    transcoding = args.transcode or args.short_side is not None or args.frame_step > 1
     options = {"seed": seed, "short_side": args.short_side, "transcode": transcoding,
                "gop": args.gop if transcoding else None, "crf": args.crf if transcoding else None,
                "shard_samples": args.shard_samples, "shard_bytes": args.shard_bytes}
-    work = video_work(args.short_side, args.gop, args.crf, transcoding)
+    if args.frame_step > 1:  # only when used, so earlier sets keep their options (resume)
+        options["frame_step"] = args.frame_step
+    work = video_work(args.short_side, args.gop, args.crf, transcoding, args.frame_step)
     for split, items in sorted(groups.items(), key=lambda kv: str(kv[0])):
         ordered = list(enumerate(shuffle_items(items, seed)))
         out = os.path.join(args.out, split) if split else args.out

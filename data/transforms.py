@@ -46,7 +46,17 @@ def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(frames.shape[-2:]) == tuple(size):
         return frames
     x = frames.contiguous(memory_format=torch.channels_last)
+    if x.device.type != "cpu":  # CUDA has no uint8 bilinear kernel: float, rounded back
+        return resize_float(x, size)
     return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
+def resize_float(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``resize_frames`` computed in float32 and rounded to uint8 (within 1 of the uint8
+    kernel's values); the path on devices without a uint8 kernel."""
+    out = F.interpolate(frames.float(), size=size, mode="bilinear", antialias=True,
+                        align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def train_crop_params(height: int, width: int, rng: np.random.Generator, scales=MULTISCALE,

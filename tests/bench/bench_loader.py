@@ -181,6 +181,7 @@ def main():
         size_of = {p: sum(s.bytes for s in load_shard_set(p).shards) / copies
                    for p in (old, new)}
         base = baseline(paths, args.clips)
+        print(f"  baseline: {base:.2f} clips/s", file=sys.stderr, flush=True)
         rows = [("baseline: source file, full 1280x720 decode", base, None)]
         for name, shards, gop, repeats, augment in [
                 ("shards 320p gop 16", old, 16, 1, "cpu"),
@@ -192,6 +193,7 @@ def main():
             with DecodeCounter(gop) as counter:
                 rate = stream_rate(shards, args.clips, repeats, augment)
             rows.append((name, rate, counter.frames / max(counter.calls, 1) / repeats))
+            print(f"  {name}: {rate:.2f} clips/s", file=sys.stderr, flush=True)
         parts = breakdown(old, args.clips)
         multi = []
         if args.workers:
@@ -200,8 +202,10 @@ def main():
                     ("resampled, repeats 4", new, 4, "cpu"),
                     ("resampled +device", new, 1, "device"),
                     ("resampled +device, repeats 4", new, 4, "device")]:
-                multi.append((name, stream_rate(shards, 20 * args.batch, repeats, augment,
+                multi.append((name, stream_rate(shards, 10 * args.batch, repeats, augment,
                                                 args.workers, args.batch)))
+                print(f"  {args.workers} workers, {name}: {multi[-1][1]:.1f} clips/s",
+                      file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     total = sum(parts.values())

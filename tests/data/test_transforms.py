@@ -47,3 +47,13 @@ def test_volume_is_a_one_channel_clip():
     out = volume_transform(vol, np.arange(4), None)
     assert out.shape == (1, 4, 6, 6)
     assert torch.equal(out[0], torch.from_numpy(vol))
+
+
+def test_the_float_resize_of_devices_without_a_uint8_kernel_is_within_one_level():
+    from data.transforms import resize_float, resize_frames
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (4, 3, 45, 61), dtype=torch.uint8, generator=g)
+    for size in ((32, 32), (64, 48)):
+        a = resize_frames(frames, size).int()
+        b = resize_float(frames.contiguous(memory_format=torch.channels_last), size).int()
+        assert a.shape == b.shape and (a - b).abs().max() <= 1

@@ -103,3 +103,20 @@ def test_positional_table_follows_the_clip_size():
     mask = tube_mask(1, (4, 6, 6), 0.75)
     out = m(video, mask)
     assert out["pred"].shape == (1, 4 * 27, m.cfg.patch_dim)
+
+
+def test_the_model_traces_into_one_graph_given_token_ids():
+    """What runtime.compile relies on: with the masks given as host-computed token ids the
+    forward has no data-dependent shapes, so dynamo captures it whole (no graph breaks)."""
+    from data.masks import token_ids
+    m = tiny()
+    video, mask = clip_and_mask(m)
+    dec = running_cell_mask(mask, m.cfg.grid, 0.5)
+    ids = token_ids(mask, dec)
+    explained = torch._dynamo.explain(m)(video, mask, dec, ids=ids)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+    torch.manual_seed(0)
+    eager = m(video, mask, dec)["loss"]
+    torch.manual_seed(0)
+    traced = torch.compile(m, backend="aot_eager", dynamic=False)(video, mask, dec, ids=ids)
+    assert torch.allclose(traced["loss"], eager, rtol=1e-5, atol=1e-6)

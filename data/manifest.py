@@ -88,11 +88,24 @@ def load_shard_set(path: str, split: str | None = None, verify: bool = True) -> 
         hint = ("prep was interrupted: re-run the same prep command to finish it" if partial else
                 "prepare it with `python -m data.prep ...`")
         raise DataSetError(f"{path} is not a prepared shard set (no manifest.json); {hint}")
-    with open(mpath) as f:
-        m = json.load(f)
+    try:
+        with open(mpath) as f:
+            m = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataSetError(f"{mpath} is not valid JSON ({e}); it was damaged: re-run prep into "
+                           f"a new folder") from None
+    if not isinstance(m, dict):
+        raise DataSetError(f"{mpath} is not a tubemae manifest (a JSON object is expected)")
     if m.get("format") != FORMAT or m.get("version") != VERSION:
         raise DataSetError(f"{mpath}: format {m.get('format')!r} v{m.get('version')} is not "
                            f"{FORMAT} v{VERSION}; re-run prep with this version of tubemae")
+    missing = [k for k in ("kind", "classes", "shards") if k not in m]
+    missing += [f"shards[{i}].{k}" for i, sh in enumerate(m.get("shards") or [])
+                for k in ("name", "samples", "bytes", "sha256")
+                if not isinstance(sh, dict) or k not in sh]
+    if missing:
+        raise DataSetError(f"{mpath} lacks {', '.join(missing[:5])}; it was damaged or "
+                           f"hand-edited: re-run prep into a new folder")
     shards = [Shard(url=os.path.join(path, s["name"]), name=s["name"], samples=s["samples"],
                     bytes=s["bytes"], sha256=s["sha256"]) for s in m["shards"]]
     if verify:

@@ -18,10 +18,12 @@ add ``view`` int64 (B,).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import math
+import signal
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -31,7 +33,7 @@ import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from .decode import VIDEO_EXTS, VideoDecodeError, decode_frames
-from .manifest import ShardSet, load_shard_set
+from .manifest import DataSetError, Shard, ShardSet, load_shard_set
 from .masks import make_mask, running_cell_mask
 from .sampling import (SHORT_MODES, eval_clip_indices, resample_depth_indices,
                        sample_frame_indices)
@@ -66,6 +68,8 @@ class StreamConfig:
     short_video: str = "clamp"        # clamp | loop: indices past the end of a short video
     test_clips: int = 1               # evaluation views: clips x crops per sample
     test_crops: int = 1
+    strict: bool = False              # a shard whose sha256 does not match stops the run
+                                      # (otherwise its samples are skipped and counted)
     augment: str = "cpu"              # cpu | device: crop and resize training clips in the
                                       # loader, or on the training device (workers ship the
                                       # decoded frames and the crop boxes)
@@ -157,11 +161,37 @@ def buffer_order(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+_VERIFIED: dict = {}  # shard path -> its bytes match the manifest's sha256 (per process)
+
+
+def shard_intact(shard: Shard, strict: bool = False) -> bool:
+    """Whether a local shard's bytes have the sha256 its manifest recorded, hashed the first
+    time this process opens it (one read, small next to decoding its videos). A damaged shard
+    is skipped with a warning, or stops the run under ``data.strict``."""
+    if not shard.sha256 or "://" in shard.url:
+        return True
+    ok = _VERIFIED.get(shard.url)
+    if ok is None:
+        h = hashlib.sha256()
+        with open(shard.url, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        ok = _VERIFIED[shard.url] = h.hexdigest() == shard.sha256
+    if not ok:
+        msg = (f"shard {shard.url} does not match the sha256 in its manifest (damaged after "
+               f"prep); repair it by running the same prep command with --verify")
+        if strict:
+            raise DataSetError(msg)
+        log.warning("%s; its samples are skipped", msg)
+    return ok
+
+
 class _Reader:
     """Reads the samples of one worker's units, in order, keeping only wanted positions."""
 
-    def __init__(self, shard_urls: list[str], units: list[Unit], wanted: np.ndarray):
-        self.urls, self.units = shard_urls, units
+    def __init__(self, shards: list[Shard], units: list[Unit], wanted: np.ndarray,
+                 strict: bool = False):
+        self.shards, self.units, self.strict = shards, units, strict
         self.wanted = np.sort(wanted)
         self.offsets = np.concatenate([[0], np.cumsum([u.count for u in units])]).astype(int)
 
@@ -172,9 +202,9 @@ class _Reader:
         for ui, unit in enumerate(self.units):
             base = int(self.offsets[ui])
             local = set((self.wanted[bounds[ui]:bounds[ui + 1]] - base).tolist())
-            if not local:
+            if not local or not shard_intact(self.shards[unit.shard], self.strict):
                 continue
-            for j, sample in _numbered_samples(self.urls[unit.shard], unit, local):
+            for j, sample in _numbered_samples(self.shards[unit.shard].url, unit, local):
                 yield base + j // unit.parts, j, sample
 
 
@@ -227,12 +257,20 @@ class _SampleMaker:
     returns, per clip, its frame positions in the decoded video and its crop parameters, and
     the decoded frames once (as ``frames``)."""
 
-    def __init__(self, cfg: StreamConfig, stride: int):
-        self.cfg, self.stride = cfg, stride
+    def __init__(self, cfg: StreamConfig, shard_set: ShardSet):
+        self.cfg, self.stride = cfg, stored_stride(cfg, shard_set)
+        self.num_classes = shard_set.num_classes
+
+    def decode(self, raw: dict) -> tuple[str, object, int]:
+        kind, payload, label = decode_sample(raw)
+        if self.num_classes and not 0 <= label < self.num_classes:
+            raise ValueError(f"label {label} is outside the {self.num_classes} classes of the "
+                             f"manifest")
+        return kind, payload, label
 
     def train_clips(self, raw: dict, epoch: int, shard: int, member: int):
         cfg, stride = self.cfg, self.stride
-        kind, payload, label = decode_sample(raw)
+        kind, payload, label = self.decode(raw)
         rngs = [np.random.default_rng(_clip_seed(cfg.seed, epoch, shard, member, r))
                 for r in range(cfg.repeats)]
         if kind == "video":
@@ -275,7 +313,7 @@ class _SampleMaker:
 
     def eval_views(self, raw: dict):
         cfg = self.cfg
-        kind, payload, label = decode_sample(raw)
+        kind, payload, label = self.decode(raw)
         if kind == "volume":
             depth = resample_depth_indices(payload.shape[0], cfg.num_frames)
             return [volume_transform(payload, depth, cfg.size)], label
@@ -333,8 +371,7 @@ def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, units: list[Unit], w
     ``pos`` counts the samples of that epoch's planned order already consumed. Each batch
     carries ``_state``: where this worker continues after it.
     """
-    maker, counter = _SampleMaker(cfg, stored_stride(cfg, shard_set)), _Counter()
-    urls = [s.url for s in shard_set.shards]
+    maker, counter = _SampleMaker(cfg, shard_set), _Counter()
     first_number = _first_sample_numbers(shard_set)
     clips, masks, decode, labels, index, videos = [], [], [], [], [], []
     while True:
@@ -347,7 +384,7 @@ def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, units: list[Unit], w
         order = buffer_order(n, cfg.shuffle_buffer,
                              np.random.default_rng([cfg.seed, epoch, worker, 104729]))
         remaining = order[pos:]
-        reader = iter(_Reader(urls, mine, remaining))
+        reader = iter(_Reader(shard_set.shards, mine, remaining, cfg.strict))
         cache, read_upto, usable = {}, -1, 0
         for k, p in enumerate(remaining.tolist(), start=pos):
             while p not in cache and read_upto < p:
@@ -391,6 +428,14 @@ def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, units: list[Unit], w
         epoch, pos = epoch + 1, 0
 
 
+def leave_signals_to_parent(_worker_id: int = 0):
+    """In a loader worker: ignore SIGTERM and SIGINT. SLURM, torchrun and `kill -- -PGID`
+    signal the whole process group; a worker that died of it first would take the trainer down
+    before it could checkpoint. The trainer handles the signal and shuts its workers down."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class _WorkerSplit(torch.utils.data.IterableDataset):
     """The per-process part of a TrainStream: a DataLoader worker picks its logical worker."""
 
@@ -422,6 +467,9 @@ class TrainStream:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.pin_memory = pin_memory  # page-locked batches: asynchronous copies to a GPU
         self.shard_set = shard_set or load_shard_set(cfg.shards, cfg.split or "train")
+        if self.shard_set.num_samples == 0:
+            raise DataSetError(f"{self.shard_set.root} holds no samples; prepare it again from "
+                               f"inputs that can be used (see its failures.jsonl)")
         self.workers = max(cfg.num_workers, 1)
         self.units = plan_units([s.samples for s in self.shard_set.shards],
                                 world_size * self.workers)
@@ -479,6 +527,7 @@ class TrainStream:
                                                  num_workers=self.cfg.num_workers,
                                                  prefetch_factor=2, persistent_workers=False,
                                                  pin_memory=self.pin_memory,
+                                                 worker_init_fn=leave_signals_to_parent,
                                                  generator=torch.Generator().manual_seed(0))
         else:
             loader = ds
@@ -519,6 +568,7 @@ class EvalStream:
         if self.cfg.num_workers > 0:
             yield from torch.utils.data.DataLoader(ds, batch_size=None,
                                                    num_workers=self.cfg.num_workers,
+                                                   worker_init_fn=leave_signals_to_parent,
                                                    generator=torch.Generator().manual_seed(0))
         else:
             yield from ds
@@ -531,12 +581,14 @@ class _EvalSplit(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         w, nw = (info.id, info.num_workers) if info else (0, 1)
-        maker = _SampleMaker(self.cfg, stored_stride(self.cfg, self.shard_set))
-        counter = _Counter()
+        maker, counter = _SampleMaker(self.cfg, self.shard_set), _Counter()
         urls = [s.url for s in self.shard_set.shards]
         first_number = _first_sample_numbers(self.shard_set)
         views, labels, index, view_ids = [], [], [], []
         for unit in self.units[w::nw]:
+            if not shard_intact(self.shard_set.shards[unit.shard], self.cfg.strict):
+                counter.skipped += unit.count
+                continue
             for j, raw in _numbered_samples(urls[unit.shard], unit, set(range(unit.count))):
                 try:
                     vs, label = maker.eval_views(raw)

@@ -30,32 +30,40 @@ import torch
 import torch.nn.functional as F
 from einops import repeat
 
-from pretrain.convert import load_published, read_state_dict
+from pretrain.convert import load_published, load_safetensors, read_state_dict
 from .vivit import FactorisedSelfAttentionBlock, ViViT, init_temporal_attention
 
 
-def read_source(path: str) -> tuple[dict, str]:
-    """(encoder-named state dict, kind) for any supported source."""
+class InitMismatch(ValueError):
+    """``--init`` holds an encoder of another geometry than the model being fine-tuned."""
+
+
+def read_source(path: str) -> tuple[dict, str, list]:
+    """(encoder-named state dict, kind, the source's keys outside the encoder) for any
+    supported source."""
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, "encoder.safetensors")):
         path = os.path.join(path, "encoder.safetensors")
     if path.endswith("encoder.safetensors") or (
             path.endswith(".safetensors") and os.path.isfile(
                 os.path.join(os.path.dirname(path), "encoder.json"))):
-        from safetensors.torch import load_file
-        return load_file(path), "tubemae encoder"
+        return load_safetensors(path), "tubemae encoder", []
     if os.path.isdir(path):
         sd, _ = load_published(path)
-        return _encoder_part(sd), "VideoMAE (HuggingFace folder)"
+        enc, dropped = _encoder_part(sd)
+        return enc, "VideoMAE (HuggingFace folder)", dropped
     raw = read_state_dict(path)
     w = raw.get("patch_embed.proj.weight")
     if w is not None and w.ndim == 4:
-        return raw, "image ViT"
+        return raw, "image ViT", []
     sd, _ = load_published(path)
-    return _encoder_part(sd), "VideoMAE"
+    enc, dropped = _encoder_part(sd)
+    return enc, "VideoMAE", dropped
 
 
-def _encoder_part(sd: dict) -> dict:
-    return {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
+def _encoder_part(sd: dict) -> tuple[dict, list]:
+    """(the encoder's weights without the prefix, the keys outside the encoder)."""
+    enc = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
+    return enc, sorted(k for k in sd if not k.startswith("encoder."))
 
 
 def _image_vit_to_encoder(sd: dict, model: ViViT, kernel_init: str, report: dict) -> dict:
@@ -101,11 +109,28 @@ def _tubelet_to_uniform(w: torch.Tensor) -> torch.Tensor:
     return w.sum(dim=2, keepdim=True)
 
 
-def init_from(model: ViViT, path: str, kernel_init: str = "central", verbose: bool = True) -> dict:
+def geometry(sd: dict) -> str:
+    """What a state dict's encoder looks like: width, depth, token kernel, channels."""
+    w = sd.get("patch_embed.proj.weight")
+    blocks = {k.split(".")[1] for k in sd if k.startswith("blocks.")}
+    width = w.shape[0] if w is not None else next(
+        (v.shape[0] for k, v in sd.items() if k.endswith("norm1.weight")), "?")
+    kernel = "x".join(map(str, w.shape[2:])) if w is not None else "?"
+    chans = w.shape[1] if w is not None else "?"
+    return f"width {width}, depth {len(blocks)}, token kernel {kernel}, {chans} channel(s)"
+
+
+def init_from(model: ViViT, path: str, kernel_init: str = "central", verbose: bool = True,
+              allow_partial: bool = False) -> dict:
     """Load ``path`` into ``model`` and return the report {source, loaded, new, unused,
-    mismatched, notes}; prints it when verbose."""
-    sd, kind = read_source(path)
-    report = {"source": path, "kind": kind, "loaded": [], "new": [], "unused": [],
+    mismatched, notes}; prints it when verbose.
+
+    Raises InitMismatch when less than half of the encoder weights the model can take load
+    (another preset or geometry: training would silently start from scratch), unless
+    ``allow_partial``."""
+    sd, kind, dropped = read_source(path)
+    report = {"source": path, "kind": kind, "loaded": [], "new": [],
+              "unused": [f"{k} (not part of the encoder)" for k in dropped],
               "mismatched": [], "notes": []}
     if kind == "image ViT":
         sd = _image_vit_to_encoder(sd, model, kernel_init, report)
@@ -124,6 +149,18 @@ def init_from(model: ViViT, path: str, kernel_init: str = "central", verbose: bo
             report["mismatched"].append(f"{k}: {tuple(v.shape)} vs {tuple(target[k].shape)}")
         else:
             load[k] = v.to(target[k].dtype)
+    # The encoder weights this model can take from a pre-trained encoder (not the parts that
+    # always start new: Model 3's temporal attention, the T2T tokeniser).
+    core = [k for k in target if k.startswith(("blocks.", "patch_embed.")) and
+            "temporal_" not in k and not (model.cfg.tokenizer == "t2t" and
+                                          k.startswith("patch_embed."))]
+    taken = sum(k in load for k in core)
+    if core and taken * 2 < len(core) and not allow_partial:
+        raise InitMismatch(
+            f"--init {path} fits {taken} of the {len(core)} encoder weights of this model: its "
+            f"encoder has {geometry(sd)}, the model has {geometry(target)}. Choose the "
+            f"model.preset / geometry the encoder was trained with, or set "
+            f"run.init_partial=true to load what fits and train the rest from scratch")
     model.load_state_dict(load, strict=False)
     report["loaded"] = sorted(load)
     report["new"] = sorted(k for k in target if k not in load)

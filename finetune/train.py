@@ -25,13 +25,14 @@ from data.manifest import DataSetError, has_splits, load_shard_set, resolve_shar
 from data.stream import EvalStream, StreamConfig, TrainStream, batch_to_device
 from pretrain.config import (LogConfig, OptimConfig, RunConfig, RuntimeConfig, dump_yaml,
                              to_dict)
-from pretrain.runtime.checkpoint import Checkpointer
+from pretrain.runtime.checkpoint import Checkpointer, RunDirLock
 from pretrain.runtime.distributed import (all_gather_objects, all_reduce_max, all_reduce_mean,
                                           barrier, init_distributed, shutdown)
 from pretrain.runtime.engine import build_engine
 from pretrain.runtime.logger import MetricsLogger
 from pretrain.runtime.optim import cosine_lr, param_groups, scaled_lr
-from pretrain.train import KILL_AFTER_STEP, StopRequested, check_resume_config, memory_mb
+from pretrain.train import (KILL_AFTER_STEP, StopRequested, as_scalar, check_resume_config,
+                            memory_mb)
 from .evaluate import confusion_picture, summarize
 from .init import init_from
 from .vivit import ViViT, VivitConfig, layer_decay_scale
@@ -41,6 +42,7 @@ from .vivit import ViViT, VivitConfig, layer_decay_scale
 class FinetuneRunConfig(RunConfig):
     init: str = ""                    # encoder / checkpoint to start from; "" = from scratch
     kernel_init: str = "central"      # image ViT -> tubelet kernel: central | average
+    init_partial: bool = False        # allow an init that fits less than half of the encoder
 
 
 @dataclass
@@ -126,8 +128,16 @@ def _mixup(cfg: FinetuneConfig, num_classes: int):
 
 def train(cfg: FinetuneConfig) -> dict:
     """Fine-tune (or resume), evaluate, test the best checkpoint; returns the report."""
-    t_start = time.time()
     dist = init_distributed(cfg.runtime.device)
+    lock = RunDirLock(cfg.run.dir, dist.is_main)  # one command per run folder
+    try:
+        return _train(cfg, dist)
+    finally:
+        lock.release()
+
+
+def _train(cfg: FinetuneConfig, dist) -> dict:
+    t_start = time.time()
     cfg.data = replace(cfg.data, mask="none")
     cfg.data.check()
     cfg.data.shards = resolve_shards(cfg.data.shards, os.path.join(cfg.run.dir, "data"),
@@ -138,14 +148,13 @@ def train(cfg: FinetuneConfig) -> dict:
     if cfg.model.num_classes == 0:
         cfg.model = replace(cfg.model, num_classes=train_set.num_classes)
     run_dir = cfg.run.dir
-    os.makedirs(run_dir, exist_ok=True)
     check_resume_config(run_dir, cfg)
     torch.manual_seed(cfg.run.seed)
     model = ViViT(cfg.model)
     init_report = None
     if cfg.run.init:
         init_report = init_from(model, cfg.run.init, cfg.run.kernel_init,
-                                verbose=dist.is_main)
+                                verbose=dist.is_main, allow_partial=cfg.run.init_partial)
     decay = layer_decay_scale(model.cfg, cfg.optim.layer_decay) \
         if cfg.optim.layer_decay < 1 else None
     total_batch = cfg.data.batch_size * cfg.runtime.grad_accum * dist.world_size
@@ -207,8 +216,9 @@ def train(cfg: FinetuneConfig) -> dict:
             if step % cfg.log.every == 0:
                 logger.scalars(step, {"loss": all_reduce_mean(float(np.mean(losses)), dist),
                                       "lr": engine.optimizer.param_groups[-1]["lr"],
-                                      "grad_norm": engine.grad_norm,
-                                      "memory_mb": memory_mb(dist.device)})
+                                      "grad_norm": as_scalar(engine.grad_norm),
+                                      "memory_mb": memory_mb(dist.device),
+                                      "skipped_samples": sum(stream.skipped)})
                 losses = []
             if all_reduce_max([float(stop.signum is not None)], dist)[0] > 0:
                 stopped = stop.signum

@@ -167,6 +167,43 @@ def _set(tree: dict, dotted: str, value):
     node[parts[-1]] = value
 
 
+# Numeric fields a recipe can get wrong, and their valid ranges: (minimum, minimum is allowed).
+# A key a schema does not have is passed over (pre-training and fine-tuning share this table).
+RANGES = {
+    "data.batch_size": (1, True), "data.num_workers": (0, True), "data.num_frames": (1, True),
+    "data.stride": (1, True), "data.size": (1, True), "data.repeats": (1, True),
+    "data.tubelet": (1, True), "data.patch": (1, True), "data.shuffle_buffer": (1, True),
+    "data.test_clips": (1, True), "data.test_crops": (1, True),
+    "train.steps": (1, True), "train.ckpt_every": (1, True), "train.keep_last": (1, True),
+    "train.max_nonfinite": (1, True), "train.epochs": (1, True),
+    "log.every": (1, True), "log.picture_every": (0, True),
+    "runtime.grad_accum": (1, True), "runtime.grad_clip": (0, True),
+    "optim.base_lr": (0, False), "optim.lr": (0, False), "optim.min_lr": (0, True),
+    "optim.warmup_steps": (0, True), "optim.warmup_epochs": (0, True),
+    "optim.weight_decay": (0, True), "optim.eps": (0, False),
+    "model.img_size": (1, True), "model.patch_size": (1, True), "model.num_frames": (1, True),
+    "model.tubelet_size": (1, True), "model.in_chans": (1, True),
+}
+
+
+def check_values(cfg, source: str = "the config"):
+    """Every value in ``RANGES`` within its range, and the mask ratio in (0, 1) when masking;
+    a ConfigError naming the key, the value and the range otherwise."""
+    for dotted, (low, inclusive) in RANGES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section, None), key, None)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if value < low or (value == low and not inclusive):
+            bound = f">= {low}" if inclusive else f"> {low}"
+            raise ConfigError(f"'{dotted}' in {source} is {value}; it must be {bound}")
+    data = getattr(cfg, "data", None)
+    if data is not None and getattr(data, "mask", "none") != "none" and \
+            not 0.0 < data.mask_ratio < 1.0:
+        raise ConfigError(f"'data.mask_ratio' in {source} is {data.mask_ratio}; it must be "
+                          f"between 0 and 1 (exclusive) when data.mask={data.mask}")
+
+
 def load_config(path: str | None, overrides: typing.Sequence[str] = (), schema=PretrainConfig):
     """YAML file + ``a.b=value`` overrides -> a checked ``schema`` instance."""
     tree = {}
@@ -181,7 +218,10 @@ def load_config(path: str | None, overrides: typing.Sequence[str] = (), schema=P
             raise ConfigError(f"override {item!r} should look like section.key=value")
         key, raw = item.split("=", 1)
         _set(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
-    return _build(schema, tree, "", source + (" + overrides" if overrides else ""))
+    where = source + (" + overrides" if overrides else "")
+    cfg = _build(schema, tree, "", where)
+    check_values(cfg, where)
+    return cfg
 
 
 def to_dict(cfg) -> dict:

@@ -38,8 +38,7 @@ def read_state_dict(path: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} not found")
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        sd = load_file(path)
+        sd = load_safetensors(path)
     else:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
@@ -52,6 +51,17 @@ def read_state_dict(path: str) -> dict:
     if any(k.startswith("module.") for k in sd):
         sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
     return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+
+def load_safetensors(path: str) -> dict:
+    """A safetensors file's tensors, or a ValueError naming the file when it is not one."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e}); use a run's "
+                         f"export/ folder, a VideoMAE checkpoint or an image ViT file") from None
 
 
 def detect_layout(sd: dict) -> str:

@@ -24,7 +24,7 @@ from data.stream import TrainStream, batch_to_device
 from .config import PretrainConfig, dump_yaml, to_dict
 from .export import export_encoder
 from .model import VideoMAE
-from .runtime.checkpoint import Checkpointer
+from .runtime.checkpoint import Checkpointer, RunDirLock
 from .runtime.distributed import (all_reduce_max, all_reduce_mean, barrier, init_distributed,
                                   shutdown)
 from .runtime.engine import build_engine, read_model_weights
@@ -175,14 +175,31 @@ class StepStats:
     def total(self) -> int:
         return self.base_total + int(self.skipped)
 
+    def window(self) -> list[float]:
+        """The losses summed since the last log step, for the checkpoint: a resumed run then
+        logs the same mean at its first log step as the uninterrupted run."""
+        return [float(self.loss_sum), float(self.loss_count)]
+
+    def load_window(self, window: list[float] | None):
+        if window:
+            self.loss_sum.fill_(window[0])
+            self.loss_count.fill_(window[1])
+
 
 def train(cfg: PretrainConfig) -> dict:
     """Run (or resume) pre-training; returns a summary dict (rank 0's view)."""
     cfg.data.check()
     check_geometry(cfg)
     dist = init_distributed(cfg.runtime.device)
+    lock = RunDirLock(cfg.run.dir, dist.is_main)  # one command per run folder
+    try:
+        return _train(cfg, dist)
+    finally:
+        lock.release()
+
+
+def _train(cfg: PretrainConfig, dist) -> dict:
     run_dir = cfg.run.dir
-    os.makedirs(run_dir, exist_ok=True)
     cfg.data.shards = resolve_shards(cfg.data.shards, os.path.join(run_dir, "data"),
                                      dist.is_main, lambda: barrier(dist))
     check_resume_config(run_dir, cfg)
@@ -208,10 +225,12 @@ def train(cfg: PretrainConfig) -> dict:
               f"{dist.world_size} = {total_batch}, peak lr {peak_lr:.3g}", file=sys.stderr)
 
     stats = StepStats(dist.device, nonfinite_total)
+    stats.load_window(client and client.get("log_window"))
 
     def save(at_step: int):
         ckpt.save_run(engine, f"step{at_step:08d}", {"step": at_step, "nonfinite_total":
-                                                     stats.total, "peak_lr": peak_lr}, stream)
+                                                     stats.total, "peak_lr": peak_lr,
+                                                     "log_window": stats.window()}, stream)
 
     bar = None
     if dist.is_main and cfg.log.progress:
@@ -249,10 +268,11 @@ def train(cfg: PretrainConfig) -> dict:
                 loss, nonfinite_total, in_row = stats.read()
                 dt = time.perf_counter() - t_window
                 loss = all_reduce_mean(loss, dist)
-                scalars = {"loss": loss, "lr": lr, "grad_norm": _number(engine.grad_norm),
+                scalars = {"loss": loss, "lr": lr, "grad_norm": as_scalar(engine.grad_norm),
                            "clips_per_s": clips_window * dist.world_size / dt,
                            "data_wait": wait_window / dt, "memory_mb": memory_mb(dist.device),
-                           "nonfinite_total": nonfinite_total, "epoch": stream.epoch}
+                           "nonfinite_total": nonfinite_total, "epoch": stream.epoch,
+                           "skipped_samples": sum(stream.skipped)}
                 if "stats_loss" in last[1]:
                     scalars["stats_loss"] = float(last[1]["stats_loss"].detach())
                 logger.scalars(step, scalars)
@@ -300,7 +320,7 @@ def train(cfg: PretrainConfig) -> dict:
         shutdown()
         return summary
     if cfg.train.export and dist.is_main:
-        tag = ckpt.latest_tag()
+        tag = ckpt.latest_tag() or client["tag"]  # latest may name a lost tag (resumed over)
         weights = read_model_weights(ckpt.dir, tag)
         summary["export"] = export_encoder(weights, model.cfg, os.path.join(run_dir, "export"),
                                            {"run_dir": os.path.abspath(run_dir), "step": step,
@@ -311,7 +331,7 @@ def train(cfg: PretrainConfig) -> dict:
     return summary
 
 
-def _number(value) -> float | None:
+def as_scalar(value) -> float | None:
     """A logged scalar from a device tensor, a float or None (read at log steps only)."""
     return None if value is None else float(value)
 

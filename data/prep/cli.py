@@ -23,6 +23,9 @@ def _common(p: argparse.ArgumentParser):
                    help="max bytes per shard, e.g. 500M, 1G")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                    help="worker processes (0 = in this process)")
+    p.add_argument("--verify", action="store_true",
+                   help="check a finished set's shards against manifest.json (size, sha256) and "
+                        "rebuild from the first damaged one (run with the same arguments)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -122,7 +125,8 @@ def cmd_videos(args) -> int:
         out = os.path.join(args.out, split) if split else args.out
         write_shard_set(out, "video", classes, options, ordered, work,
                         source_of=lambda it: it[1].path, workers=args.workers,
-                        max_samples=args.shard_samples, max_bytes=args.shard_bytes, split=split)
+                        max_samples=args.shard_samples, max_bytes=args.shard_bytes, split=split,
+                        verify=args.verify)
     return 0
 
 
@@ -131,7 +135,7 @@ def cmd_medmnist(args) -> int:
         path = args.flag
     else:
         path = mm.locate(args.flag, args.size, args.root, fetch=args.download, url=args.url)
-    mm.shards_from_npz(path, args.out, args.shard_samples, args.shard_bytes)
+    mm.shards_from_npz(path, args.out, args.shard_samples, args.shard_bytes, args.verify)
     return 0
 
 
@@ -148,7 +152,7 @@ def cmd_synthetic(args) -> int:
         write_shard_set(os.path.join(args.out, split), "video", classes, options, idx, work,
                         source_of=lambda i: f"synthetic:{args.seed}/{i}", workers=args.workers,
                         max_samples=args.shard_samples, max_bytes=args.shard_bytes,
-                        split=split)
+                        split=split, verify=args.verify)
     return 0
 
 

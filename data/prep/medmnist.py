@@ -103,7 +103,7 @@ def volume_sample(split: str, i: int, volume: np.ndarray, label: int, classes: l
 
 
 def shards_from_npz(npz_path: str, out_dir: str, max_samples: int = 1000,
-                    max_bytes: int = 10**9) -> str:
+                    max_bytes: int = 10**9, verify: bool = False) -> str:
     """Shard an official npz file into ``out_dir``/{train,val,test} (a finished set is left
     alone, an interrupted one continued); returns ``out_dir``."""
     from .runner import write_shard_set
@@ -127,7 +127,8 @@ def shards_from_npz(npz_path: str, out_dir: str, max_samples: int = 1000,
         items = [(split, i, images[i], labels[i], classes, name) for i in range(len(images))]
         write_shard_set(os.path.join(out_dir, split), "volume", classes, options, items,
                         volume_work, source_of=lambda it: f"{it[5]}#{it[0]}/{it[1]}", workers=0,
-                        max_samples=max_samples, max_bytes=max_bytes, split=split)
+                        max_samples=max_samples, max_bytes=max_bytes, split=split,
+                        verify=verify)
     return out_dir
 
 

@@ -7,6 +7,7 @@ recorded as a failure.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -17,7 +18,8 @@ from typing import Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
-from .shards import ShardSetWriter
+from ..atomic import write_text_atomic
+from .shards import JOURNAL, ShardSetWriter
 
 
 def _guarded(fn: Callable, item) -> dict:
@@ -75,10 +77,43 @@ def parse_bytes(text: str) -> int:
     return int(float(t))
 
 
+def first_damaged(out_dir: str, manifest: dict) -> int | None:
+    """Index of the first shard whose file is missing or differs (size, sha256) from the
+    manifest, or None when all are intact."""
+    for i, s in enumerate(manifest["shards"]):
+        path = os.path.join(out_dir, s["name"])
+        if not os.path.isfile(path) or os.path.getsize(path) != s["bytes"]:
+            return i
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        if h.hexdigest() != s["sha256"]:
+            return i
+    return None
+
+
+def roll_back(out_dir: str, first_bad: str):
+    """Forget shard ``first_bad`` and everything after it (journal, manifest), so the resume
+    path rebuilds them: prep is deterministic, so they come back byte for byte."""
+    path = os.path.join(out_dir, JOURNAL)
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    keep = [records[0]]
+    for r in records[1:]:
+        if r.get("name") == first_bad:
+            break
+        keep.append(r)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
+    os.remove(os.path.join(out_dir, "manifest.json"))
+
+
 def write_shard_set(out_dir: str, kind: str, classes: list, options: dict, items: Sequence,
                     work: Callable, source_of: Callable, workers: int, max_samples: int,
-                    max_bytes: int, split: str | None = None) -> dict:
-    """Prep one shard set from ``items``; resumes a folder left by an interrupted run.
+                    max_bytes: int, split: str | None = None, verify: bool = False) -> dict:
+    """Prep one shard set from ``items``; resumes a folder left by an interrupted run. With
+    ``verify``, a finished set has every shard checked against its manifest and is rebuilt
+    from the first damaged shard on.
 
     ``work(item)`` returns {'ok': True, 'sample': {...}} or {'ok': False, 'reason': str}.
     Returns the manifest (or the existing one when the set is already complete).
@@ -90,9 +125,20 @@ def write_shard_set(out_dir: str, kind: str, classes: list, options: dict, items
         if manifest.get("options") != options or manifest.get("classes") != list(classes):
             raise FileExistsError(f"{out_dir} already holds a finished shard set made with other "
                                   f"options; choose a new --out or delete it")
-        print(f"{out_dir}: already complete ({manifest['num_samples']} samples), nothing to do",
+        bad = first_damaged(out_dir, manifest) if verify else None
+        if bad is None:
+            what = "every shard intact" if verify else "nothing to do"
+            print(f"{out_dir}: already complete ({manifest['num_samples']} samples), {what}",
+                  file=sys.stderr)
+            return _nonempty(manifest, out_dir)
+        if not os.path.isfile(os.path.join(out_dir, JOURNAL)):
+            raise FileExistsError(f"{out_dir}: shard {manifest['shards'][bad]['name']} is "
+                                  f"damaged and the prep journal is gone; prep into a new --out")
+        name = manifest["shards"][bad]["name"]
+        after = len(manifest["shards"]) - bad - 1
+        print(f"{out_dir}: shard {name} is damaged; rebuilding it and the {after} after it",
               file=sys.stderr)
-        return manifest
+        roll_back(out_dir, name)
     writer = ShardSetWriter(out_dir, kind, classes, options, max_samples=max_samples,
                             max_bytes=max_bytes, split=split)
     start = writer.next_input
@@ -119,4 +165,12 @@ def write_shard_set(out_dir: str, kind: str, classes: list, options: dict, items
           f"{human_bytes(manifest['num_bytes'])}, {manifest['num_failures']} failures "
           f"(see failures.jsonl); this run {done} inputs in {dt:.1f}s = {done / dt:.1f} inputs/s, "
           f"{human_bytes(nbytes / dt)}/s", file=sys.stderr)
+    return _nonempty(manifest, out_dir)
+
+
+def _nonempty(manifest: dict, out_dir: str) -> dict:
+    """A shard set with no usable sample is an error (prep exits non-zero), not a success."""
+    if manifest["num_samples"] == 0:
+        raise ValueError(f"{out_dir}: no usable input ({manifest['num_failures']} could not be "
+                         f"used; the reasons are in {os.path.join(out_dir, 'failures.jsonl')})")
     return manifest

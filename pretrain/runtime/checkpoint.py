@@ -3,21 +3,125 @@
 A checkpoint is the engine's state (weights, optimizer; DeepSpeed's own files or ours), the
 client state (step, schedule, config fingerprint), and per rank a small file with that rank's
 data-stream position and RNG states. Rank 0 writes ``<tag>/COMPLETE`` once every rank has
-finished, then replaces ``latest`` atomically, then prunes old tags: a checkpoint torn by a
-crash is never "latest", and the previous one is still there.
+finished (the files flushed to disk, their sizes recorded in it), then replaces ``latest``
+atomically, then prunes old tags: a checkpoint torn by a crash is never "latest", and the
+previous one is still there. A resume that finds the newest checkpoint damaged (sizes off, a
+file unreadable or not ours) warns and falls back to the newest intact one.
 """
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import shutil
+import sys
 
 import torch
 
 from data.atomic import write_text_atomic
-from .distributed import Dist, barrier
+from .distributed import Dist, all_reduce_max, barrier
 
 LATEST = "latest"
 COMPLETE = "COMPLETE"
+
+
+class CheckpointError(ValueError):
+    """No checkpoint of a run folder can be resumed from."""
+
+
+class UnsafeCheckpoint(ValueError):
+    """A checkpoint file holds pickled Python objects beyond tensors and plain data."""
+
+
+def load_checkpoint_file(path: str, map_location="cpu"):
+    """``torch.load`` with ``weights_only=True``: tensors, numbers, strings, lists, tuples and
+    dicts, never code. Everything tubemae writes loads this way; a file that does not was not
+    written by tubemae (it may have been planted in a shared run folder) and is refused."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpoint(
+            f"{path} holds Python objects that tubemae never writes, so it was not loaded "
+            f"(loading it could run code). Remove that checkpoint folder to fall back to an "
+            f"earlier one, or restore the file from a copy you trust. ({str(e).splitlines()[0]})"
+        ) from None
+
+
+class RunDirLock:
+    """Holds ``run.dir/.lock`` (an advisory lock) for the life of the process on rank 0, so a
+    second command on the same run folder stops with a message naming the first; the kernel
+    releases it on any exit, kill -9 included."""
+
+    def __init__(self, run_dir: str, enabled: bool = True):
+        self.file = None
+        try:
+            os.makedirs(run_dir, exist_ok=True)
+            probe = os.path.join(run_dir, f".write-test-{os.getpid()}")
+            with open(probe, "w"):
+                pass
+            os.remove(probe)
+        except OSError as e:
+            raise CheckpointError(f"run.dir {run_dir} cannot be written ({e.strerror or e}); "
+                                  f"choose a folder you can write to (run.dir=...)") from None
+        if not enabled:
+            return
+        import fcntl
+        import socket
+        path = os.path.join(run_dir, ".lock")
+        self.file = open(path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            self.file = None
+            raise CheckpointError(f"{run_dir} is in use by {holder}; wait for it to finish or "
+                                  f"stop it, or choose another run.dir") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()} on {socket.gethostname()} "
+                        f"({' '.join(sys.argv)[:200]})\n")
+        self.file.flush()
+
+    def release(self):
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def save_file_or_explain(obj, path: str):
+    """``torch.save`` to ``path`` through ``path.tmp``; on a full disk (or any write error)
+    the temporary file is removed and the error says how much was needed and was free."""
+    tmp = path + ".tmp"
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        need = _tensor_bytes(obj)
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        folder = os.path.dirname(path) or "."
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            free = -1
+        raise CheckpointError(
+            f"could not write {path} ({e.strerror or e}): it needs about {need / 1e6:.0f} MB and "
+            f"{free / 1e6:.0f} MB are free there; make room (or lower train.keep_last) and run "
+            f"the same command to resume from the last complete checkpoint") from None
+
+
+def _tensor_bytes(obj) -> int:
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def rng_state(device: torch.device) -> dict:
@@ -41,30 +145,57 @@ class Checkpointer:
         os.makedirs(self.dir, exist_ok=True)
 
     def latest_tag(self) -> str | None:
+        """The tag ``latest`` names, when that checkpoint is complete."""
         path = os.path.join(self.dir, LATEST)
         if not os.path.isfile(path):
             return None
         with open(path) as f:
             tag = f.read().strip()
-        if not os.path.isfile(os.path.join(self.dir, tag, COMPLETE)):
-            raise RuntimeError(f"{path} names {tag}, which is incomplete; delete {path} to "
-                               f"start over or restore the folder")
-        return tag
+        return tag if os.path.isfile(os.path.join(self.dir, tag, COMPLETE)) else None
 
     def save(self, engine, tag: str, client_state: dict, rank_state: dict):
         """Collective: every rank calls it with its own ``rank_state``."""
         engine.save(self.dir, tag, client_state)
         folder = os.path.join(self.dir, tag)
         os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f"rank{self.dist.rank}.pt.tmp")
-        torch.save(rank_state, tmp)
-        os.replace(tmp, os.path.join(folder, f"rank{self.dist.rank}.pt"))
+        save_file_or_explain(rank_state, os.path.join(folder, f"rank{self.dist.rank}.pt"))
         barrier(self.dist)
         if self.dist.is_main:
-            write_text_atomic(os.path.join(folder, COMPLETE), tag + "\n")
+            write_text_atomic(os.path.join(folder, COMPLETE),
+                              json.dumps({"tag": tag, "files": _flush_and_size(folder)}) + "\n")
             write_text_atomic(os.path.join(self.dir, LATEST), tag + "\n")
             self._prune(keep=tag)
         barrier(self.dist)
+
+    def damage(self, tag: str) -> str | None:
+        """Why checkpoint ``tag`` cannot be used (missing, incomplete, a file of another size
+        than when it was written), or None."""
+        folder = os.path.join(self.dir, tag)
+        try:
+            with open(os.path.join(folder, COMPLETE)) as f:
+                text = f.read()
+        except OSError:
+            return f"{folder} is missing or was never completed"
+        try:
+            files = json.loads(text)["files"]
+        except (ValueError, KeyError, TypeError):
+            return None  # written before sizes were recorded
+        for name, size in files.items():
+            path = os.path.join(folder, name)
+            if not os.path.isfile(path):
+                return f"{path} is missing"
+            if os.path.getsize(path) != size:
+                return f"{path} has {os.path.getsize(path)} bytes, {size} when it was written"
+        return None
+
+    def candidates(self) -> list[str]:
+        """Tags to resume from, best first: the one ``latest`` names, then every completed one
+        from the newest."""
+        path = os.path.join(self.dir, LATEST)
+        named = open(path).read().strip() if os.path.isfile(path) else None
+        done = sorted(self.tags(), key=lambda t: os.path.getmtime(
+            os.path.join(self.dir, t, COMPLETE)), reverse=True)
+        return ([named] if named else []) + [t for t in done if t != named]
 
     def save_run(self, engine, tag: str, client_state: dict, stream):
         """``save`` with this rank's data-stream position and RNG states as its rank state."""
@@ -72,16 +203,38 @@ class Checkpointer:
                   {"stream": stream.state_dict(), "rng": rng_state(self.dist.device)})
 
     def resume(self, engine, stream, start_new) -> tuple[dict | None, object]:
-        """Continue from ``latest`` when there is one (engine, then the stream's position, then
-        the RNG states), else call ``start_new()`` on rank 0. Returns (the client state with
-        its ``tag``, or None for a new run; the stream's batch iterator)."""
-        tag = self.latest_tag()
+        """Continue from the newest intact checkpoint when there is one (engine, then the
+        stream's position, then the RNG states), else call ``start_new()`` on rank 0. Returns
+        (the client state with its ``tag``, or None for a new run; the stream's batch
+        iterator). A damaged checkpoint is passed over with a warning; when checkpoints exist
+        but none is intact, the run stops instead of starting over."""
         client = rank_state = None
-        if tag:
-            client, rank_state = self.load(engine, tag)
+        problems = []
+        for tag in self.candidates():
+            why = self.damage(tag)
+            if why is None:
+                try:
+                    client, rank_state = self.load(engine, tag)
+                except (OSError, EOFError, RuntimeError, ValueError,
+                        pickle.UnpicklingError) as e:
+                    why = f"cannot be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            # every rank must resume from the same tag
+            if all_reduce_max([float(why is not None)], self.dist)[0] > 0:
+                why = why or "unreadable on another rank"
+                problems.append(f"{tag}: {why}")
+                if self.dist.is_main:
+                    print(f"checkpoint: {tag} is not usable ({why}); trying an earlier one",
+                          file=sys.stderr)
+                client = rank_state = None
+                continue
             client["tag"] = tag
             stream.load_state_dict(rank_state["stream"])
-        elif self.dist.is_main:
+            break
+        if client is None and problems:
+            raise CheckpointError(f"{self.dir} holds checkpoints but none is intact "
+                               f"({'; '.join(problems)}); restore one, or move the folder away "
+                               f"to start the run over")
+        if client is None and self.dist.is_main:
             start_new()
         batches = iter(stream)
         if rank_state is not None:
@@ -93,10 +246,10 @@ class Checkpointer:
         client = engine.load(self.dir, tag)
         path = os.path.join(self.dir, tag, f"rank{self.dist.rank}.pt")
         if not os.path.isfile(path):
-            raise RuntimeError(f"{path} is missing: this checkpoint was written by fewer ranks "
+            raise CheckpointError(f"{path} is missing: this checkpoint was written by fewer ranks "
                                f"than this run has ({self.dist.world_size}); resume with the "
                                f"same number of processes")
-        return client, torch.load(path, map_location="cpu", weights_only=False)
+        return client, load_checkpoint_file(path)
 
     def tags(self) -> list[str]:
         done = [t for t in os.listdir(self.dir)
@@ -111,3 +264,22 @@ class Checkpointer:
             p = os.path.join(self.dir, t)
             if os.path.isdir(p) and t != keep and not os.path.isfile(os.path.join(p, COMPLETE)):
                 shutil.rmtree(p, ignore_errors=True)
+
+
+def _flush_and_size(folder: str) -> dict:
+    """Every file under ``folder`` (relative name -> bytes), each flushed to disk first, so the
+    sizes recorded in COMPLETE are those on the disk."""
+    sizes = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, folder)
+            if rel == COMPLETE or rel.endswith(".tmp"):
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            sizes[rel] = os.path.getsize(path)
+    return sizes

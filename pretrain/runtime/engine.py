@@ -16,6 +16,7 @@ import socket
 import torch
 from torch import nn
 
+from .checkpoint import load_checkpoint_file, save_file_or_explain
 from .distributed import Dist
 
 PLAIN_STATE = "plain_state.pt"
@@ -43,10 +44,10 @@ class _NonFinite:
 
     def flag(self, grad_norm: torch.Tensor | None) -> torch.Tensor:
         """The flag for this step (a bad loss or a non-finite gradient norm); resets."""
-        flag = self.pending
+        flag = self.pending if self.pending is not None else torch.zeros(())
         if grad_norm is not None and torch.is_tensor(grad_norm):
-            bad = (~torch.isfinite(grad_norm.detach().float())).float().to(flag.device)
-            flag = torch.maximum(flag, bad)
+            bad = (~torch.isfinite(grad_norm.detach().float())).float()
+            flag = torch.maximum(flag.to(bad.device), bad)
         self.pending, self.skipped = None, flag
         return flag
 
@@ -134,16 +135,14 @@ class PlainEngine:
         state = {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scaler": self.scaler.state_dict() if self.scaler else None,
                  "micro_steps": self.micro_steps, "client_state": client_state}
-        tmp = os.path.join(path, PLAIN_STATE + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, os.path.join(path, PLAIN_STATE))
+        save_file_or_explain(state, os.path.join(path, PLAIN_STATE))
 
     def load(self, ckpt_dir: str, tag: str) -> dict:
         path = os.path.join(ckpt_dir, tag, PLAIN_STATE)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} not found: the checkpoint was written by another "
                                     f"engine (runtime.engine) or is incomplete")
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = load_checkpoint_file(path, self.device)
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler and state["scaler"]:
@@ -271,7 +270,7 @@ def read_model_weights(ckpt_dir: str, tag: str) -> dict:
     path = os.path.join(ckpt_dir, tag)
     plain = os.path.join(path, PLAIN_STATE)
     if os.path.isfile(plain):
-        return torch.load(plain, map_location="cpu", weights_only=False)["model"]
+        return load_checkpoint_file(plain)["model"]
     if glob.glob(os.path.join(path, "*zero_pp_rank_*optim_states.pt")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
         with contextlib.redirect_stdout(None):
@@ -280,5 +279,5 @@ def read_model_weights(ckpt_dir: str, tag: str) -> dict:
     states = sorted(glob.glob(os.path.join(path, "mp_rank_*_model_states.pt")))
     if not states:
         raise FileNotFoundError(f"{path} holds no model weights")
-    sd = torch.load(states[0], map_location="cpu", weights_only=False)["module"]
+    sd = load_checkpoint_file(states[0])["module"]
     return {k: v.float() for k, v in sd.items()}

@@ -292,3 +292,50 @@ def test_frame_step_keeps_every_kth_frame_and_the_stream_strides_in_source_frame
     with pytest.raises(ValueError, match="data.stride=4 is not a multiple of the frame step 3"):
         next(iter(TrainStream(StreamConfig(shards=str(out), batch_size=1, num_workers=0,
                                            num_frames=8, stride=4, size=48, mask="none"))))
+
+
+def test_verify_rebuilds_a_damaged_shard_byte_for_byte_and_streams_skip_it(tmp_path, caplog):
+    from data.stream import TrainStream, _VERIFIED
+    out = str(tmp_path / "set")
+    args = ["synthetic", "--out", out, "--count", "24", "--size", "32", "--frames", "8",
+            "--shard-samples", "4", "--workers", "0"]
+    assert prep(args) == 0
+    shard = os.path.join(out, "train", "shard-000001.tar")
+    good = open(shard, "rb").read()
+    damaged = bytearray(good)
+    damaged[len(good) // 2] ^= 0xFF               # same size, other bytes
+    open(shard, "wb").write(damaged)
+    # the stream checks the sha256: the damaged shard's samples are skipped and counted
+    _VERIFIED.clear()
+    cfg = StreamConfig(shards=out, batch_size=1, num_workers=0, num_frames=4, stride=1, size=32,
+                       patch=8, mask="none", shuffle_buffer=1)
+    stream = TrainStream(cfg)
+    n = load_shard_set(out).num_samples
+    with caplog.at_level("WARNING"):
+        got = {int(b["index"]) for _, b in zip(range(n - 4), stream)}
+    assert got == set(range(n)) - {4, 5, 6, 7} and sum(stream.skipped) == 4
+    assert any("does not match the sha256" in r.message for r in caplog.records)
+    _VERIFIED.clear()
+    with pytest.raises(DataSetError, match="shard-000001.tar does not match the sha256"):
+        list(zip(range(n), TrainStream(StreamConfig(**{**cfg.__dict__, "strict": True}))))
+    # the same prep command is "already complete"; with --verify it rebuilds the shard
+    assert prep(args) == 0 and open(shard, "rb").read() == bytes(damaged)
+    assert prep(args + ["--verify"]) == 0
+    assert open(shard, "rb").read() == good
+    _VERIFIED.clear()
+
+
+def test_damaged_manifests_and_empty_sets_say_what_is_wrong(tmp_path):
+    os.makedirs(tmp_path / "in" / "c")
+    (tmp_path / "in" / "c" / "empty.mp4").write_bytes(b"")
+    assert prep(["videos", str(tmp_path / "in"), "--out", str(tmp_path / "none"),
+                 "--workers", "0"]) == 2
+    bad = tmp_path / "bad"
+    os.makedirs(bad)
+    (bad / "manifest.json").write_text("{not json")
+    with pytest.raises(DataSetError, match="manifest.json is not valid JSON"):
+        load_shard_set(str(bad))
+    (bad / "manifest.json").write_text(json.dumps({"format": "tubemae-shards", "version": 1,
+                                                   "kind": "video", "shards": [{"name": "x"}]}))
+    with pytest.raises(DataSetError, match="lacks classes, shards.0..samples"):
+        load_shard_set(str(bad))

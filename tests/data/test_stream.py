@@ -109,7 +109,9 @@ def test_a_resume_with_another_world_size_is_refused(synthetic_set):
         other.load_state_dict(s.state_dict())
 
 
-def test_corrupt_sample_inside_a_shard_is_skipped_and_counted(tmp_path, synthetic_set, caplog):
+@pytest.mark.parametrize("damage", ["payload", "label"])
+def test_corrupt_sample_inside_a_shard_is_skipped_and_counted(tmp_path, synthetic_set, caplog,
+                                                              damage):
     # copy one shard, replacing one video payload with garbage
     src = load_shard_set(synthetic_set, "val")
     out = tmp_path / "bad"
@@ -120,8 +122,11 @@ def test_corrupt_sample_inside_a_shard_is_skipped_and_counted(tmp_path, syntheti
     with wds.TarWriter(str(out / "shard-000000.tar"), encoder=False) as w:
         for i, raw in enumerate(samples):
             raw = {k: v for k, v in raw.items() if not k.startswith("__url")}
-            if i == 2:
+            if i == 2 and damage == "payload":
                 raw["mp4"] = raw["mp4"][:40]
+            if i == 2 and damage == "label":  # a label the 4-class manifest does not have
+                raw["cls"] = b"7"
+                key = raw["__key__"]
             w.write(raw)
     manifest = {"format": "tubemae-shards", "version": 1, "kind": "video", "split": None,
                 "classes": src.classes, "options": {},
@@ -135,6 +140,9 @@ def test_corrupt_sample_inside_a_shard_is_skipped_and_counted(tmp_path, syntheti
     assert got == [i for i in range(len(samples)) if i != 2]
     assert stream.skipped == [1]
     assert any("corrupt sample" in r.message for r in caplog.records)
+    if damage == "label":
+        assert any(key in r.message and "shard-000000.tar" in r.message and
+                   "label 7 is outside the 4 classes" in r.message for r in caplog.records)
 
 
 def test_eval_stream_every_sample_once_across_ranks_with_views(synthetic_set):

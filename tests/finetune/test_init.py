@@ -137,3 +137,30 @@ def test_image_vit_initialisation(tmp_path, kernel_init):
         # attention without the key bias equals timm's attention with it (softmax ignores it)
         tokens = torch.randn(1, 16, 96)
         assert torch.allclose(v.blocks[0].attn(tokens), image.blocks[0].attn(tokens), atol=1e-5)
+
+
+def test_an_encoder_of_another_geometry_is_refused_unless_partial(videomae, tmp_path):
+    from finetune.init import InitMismatch
+    _, path = videomae                                   # vit_tiny: width 96, depth 4
+    big = ViViT(VivitConfig(**{**GEOM, "preset": "vit_s"}, num_classes=3))
+    with pytest.raises(InitMismatch, match=r"fits 0 of the .* encoder has width 96, depth 4, "
+                                           r"token kernel 2x8x8.*model has width 384, depth 12"
+                                           r".*run.init_partial=true"):
+        init_from(big, path, verbose=False)
+    report = init_from(big, path, verbose=False, allow_partial=True)
+    assert report["loaded"] == [] and len(report["mismatched"]) > 10
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
+    with pytest.raises(ValueError, match="junk.safetensors is not a readable safetensors file"):
+        init_from(vivit(variant=1), str(tmp_path / "junk.safetensors"), verbose=False)
+
+
+def test_an_official_finetuned_file_reports_its_head_as_unused(videomae, tmp_path):
+    m, _ = videomae
+    enc = {k[len("encoder."):]: v for k, v in m.state_dict().items() if k.startswith("encoder.")}
+    enc.update({"fc_norm.weight": torch.ones(96), "fc_norm.bias": torch.zeros(96),
+                "head.weight": torch.zeros(400, 96), "head.bias": torch.zeros(400)})
+    torch.save({"module": enc}, tmp_path / "finetuned.pth")
+    report = init_from(vivit(variant=1), str(tmp_path / "finetuned.pth"), verbose=False)
+    unused = " ".join(report["unused"])
+    assert len(report["unused"]) == 4 and "fc_norm.weight" in unused and "head.bias" in unused
+    assert len(report["loaded"]) == len([k for k in enc if not k.startswith(("fc_", "head"))])

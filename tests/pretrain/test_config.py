@@ -42,3 +42,23 @@ def test_cli_rejects_a_bad_key_with_exit_code_2(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert "unknown key 'model.depht'" in r.stderr and "model.depth" in r.stderr
+
+
+@pytest.mark.parametrize("override,key", [
+    ("data.batch_size=0", "data.batch_size"), ("data.batch_size=-4", "data.batch_size"),
+    ("data.stride=0", "data.stride"), ("data.stride=-2", "data.stride"),
+    ("data.mask_ratio=1.0", "data.mask_ratio"), ("data.mask_ratio=0", "data.mask_ratio"),
+    ("train.steps=0", "train.steps"), ("train.ckpt_every=-1", "train.ckpt_every"),
+    ("log.every=0", "log.every"), ("optim.lr=-1e-3", "optim.lr")])
+def test_values_out_of_range_are_config_errors_naming_key_and_range(override, key):
+    with pytest.raises(ConfigError, match=rf"'{key}' in .* is .*; it must be"):
+        load_config("launch/configs/pretrain/tiny_synthetic.yaml", [override])
+
+
+def test_the_cli_refuses_a_bad_value_before_any_work(tmp_path):
+    run_dir = tmp_path / "never"
+    r = subprocess.run([sys.executable, "-m", "pretrain", "--config",
+                        "launch/configs/pretrain/tiny_synthetic.yaml", "data.batch_size=0",
+                        f"run.dir={run_dir}"], capture_output=True, text=True)
+    assert r.returncode == 2 and "'data.batch_size'" in r.stderr and ">= 1" in r.stderr
+    assert not run_dir.exists()

@@ -34,7 +34,7 @@ def final_weights(run_dir):
 def test_killed_and_resumed_run_equals_the_straight_run(tiny_recipe, tmp_path):
     recipe, _ = tiny_recipe
     straight, cut = str(tmp_path / "straight"), str(tmp_path / "cut")
-    common = ["data.num_workers=2", "train.steps=6", "train.ckpt_every=3"]
+    common = ["data.num_workers=2", "train.steps=6", "train.ckpt_every=3", "log.every=2"]
     r = run_cli(recipe, f"run.dir={straight}", *common)
     assert r.returncode == 0, r.stderr
     r = run_cli(recipe, f"run.dir={cut}", *common, env={"TUBEMAE_KILL_AFTER_STEP": "4"})
@@ -43,7 +43,7 @@ def test_killed_and_resumed_run_equals_the_straight_run(tiny_recipe, tmp_path):
     r = run_cli(recipe, f"run.dir={cut}", *common)
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stderr and "at step 3" in r.stderr
-    assert losses(straight) == losses(cut)           # bitwise, every step 1..6
+    assert losses(straight) == losses(cut)    # bitwise at steps 2, 4, 6 (step 4 spans the resume)
     a, b = final_weights(straight), final_weights(cut)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert os.path.isfile(os.path.join(cut, "export", "encoder.safetensors"))
@@ -60,6 +60,9 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tiny_recipe, tmp_path):
     while time.time() < deadline and not (os.path.isfile(metrics) and
                                           len(open(metrics).readlines()) >= 2):
         time.sleep(0.2)
+    # a second command on the same run folder is refused while the first one holds it
+    second = run_cli(recipe, "train.steps=100000")
+    assert second.returncode == 2 and f"is in use by pid {p.pid}" in second.stderr, second.stderr
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 143, err
@@ -70,6 +73,26 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tiny_recipe, tmp_path):
     r = run_cli(recipe, f"train.steps={saved_step + 2}")
     assert r.returncode == 0, r.stderr
     assert max(losses(run_dir)) == saved_step + 2
+
+
+def test_sigterm_to_the_whole_process_group_saves_a_checkpoint(tiny_recipe):
+    """SLURM, torchrun and `kill -TERM -- -PGID` signal the loader workers too: they must leave
+    the signal to the trainer, which checkpoints and exits 143."""
+    recipe, run_dir = tiny_recipe
+    p = subprocess.Popen([sys.executable, "-m", "pretrain", "--config", recipe,
+                          "data.num_workers=2", "train.steps=100000", "train.ckpt_every=100000"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=subprocess_env(), start_new_session=True)
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    deadline = time.time() + 120
+    while time.time() < deadline and not (os.path.isfile(metrics) and
+                                          len(open(metrics).readlines()) >= 2):
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err
+    assert "checkpoint saved" in err and "killed by signal" not in err
+    assert open(os.path.join(run_dir, "checkpoints", "latest")).read().startswith("step")
 
 
 def test_a_resume_with_other_settings_is_refused(tiny_recipe):
@@ -162,3 +185,80 @@ def test_the_medmnist_recipe_trains_on_single_channel_volumes(tmp_path):
     assert summary["step"] == 3 and os.path.isfile(summary["export"])
     meta = json.load(open(os.path.join(tmp_path, "run", "export", "encoder.json")))
     assert meta["model"]["in_chans"] == 1 and meta["model"]["img_size"] == 28
+
+
+class _Planted:
+    """A pickle that would create a file when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_pickle_in_a_run_folder_never_runs(tiny_recipe, tmp_path):
+    recipe, run_dir = tiny_recipe
+    assert run_cli(recipe, "train.steps=3", "train.ckpt_every=3").returncode == 0
+    marker = tmp_path / "code-ran"
+    torch.save({"model": _Planted(str(marker))},
+               os.path.join(run_dir, "checkpoints", "step00000003", "plain_state.pt"))
+    r = subprocess.run([sys.executable, "-m", "pretrain.export", run_dir], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "was not loaded" in r.stderr, r.stderr
+    r = run_cli(recipe, "train.steps=4", "train.ckpt_every=3")  # resume: nothing intact
+    assert r.returncode == 2 and "none is intact" in r.stderr, r.stderr
+    assert not marker.exists()
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tiny_recipe, tmp_path):
+    recipe, run_dir = tiny_recipe
+    common = ["train.steps=9", "train.ckpt_every=3"]
+    straight = str(tmp_path / "straight")
+    assert run_cli(recipe, f"run.dir={straight}", *common).returncode == 0
+    r = run_cli(recipe, *common, env={"TUBEMAE_KILL_AFTER_STEP": "7"})
+    assert r.returncode == -signal.SIGKILL
+    ckpt = os.path.join(run_dir, "checkpoints")
+    state = os.path.join(ckpt, "step00000006", "plain_state.pt")
+    with open(state, "r+b") as f:  # truncated, as a full disk or a lost node leaves it
+        f.truncate(os.path.getsize(state) // 2)
+    r = run_cli(recipe, *common)
+    assert r.returncode == 0, r.stderr
+    assert "step00000006 is not usable" in r.stderr and "at step 3" in r.stderr
+    # the resumed run repeated steps 4-9 exactly as the uninterrupted one computed them
+    assert losses(run_dir) == losses(straight)
+    with open(os.path.join(ckpt, "latest"), "w") as f:
+        f.write("step00000099\n")  # latest naming a tag that is not there
+    r = run_cli(recipe, *common)
+    assert r.returncode == 0 and "step00000099 is not usable" in r.stderr, r.stderr
+    assert "at step 9" in r.stderr
+
+
+def test_an_unwritable_run_dir_is_one_clear_line(tiny_recipe, tmp_path):
+    recipe, _ = tiny_recipe
+    (tmp_path / "a-file").write_text("x")
+    r = run_cli(recipe, f"run.dir={tmp_path / 'a-file' / 'run'}")
+    assert r.returncode == 2 and "cannot be written" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_full_disk_while_saving_says_so_and_leaves_no_temporary_file(tiny_recipe,
+                                                                        monkeypatch):
+    import errno
+    from pretrain.runtime.checkpoint import CheckpointError
+    recipe, run_dir = tiny_recipe
+    real = torch.save
+
+    def full(obj, path, *a, **k):
+        if str(path).endswith("plain_state.pt.tmp"):
+            with open(path, "wb") as f:
+                f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, path, *a, **k)
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(CheckpointError, match=r"No space left on device.*needs about \d+ MB "
+                                              r"and \d+ MB are free"):
+        train(load_config(recipe, ["log.picture_every=0"]))
+    leftovers = [f for _, _, fs in os.walk(run_dir) for f in fs if f.endswith(".tmp")]
+    assert leftovers == []
+    assert not os.path.exists(os.path.join(run_dir, "checkpoints", "latest"))

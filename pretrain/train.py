@@ -193,12 +193,15 @@ def train(cfg: PretrainConfig) -> dict:
     dist = init_distributed(cfg.runtime.device)
     lock = RunDirLock(cfg.run.dir, dist.is_main)  # one command per run folder
     try:
-        return _train(cfg, dist)
+        # Installed for the whole run: a signal during start-up stops after the first step,
+        # one after the last step lets the export finish; never a death mid-write.
+        with StopRequested() as stop:
+            return _train(cfg, dist, stop)
     finally:
         lock.release()
 
 
-def _train(cfg: PretrainConfig, dist) -> dict:
+def _train(cfg: PretrainConfig, dist, stop: StopRequested) -> dict:
     run_dir = cfg.run.dir
     cfg.data.shards = resolve_shards(cfg.data.shards, os.path.join(run_dir, "data"),
                                      dist.is_main, lambda: barrier(dist))
@@ -242,72 +245,71 @@ def _train(cfg: PretrainConfig, dist) -> dict:
     t_window, wait_window, clips_window = time.perf_counter(), 0.0, 0
     stopped = None
     last = None
-    with StopRequested() as stop:
-        while step < cfg.train.steps:
-            lr = cosine_lr(step, cfg.train.steps, peak_lr, cfg.optim.warmup_steps,
-                           cfg.optim.min_lr)
-            engine.set_lr(lr)
-            for _ in range(cfg.runtime.grad_accum):
-                t0 = time.perf_counter()
-                batch = _to_device(next(batches), dist.device, cfg.data.size)
-                wait_window += time.perf_counter() - t0
-                out = engine(batch["video"], batch["mask"], batch.get("decode_mask"),
-                             ids=batch["ids"])
-                # A non-finite loss is not waited for here: the engine skips that step's
-                # update on the device, and the count is read at the next log step.
-                engine.backward(out["loss"])
-                engine.step()
-                stats.add_loss(out["recon_loss"])
-                clips_window += batch["video"].shape[0]
-                last = (batch, out)
-            stats.add_step(engine.nonfinite.skipped)
-            step += 1
+    while step < cfg.train.steps:
+        lr = cosine_lr(step, cfg.train.steps, peak_lr, cfg.optim.warmup_steps,
+                       cfg.optim.min_lr)
+        engine.set_lr(lr)
+        for _ in range(cfg.runtime.grad_accum):
+            t0 = time.perf_counter()
+            batch = _to_device(next(batches), dist.device, cfg.data.size)
+            wait_window += time.perf_counter() - t0
+            out = engine(batch["video"], batch["mask"], batch.get("decode_mask"),
+                         ids=batch["ids"])
+            # A non-finite loss is not waited for here: the engine skips that step's
+            # update on the device, and the count is read at the next log step.
+            engine.backward(out["loss"])
+            engine.step()
+            stats.add_loss(out["recon_loss"])
+            clips_window += batch["video"].shape[0]
+            last = (batch, out)
+        stats.add_step(engine.nonfinite.skipped)
+        step += 1
+        if bar is not None:
+            bar.update(1)
+        if step % cfg.log.every == 0 or step == cfg.train.steps:
+            loss, nonfinite_total, in_row = stats.read()
+            dt = time.perf_counter() - t_window
+            loss = all_reduce_mean(loss, dist)
+            scalars = {"loss": loss, "lr": lr, "grad_norm": as_scalar(engine.grad_norm),
+                       "clips_per_s": clips_window * dist.world_size / dt,
+                       "data_wait": wait_window / dt, "memory_mb": memory_mb(dist.device),
+                       "nonfinite_total": nonfinite_total, "epoch": stream.epoch,
+                       "skipped_samples": sum(stream.skipped)}
+            if "stats_loss" in last[1]:
+                scalars["stats_loss"] = float(last[1]["stats_loss"].detach())
+            logger.scalars(step, scalars)
             if bar is not None:
-                bar.update(1)
-            if step % cfg.log.every == 0 or step == cfg.train.steps:
-                loss, nonfinite_total, in_row = stats.read()
-                dt = time.perf_counter() - t_window
-                loss = all_reduce_mean(loss, dist)
-                scalars = {"loss": loss, "lr": lr, "grad_norm": as_scalar(engine.grad_norm),
-                           "clips_per_s": clips_window * dist.world_size / dt,
-                           "data_wait": wait_window / dt, "memory_mb": memory_mb(dist.device),
-                           "nonfinite_total": nonfinite_total, "epoch": stream.epoch,
-                           "skipped_samples": sum(stream.skipped)}
-                if "stats_loss" in last[1]:
-                    scalars["stats_loss"] = float(last[1]["stats_loss"].detach())
-                logger.scalars(step, scalars)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
-                elif dist.is_main:
-                    print(f"step {step}/{cfg.train.steps} loss {loss:.4f} lr {lr:.3g} "
-                          f"clips/s {scalars['clips_per_s']:.1f}", file=sys.stderr)
-                if in_row and dist.is_main:
-                    print(f"pretrain: non-finite loss; {in_row} step(s) in a row up to step "
-                          f"{step} left the weights unchanged ({nonfinite_total} in all)",
-                          file=sys.stderr)
-                if in_row >= cfg.train.max_nonfinite:
-                    last_tag = ckpt.latest_tag()
-                    raise NonFiniteLoss(
-                        f"the loss was NaN or inf {in_row} times in a row (up to step {step});"
-                        f" stopping. The last good checkpoint ({last_tag or 'none yet'}) is "
-                        f"intact. Lower optim.base_lr, set runtime.grad_clip, or check the data")
-                clips_window, wait_window = 0, 0.0
-                t_window = time.perf_counter()
-            if cfg.log.picture_every and step % cfg.log.picture_every == 0 and dist.is_main:
-                b, o = last
-                logger.image("reconstruction", step, picture(
-                    engine.module, b["video"], b["mask"], o, b.get("decode_mask")))
-            if all_reduce_max([float(stop.signum is not None)], dist)[0] > 0:
-                stopped = stop.signum or signal.SIGTERM
-                break
-            if step % cfg.train.ckpt_every == 0 or step == cfg.train.steps:
-                save(step)
-                last_saved = step
-            if os.environ.get(KILL_AFTER_STEP) == str(step):
-                logger.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
-        if stopped and last_saved != step:
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+            elif dist.is_main:
+                print(f"step {step}/{cfg.train.steps} loss {loss:.4f} lr {lr:.3g} "
+                      f"clips/s {scalars['clips_per_s']:.1f}", file=sys.stderr)
+            if in_row and dist.is_main:
+                print(f"pretrain: non-finite loss; {in_row} step(s) in a row up to step "
+                      f"{step} left the weights unchanged ({nonfinite_total} in all)",
+                      file=sys.stderr)
+            if in_row >= cfg.train.max_nonfinite:
+                last_tag = ckpt.latest_tag()
+                raise NonFiniteLoss(
+                    f"the loss was NaN or inf {in_row} times in a row (up to step {step});"
+                    f" stopping. The last good checkpoint ({last_tag or 'none yet'}) is "
+                    f"intact. Lower optim.base_lr, set runtime.grad_clip, or check the data")
+            clips_window, wait_window = 0, 0.0
+            t_window = time.perf_counter()
+        if cfg.log.picture_every and step % cfg.log.picture_every == 0 and dist.is_main:
+            b, o = last
+            logger.image("reconstruction", step, picture(
+                engine.module, b["video"], b["mask"], o, b.get("decode_mask")))
+        if all_reduce_max([float(stop.signum is not None)], dist)[0] > 0:
+            stopped = stop.signum or signal.SIGTERM
+            break
+        if step % cfg.train.ckpt_every == 0 or step == cfg.train.steps:
             save(step)
+            last_saved = step
+        if os.environ.get(KILL_AFTER_STEP) == str(step):
+            logger.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+    if stopped and last_saved != step:
+        save(step)
     if bar is not None:
         bar.close()
     logger.close()

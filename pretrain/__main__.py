@@ -6,6 +6,7 @@ already holds a checkpoint is resumed.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 
@@ -22,7 +23,11 @@ def main(argv=None) -> int:
 
     try:
         cfg = load_config(args.config, args.overrides)
-        return exit_code(train(cfg))
+        code = exit_code(train(cfg))
+        # The run is finished and saved: a signal now must not turn a clean exit into a kill.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return code
     except (ConfigError, DataSetError, FileNotFoundError, ValueError) as e:
         print(f"pretrain: error: {e}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ match).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -14,6 +15,15 @@ from dataclasses import dataclass, field
 FORMAT = "tubemae-shards"
 VERSION = 1
 SPLITS = ("train", "val", "test")
+
+
+def file_sha256(path: str) -> str:
+    """The sha256 of a file, read in 1 MB blocks (what the manifest records per shard)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class DataSetError(ValueError):

@@ -18,7 +18,6 @@ add ``view`` int64 (B,).
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -33,7 +32,7 @@ import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from .decode import VIDEO_EXTS, VideoDecodeError, decode_frames
-from .manifest import DataSetError, Shard, ShardSet, load_shard_set
+from .manifest import DataSetError, Shard, ShardSet, file_sha256, load_shard_set
 from .masks import make_mask, running_cell_mask
 from .sampling import (SHORT_MODES, eval_clip_indices, resample_depth_indices,
                        sample_frame_indices)
@@ -172,11 +171,7 @@ def shard_intact(shard: Shard, strict: bool = False) -> bool:
         return True
     ok = _VERIFIED.get(shard.url)
     if ok is None:
-        h = hashlib.sha256()
-        with open(shard.url, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        ok = _VERIFIED[shard.url] = h.hexdigest() == shard.sha256
+        ok = _VERIFIED[shard.url] = file_sha256(shard.url) == shard.sha256
     if not ok:
         msg = (f"shard {shard.url} does not match the sha256 in its manifest (damaged after "
                f"prep); repair it by running the same prep command with --verify")

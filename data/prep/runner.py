@@ -7,7 +7,6 @@ recorded as a failure.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -19,6 +18,7 @@ from typing import Callable, Iterator, Sequence
 from tqdm import tqdm
 
 from ..atomic import write_text_atomic
+from ..manifest import file_sha256
 from .shards import JOURNAL, ShardSetWriter
 
 
@@ -82,13 +82,8 @@ def first_damaged(out_dir: str, manifest: dict) -> int | None:
     manifest, or None when all are intact."""
     for i, s in enumerate(manifest["shards"]):
         path = os.path.join(out_dir, s["name"])
-        if not os.path.isfile(path) or os.path.getsize(path) != s["bytes"]:
-            return i
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        if h.hexdigest() != s["sha256"]:
+        if not os.path.isfile(path) or os.path.getsize(path) != s["bytes"] or \
+                file_sha256(path) != s["sha256"]:
             return i
     return None
 

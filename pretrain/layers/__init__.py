@@ -6,4 +6,5 @@ from .mlp import Mlp
 from .patch_embed import TubeletEmbed, gather_tokens
 from .pos_embed import sincos_table, table_for
 
-__all__ = ["Attention", "Block", "DropPath", "Mlp", "TubeletEmbed", "gather_tokens", "sincos_table", "table_for"]
+__all__ = ["Attention", "Block", "DropPath", "Mlp", "TubeletEmbed", "gather_tokens",
+           "sincos_table", "table_for"]

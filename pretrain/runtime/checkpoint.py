@@ -144,14 +144,18 @@ class Checkpointer:
         self.protect: set = set()  # tags never pruned (fine-tuning's best checkpoint)
         os.makedirs(self.dir, exist_ok=True)
 
-    def latest_tag(self) -> str | None:
-        """The tag ``latest`` names, when that checkpoint is complete."""
+    def _named_latest(self) -> str | None:
+        """The tag the ``latest`` file names, complete or not."""
         path = os.path.join(self.dir, LATEST)
         if not os.path.isfile(path):
             return None
         with open(path) as f:
-            tag = f.read().strip()
-        return tag if os.path.isfile(os.path.join(self.dir, tag, COMPLETE)) else None
+            return f.read().strip() or None
+
+    def latest_tag(self) -> str | None:
+        """The tag ``latest`` names, when that checkpoint is complete."""
+        tag = self._named_latest()
+        return tag if tag and os.path.isfile(os.path.join(self.dir, tag, COMPLETE)) else None
 
     def save(self, engine, tag: str, client_state: dict, rank_state: dict):
         """Collective: every rank calls it with its own ``rank_state``."""
@@ -191,8 +195,7 @@ class Checkpointer:
     def candidates(self) -> list[str]:
         """Tags to resume from, best first: the one ``latest`` names, then every completed one
         from the newest."""
-        path = os.path.join(self.dir, LATEST)
-        named = open(path).read().strip() if os.path.isfile(path) else None
+        named = self._named_latest()
         done = sorted(self.tags(), key=lambda t: os.path.getmtime(
             os.path.join(self.dir, t, COMPLETE)), reverse=True)
         return ([named] if named else []) + [t for t in done if t != named]
@@ -217,7 +220,8 @@ class Checkpointer:
                     client, rank_state = self.load(engine, tag)
                 except (OSError, EOFError, RuntimeError, ValueError,
                         pickle.UnpicklingError) as e:
-                    why = f"cannot be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    why = f"cannot be read: {first}"
             # every rank must resume from the same tag
             if all_reduce_max([float(why is not None)], self.dist)[0] > 0:
                 why = why or "unreadable on another rank"

@@ -196,7 +196,8 @@ def test_device_augmentation_makes_the_clips_of_the_cpu_path(synthetic_set, repe
         assert "video" not in b and len(b["frames"]) == 4 // repeats
         b = batch_to_device(b, torch.device("cpu"), 32)
         assert set(a) == set(b)
-        assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+        differ = [k for k in a if not torch.equal(a[k], b[k])]
+        assert differ == []
 
 
 def test_device_augmentation_resumes_exactly(synthetic_set):

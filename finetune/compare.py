@@ -1,13 +1,22 @@
-"""`python -m finetune.compare`: the tokeniser comparison (uniform frame sampling vs tubelet
-embedding vs 3D tokens-to-token) with identical hyper-parameters over several data sets.
+"""`python -m finetune.compare`: the model comparison over several data sets: ViViT with its
+three tokenisers (uniform frame sampling, tubelet embedding, 3D tokens-to-token), UniFormer, and
+the ViT encoder armed with UniFormer blocks (uniformer_head), with the same data, optimiser and
+schedule settings.
 
     python -m finetune.compare --sets shards/organ28 shards/nodule28 ... \\
-        --config launch/configs/finetune/medmnist3d_vivit.yaml --out runs/compare [k=v ...]
+        --config launch/configs/finetune/medmnist3d_vivit.yaml \\
+        --uniformer-config launch/configs/finetune/medmnist3d_uniformer.yaml \\
+        --out runs/compare [--models tubelet uniformer ...] [k=v ...]
 
-Each (set, tokeniser) is a fine-tuning run under OUT/<set>/<tokeniser>, all logging into one
-TensorBoard folder (OUT/tb, runs named <set>/<tokeniser>). Writes OUT/results.md (best
-validation ACC/AUC, test ACC/AUC, epochs to converge, wall time) and OUT/curves.png (validation
-AUC per epoch). No pre-training: all runs start from scratch unless --init is given.
+Rows: ``uniform``, ``tubelet``, ``t2t`` run --config with that tokeniser; ``uniformer_head`` runs
+--config with model.family=uniformer_head (the tubelet encoder plus the UniFormer blocks);
+``uniformer`` runs --uniformer-config (its model section has the UniFormer geometry). The k=v
+overrides apply to every row. Each (set, row) is a fine-tuning run under OUT/<set>/<row>, all
+logging into one TensorBoard folder (OUT/tb, runs named <set>/<row>). Writes OUT/results.md
+(best validation ACC/AUC, test ACC/AUC, epochs to converge, wall time) and OUT/curves.png
+(validation AUC per epoch). Runs start from scratch unless --init is given (a ViT encoder: it
+goes to the ViViT and uniformer_head rows; --uniformer-init goes to the UniFormer row). A row
+whose report.json exists is reused, so an interrupted comparison resumes.
 """
 from __future__ import annotations
 
@@ -18,7 +27,9 @@ import sys
 
 
 TOKENIZERS = ("uniform", "tubelet", "t2t")
-COLOURS = {"uniform": (214, 39, 40), "tubelet": (31, 119, 180), "t2t": (44, 160, 44)}
+ROWS = (*TOKENIZERS, "uniformer", "uniformer_head")
+COLOURS = {"uniform": (214, 39, 40), "tubelet": (31, 119, 180), "t2t": (44, 160, 44),
+           "uniformer": (148, 103, 189), "uniformer_head": (255, 127, 14)}
 
 
 def epochs_to_converge(history: list, key: str = "auc", within: float = 0.01) -> int:
@@ -45,14 +56,14 @@ def draw_curves(results: dict, path: str, key: str = "auc", size=(360, 240)):
             pts = [(x0 + pad + (w - pad - 10) * j / n,
                     10 + (h - pad - 10) * (1 - (min(max(y, 0.0), 1.0)))) for j, y in enumerate(ys)]
             d.line(pts, fill=COLOURS[tok], width=2)
-            d.text((x0 + w - 80, 14 + 12 * ti), tok, fill=COLOURS[tok])
+            d.text((x0 + w - 100, 14 + 12 * ti), tok, fill=COLOURS[tok])
         d.text((x0 + 2, 6), "1.0", fill=(0, 0, 0))
         d.text((x0 + 2, h - pad - 10), "0.0", fill=(0, 0, 0))
     img.save(path)
 
 
 def table(results: dict) -> str:
-    lines = ["| data set | tokeniser | best val ACC | best val AUC | test ACC | test AUC | "
+    lines = ["| data set | model | best val ACC | best val AUC | test ACC | test AUC | "
              "epochs to converge | wall time (s) |", "|---|---|---|---|---|---|---|---|"]
     for name, runs in results.items():
         for tok, rep in runs.items():
@@ -69,8 +80,13 @@ def main(argv=None) -> int:
     ap.add_argument("--sets", nargs="+", required=True, help="prepared folders (with splits)")
     ap.add_argument("--config", default="launch/configs/finetune/medmnist3d_vivit.yaml")
     ap.add_argument("--out", default="runs/compare")
-    ap.add_argument("--tokenizers", nargs="+", default=list(TOKENIZERS), choices=TOKENIZERS)
-    ap.add_argument("--init", default="", help="optional encoder for every run")
+    ap.add_argument("--uniformer-config",
+                    default="launch/configs/finetune/medmnist3d_uniformer.yaml",
+                    help="the recipe of the uniformer row")
+    ap.add_argument("--models", "--tokenizers", nargs="+", default=list(ROWS), choices=ROWS,
+                    help="rows to run (default: all)")
+    ap.add_argument("--init", default="", help="optional ViT encoder (ViViT, uniformer_head)")
+    ap.add_argument("--uniformer-init", default="", help="optional UniFormer checkpoint")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = ap.parse_args(argv)
     from pretrain.config import ConfigError, load_config
@@ -80,12 +96,18 @@ def main(argv=None) -> int:
     for path in args.sets:
         name = os.path.basename(os.path.normpath(path))
         results[name] = {}
-        for tok in args.tokenizers:
+        for tok in args.models:
             run_dir = os.path.join(args.out, name, tok)
+            common = [*args.overrides, f"data.shards={path}", f"run.dir={run_dir}"]
+            if tok == "uniformer":
+                recipe, extra = args.uniformer_config, [f"run.init={args.uniformer_init}"]
+            elif tok == "uniformer_head":
+                recipe, extra = args.config, ["model.family=uniformer_head",
+                                              "model.tokenizer=tubelet", f"run.init={args.init}"]
+            else:
+                recipe, extra = args.config, [f"model.tokenizer={tok}", f"run.init={args.init}"]
             try:
-                cfg = load_config(args.config, [*args.overrides, f"data.shards={path}",
-                                                f"run.dir={run_dir}", f"model.tokenizer={tok}",
-                                                f"run.init={args.init}"], schema=FinetuneConfig)
+                cfg = load_config(recipe, [*common, *extra], schema=FinetuneConfig)
             except ConfigError as e:
                 print(f"finetune.compare: error: {e}", file=sys.stderr)
                 return 2

@@ -123,11 +123,16 @@ def geometry(sd: dict) -> str:
 def init_from(model: ViViT, path: str, kernel_init: str = "central", verbose: bool = True,
               allow_partial: bool = False) -> dict:
     """Load ``path`` into ``model`` and return the report {source, loaded, new, unused,
-    mismatched, notes}; prints it when verbose.
+    mismatched, notes}; prints it when verbose. A UniFormer goes to ``init_uniformer``; the
+    armed encoder (family uniformer_head) loads like ViViT Model 1, its added blocks new.
 
     Raises InitMismatch when less than half of the encoder weights the model can take load
     (another preset or geometry: training would silently start from scratch), unless
     ``allow_partial``."""
+    if getattr(model, "family", "vivit") == "uniformer":
+        return init_uniformer(model, path, "average" if kernel_init == "auto" else kernel_init,
+                              verbose, allow_partial)
+    kernel_init = "central" if kernel_init == "auto" else kernel_init
     sd, kind, dropped = read_source(path)
     report = {"source": path, "kind": kind, "loaded": [], "new": [],
               "unused": [f"{k} (not part of the encoder)" for k in dropped],
@@ -172,6 +177,70 @@ def init_from(model: ViViT, path: str, kernel_init: str = "central", verbose: bo
     if verbose:
         print(format_report(report))
     return report
+
+
+def init_uniformer(model, path: str, kernel_init: str = "average", verbose: bool = True,
+                   allow_partial: bool = False) -> dict:
+    """A UniFormer from a UniFormer checkpoint: a 2D image one (published image layout, kernels
+    inflated with ``kernel_init``) or a video one (ours or published), loaded by name."""
+    from .uniformer import inflate
+    if os.path.isdir(path) or path.endswith("encoder.safetensors"):
+        raise InitMismatch(f"--init {path} is a ViT encoder; a ViT encoder initialises "
+                           f"model.family=uniformer_head (the encoder armed with UniFormer "
+                           f"blocks) or vivit, not the UniFormer itself")
+    sd = read_state_dict(path)
+    stem = sd.get("patch_embed1.proj.weight")
+    if stem is None:
+        kind = "VideoMAE / ViT" if "patch_embed.proj.weight" in sd or any(
+            k.startswith(("encoder.", "videomae.")) for k in sd) else "unknown"
+        raise InitMismatch(f"--init {path} holds no UniFormer (no patch_embed1.proj.weight; "
+                           f"looks like {kind}). A ViT encoder initialises "
+                           f"model.family=uniformer_head or vivit")
+    report = {"source": path, "kind": "UniFormer", "loaded": [], "new": [], "unused": [],
+              "mismatched": [], "notes": []}
+    if stem.ndim == 4:
+        report["kind"] = "image UniFormer (2D)"
+        sd, notes = inflate(sd, model, kernel_init)
+        report["notes"] += notes
+    else:
+        out = {}
+        for k, v in sd.items():
+            for name, t in _split_qkv_bias(k, v) or [(k, v)]:
+                out[name] = t
+        sd = out
+    target = model.state_dict()
+    load = {}
+    for k, v in sd.items():
+        if k in ("head.weight", "head.bias") and k in target and target[k].shape != v.shape:
+            report["unused"].append(f"{k} (another number of classes)")
+        elif k not in target:
+            report["unused"].append(k)
+        elif target[k].shape != v.shape:
+            report["mismatched"].append(f"{k}: {tuple(v.shape)} vs {tuple(target[k].shape)}")
+        else:
+            load[k] = v.to(target[k].dtype)
+    core = [k for k in target if k.startswith(("blocks", "patch_embed"))]
+    taken = sum(k in load for k in core)
+    if core and taken * 2 < len(core) and not allow_partial:
+        raise InitMismatch(
+            f"--init {path} fits {taken} of the {len(core)} stage weights of this UniFormer "
+            f"({model.cfg.preset}, dims {list(model.cfg.uniformer.dims)}, depths "
+            f"{list(model.cfg.uniformer.depths)}, {model.cfg.in_chans} channel(s)). Choose the "
+            f"preset the checkpoint was trained with, or set run.init_partial=true")
+    model.load_state_dict(load, strict=False)
+    report["loaded"] = sorted(load)
+    report["new"] = sorted(k for k in target if k not in load)
+    if verbose:
+        print(format_report(report))
+    return report
+
+
+def _split_qkv_bias(k: str, v):
+    """A fused ``...attn.qkv.bias`` -> [(``...attn.q_bias``, q), (``...attn.v_bias``, v)]."""
+    if not k.endswith("attn.qkv.bias"):
+        return None
+    d, base = v.shape[0] // 3, k[: -len("qkv.bias")]
+    return [(base + "q_bias", v[:d]), (base + "v_bias", v[2 * d:])]
 
 
 def format_report(r: dict) -> str:

@@ -1,4 +1,5 @@
-"""The fine-tuning loop: ViViT on a prepared folder with train/val/test splits.
+"""The fine-tuning loop: ViViT, UniFormer or the UniFormer-armed encoder (``model.family``) on a
+prepared folder with train/val/test splits.
 
 Reuses the pre-training runtime (engines, checkpoints and exact resume, TensorBoard and
 metrics.jsonl). Evaluates on val after every epoch, keeps the best checkpoint by the validation
@@ -35,13 +36,15 @@ from pretrain.train import (KILL_AFTER_STEP, StopRequested, as_scalar, check_res
                             memory_mb)
 from .evaluate import confusion_picture, summarize
 from .init import init_from
-from .vivit import ViViT, VivitConfig, layer_decay_scale
+from .models import build_model, describe, layer_decay_scale
+from .vivit import VivitConfig
 
 
 @dataclass
 class FinetuneRunConfig(RunConfig):
     init: str = ""                    # encoder / checkpoint to start from; "" = from scratch
-    kernel_init: str = "central"      # image ViT -> tubelet kernel: central | average
+    kernel_init: str = "auto"         # 2D kernels -> 3D: central | average | auto (central
+                                      # for an image ViT, average for an image UniFormer)
     init_partial: bool = False        # allow an init that fits less than half of the encoder
 
 
@@ -150,12 +153,12 @@ def _train(cfg: FinetuneConfig, dist) -> dict:
     run_dir = cfg.run.dir
     check_resume_config(run_dir, cfg)
     torch.manual_seed(cfg.run.seed)
-    model = ViViT(cfg.model)
+    model = build_model(cfg.model)
     init_report = None
     if cfg.run.init:
         init_report = init_from(model, cfg.run.init, cfg.run.kernel_init,
                                 verbose=dist.is_main, allow_partial=cfg.run.init_partial)
-    decay = layer_decay_scale(model.cfg, cfg.optim.layer_decay) \
+    decay = layer_decay_scale(model, cfg.optim.layer_decay) \
         if cfg.optim.layer_decay < 1 else None
     total_batch = cfg.data.batch_size * cfg.runtime.grad_accum * dist.world_size
     steps_per_epoch = max(1, math.ceil(train_set.num_samples * cfg.data.repeats / total_batch))
@@ -178,8 +181,8 @@ def _train(cfg: FinetuneConfig, dist) -> dict:
     logger = MetricsLogger(run_dir, dist.is_main, resume_step=step if client else None)
     if dist.is_main:
         what = f"resuming at step {step}" if client else "new run"
-        print(f"finetune: {what} in {run_dir}: ViViT model {model.cfg.variant}, "
-              f"{model.cfg.tokenizer} tokens, {train_set.num_samples} training samples, "
+        print(f"finetune: {what} in {run_dir}: {describe(model)}, "
+              f"{train_set.num_samples} training samples, "
               f"{steps_per_epoch} steps/epoch x {cfg.train.epochs} epochs, peak lr "
               f"{peak_lr:.3g}, init {cfg.run.init or 'none (from scratch)'}", file=sys.stderr)
     in_row, losses, t_epoch = 0, [], time.time()

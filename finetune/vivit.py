@@ -20,7 +20,7 @@ Input: (B, C, T, H, W), uint8 (normalised here) or float already normalised. Out
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import torch
@@ -30,14 +30,22 @@ from torch import nn
 
 from pretrain.layers import Attention, Block, TubeletEmbed, sincos_table
 from pretrain.model import PRESETS, channel_stats
+from .uniformer import ArmSpec, UniformerSpec, resolve_uniformer
 
 TOKENIZERS = ("tubelet", "uniform", "t2t")
 VARIANTS = (1, 2, 3, 4)
+FAMILIES = ("vivit", "uniformer", "uniformer_head")
 
 
 @dataclass
 class VivitConfig:
-    """The `model` section of a fine-tuning recipe. Widths left at None come from ``preset``."""
+    """The `model` section of a fine-tuning recipe. Widths left at None come from ``preset``.
+
+    ``family`` picks the model: ``vivit`` (this file), ``uniformer`` (the convolution-attention
+    hybrid, ``finetune/uniformer.py``; geometry in the ``uniformer`` subsection) or
+    ``uniformer_head`` (a ViT encoder armed with UniFormer's local and global relation blocks,
+    ``finetune/uniformer_head.py``; the ViT fields below plus the ``arm`` subsection)."""
+    family: str = "vivit"            # vivit | uniformer | uniformer_head
     variant: int = 1                 # ViViT model 1-4
     tokenizer: str = "tubelet"       # tubelet | uniform | t2t
     preset: str = "vit_b"
@@ -57,24 +65,35 @@ class VivitConfig:
     pool: str = "mean"               # mean (+ fc_norm) | cls
     drop_path: float = 0.1
     dropout: float = 0.0             # before the head
-    head_init_scale: float = 0.001
     pos: str = "sincos"              # sincos (fixed, VideoMAE) | learned
     temporal_init: str = "zero"      # model 3: temporal attention zero-initialised or copied
     t2t_dim: int = 64                # t2t: width of the token transformer between splits
     t2t_kernels: tuple = ()          # t2t: ((k, s, p), ...), each an int or [t, h, w]
     mean: tuple | None = None
     std: tuple | None = None
+    head_init_scale: float = 0.001
+    uniformer: UniformerSpec = field(default_factory=UniformerSpec)
+    arm: ArmSpec = field(default_factory=ArmSpec)
 
     def resolved(self) -> "VivitConfig":
+        if self.family not in FAMILIES:
+            raise ValueError(f"model.family must be one of {FAMILIES}, not {self.family!r}")
+        if self.num_classes < 1:
+            raise ValueError("model.num_classes must be set (the fine-tuning loop takes it from "
+                             "the data when it is 0)")
+        if self.family == "uniformer":
+            mean, std = channel_stats(self.in_chans, self.mean, self.std)
+            return replace(self, uniformer=resolve_uniformer(self), mean=mean, std=std)
+        if self.family == "uniformer_head" and (self.variant != 1 or self.tokenizer != "tubelet"
+                                                or self.pool != "mean"):
+            raise ValueError("model.family=uniformer_head arms a VideoMAE-style encoder: it needs "
+                             "model.variant=1, model.tokenizer=tubelet and model.pool=mean")
         if self.preset not in PRESETS:
             raise ValueError(f"model.preset {self.preset!r} is not one of {sorted(PRESETS)}")
         if self.variant not in VARIANTS:
             raise ValueError(f"model.variant must be 1, 2, 3 or 4, not {self.variant}")
         if self.tokenizer not in TOKENIZERS:
             raise ValueError(f"model.tokenizer must be one of {TOKENIZERS}")
-        if self.num_classes < 1:
-            raise ValueError("model.num_classes must be set (the fine-tuning loop takes it from "
-                             "the data when it is 0)")
         if self.pool not in ("mean", "cls"):
             raise ValueError("model.pool must be mean or cls")
         if self.pool == "cls" and self.variant in (3, 4):

@@ -4,7 +4,8 @@
 #   2. generate the synthetic motion set (real H.264 clips) and shard it
 #   3. stream one batch (strided clips + tube masks) and draw it
 #   4. pre-train a tiny VideoMAE on it and export the encoder
-#   5. fine-tune ViViT from that encoder and from scratch; print both accuracies
+#   5. fine-tune ViViT from that encoder and from scratch, and the encoder armed with UniFormer
+#      blocks (family uniformer_head); print the accuracies
 # Output goes under runs/quickstart/ (QUICKSTART_DIR to change it). Re-running reuses finished
 # steps and resumes interrupted ones.
 set -euo pipefail
@@ -26,17 +27,20 @@ echo "== 3/4 pre-train VideoMAE (tiny) -> $OUT/pretrain"
 python -m pretrain --config launch/configs/pretrain/tiny_synthetic.yaml \
   run.dir="$OUT/pretrain" data.shards="$OUT/data" log.progress=false
 
-echo "== 4/4 fine-tune ViViT from the encoder and from scratch"
+echo "== 4/4 fine-tune ViViT from the encoder and from scratch; the UniFormer head on the encoder"
 python -m finetune --config launch/configs/finetune/synthetic_vivit.yaml \
   --init "$OUT/pretrain/export" run.dir="$OUT/finetune_pretrained" data.shards="$OUT/data"
 python -m finetune --config launch/configs/finetune/synthetic_vivit.yaml \
   --init none run.dir="$OUT/finetune_scratch" data.shards="$OUT/data"
+python -m finetune --config launch/configs/finetune/synthetic_uniformer_head.yaml \
+  --init "$OUT/pretrain/export" run.dir="$OUT/finetune_uniformer_head" data.shards="$OUT/data"
 
 python - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]
 rows = [("ViViT from the VideoMAE encoder", "finetune_pretrained"),
-        ("ViViT from scratch", "finetune_scratch")]
+        ("ViViT from scratch", "finetune_scratch"),
+        ("UniFormer head on the encoder", "finetune_uniformer_head")]
 logged = [json.loads(line) for line in open(f"{out}/pretrain/metrics.jsonl")]
 first, last = logged[0], logged[-1]
 print(f"\npre-training loss {first['loss']:.4f} (step {first['step']}) -> {last['loss']:.4f} "

@@ -5,7 +5,7 @@ import math
 
 from torch import nn
 
-NO_DECAY_NAMES = ("pos_embed", "mask_token", "cls_token", "q_bias", "v_bias")
+NO_DECAY_NAMES = ("pos_embed", "mask_token", "cls_token", "query_token", "q_bias", "v_bias")
 
 
 def param_groups(model: nn.Module, weight_decay: float, lr_scale_of=None) -> list[dict]:

@@ -41,11 +41,20 @@ def test_cli_names_bad_keys_and_missing_splits(ft_recipe, tmp_path):
 def test_compare_writes_a_table_curves_and_one_tensorboard_folder(synthetic_set, ft_recipe,
                                                                   tmp_path):
     recipe, _ = ft_recipe
+    import yaml
     from finetune.compare import main as compare
+    tree = yaml.safe_load(open(recipe))
+    tree["model"] = {"family": "uniformer", "preset": "uniformer_tiny", "img_size": 32,
+                     "num_frames": 8}
+    (tmp_path / "uniformer.yaml").write_text(yaml.safe_dump(tree))
     out = tmp_path / "cmp"
     assert compare(["--sets", synthetic_set, "--config", recipe, "--out", str(out),
+                    "--uniformer-config", str(tmp_path / "uniformer.yaml"),
                     "train.epochs=1"]) == 0
     md = (out / "results.md").read_text()
+    for row in ("uniformer", "uniformer_head"):
+        report = json.load(open(out / "set" / row / "report.json"))
+        assert report["model"]["family"] == row and f"| {row} |" in md
     for tok in ("uniform", "tubelet", "t2t"):
         assert f"| {tok} |" in md
         assert (out / "tb" / "set" / tok).exists()

@@ -36,6 +36,19 @@ def test_every_shipped_recipe_loads():
         assert cfg.model.num_frames == cfg.data.num_frames, r
 
 
+def test_every_shipped_finetune_recipe_builds_its_model():
+    import glob
+    from finetune.models import build_model
+    from finetune.train import FinetuneConfig
+    recipes = sorted(glob.glob("launch/configs/finetune/*.yaml"))
+    assert len(recipes) >= 6
+    for r in recipes:
+        cfg = load_config(r, ["model.num_classes=5"], schema=FinetuneConfig)
+        assert cfg.model.num_frames == cfg.data.num_frames, r
+        family = build_model(cfg.model).cfg.family
+        assert family == cfg.model.family, r
+
+
 def test_cli_rejects_a_bad_key_with_exit_code_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pretrain", "--config",
                         "launch/configs/pretrain/tiny_synthetic.yaml", "model.depht=3"],

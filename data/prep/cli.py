@@ -71,7 +71,24 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--frames", type=int, default=40, help="frames per clip")
     s.add_argument("--fps", type=float, default=25.0)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--pool", type=int, default=0,
+                   help="label-efficiency layout: an unlabeled pre-training pool of this many "
+                        "clips (out/pool) plus train/val/test of --*-per-class clips per class; "
+                        "--count is then unused")
+    s.add_argument("--train-per-class", type=int, default=128)
+    s.add_argument("--val-per-class", type=int, default=16)
+    s.add_argument("--test-per-class", type=int, default=100)
+    s.add_argument("--hard", action="store_true",
+                   help="nuisance: static look-alike shapes, textured background, sensor noise, "
+                        "camera shake, speed spread (the label-efficiency set)")
     _common(s)
+
+    k = sub.add_parser("subset", help="a k-shot copy of a prepared set (k train samples per "
+                                      "class; val and test linked)")
+    k.add_argument("source", help="a prepared folder with train/val/test")
+    k.add_argument("--per-class", type=int, required=True, help="training samples per class")
+    k.add_argument("--seed", type=int, default=0, help="which samples (nested across k)")
+    k.add_argument("--out", required=True)
     return ap
 
 
@@ -143,22 +160,42 @@ def cmd_synthetic(args) -> int:
     classes = syn.class_names(args.num_classes)
     if args.size % 2 or args.size < 16:
         raise ValueError(f"--size must be even and >= 16, got {args.size}")
+    nuisance = syn.HARD if args.hard else syn.NONE
     options = {"count": args.count, "num_classes": args.num_classes, "size": args.size,
                "frames": args.frames, "fps": args.fps, "seed": args.seed,
-               "shard_samples": args.shard_samples, "shard_bytes": args.shard_bytes}
-    work = syn.synthetic_work(args.seed, args.num_classes, args.size, args.frames, args.fps)
-    for split in ("train", "val", "test"):
-        idx = [i for i in range(args.count) if syn.split_of(i, args.count) == split]
-        write_shard_set(os.path.join(args.out, split), "video", classes, options, idx, work,
+               "shard_samples": args.shard_samples, "shard_bytes": args.shard_bytes,
+               "hard": args.hard}
+    if args.pool:
+        options.update(pool=args.pool, train_per_class=args.train_per_class,
+                       val_per_class=args.val_per_class, test_per_class=args.test_per_class)
+        del options["count"]
+        layout = syn.pool_layout(args.pool, args.num_classes, args.train_per_class,
+                                 args.val_per_class, args.test_per_class)
+    else:
+        layout = {split: [i for i in range(args.count) if syn.split_of(i, args.count) == split]
+                  for split in ("train", "val", "test")}
+    for split, idx in layout.items():
+        idx = list(idx)
+        work = syn.synthetic_work(args.seed, args.num_classes, args.size, args.frames, args.fps,
+                                  nuisance, labeled=split != "pool")
+        write_shard_set(os.path.join(args.out, split), "video",
+                        classes if split != "pool" else [], options, idx, work,
                         source_of=lambda i: f"synthetic:{args.seed}/{i}", workers=args.workers,
                         max_samples=args.shard_samples, max_bytes=args.shard_bytes,
                         split=split, verify=args.verify)
     return 0
 
 
+def cmd_subset(args) -> int:
+    from .subset import make_subset
+    make_subset(args.source, args.out, args.per_class, args.seed)
+    return 0
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"videos": cmd_videos, "medmnist": cmd_medmnist, "synthetic": cmd_synthetic}
+    commands = {"videos": cmd_videos, "medmnist": cmd_medmnist, "synthetic": cmd_synthetic,
+                "subset": cmd_subset}
     try:
         return commands[args.command](args)
     except (FileNotFoundError, FileExistsError, ValueError) as e:

@@ -3,9 +3,16 @@
 The class is the motion (direction x speed). Shape, colours, size, clutter and position are
 random and independent of the class, and motion wraps around the frame edges, so no single frame
 tells the class: a model has to look across time.
+
+``Nuisance`` makes the task harder in ways that only looking at motion overcomes: static
+look-alike shapes (which one moves?), a noise-textured background, per-frame sensor noise,
+camera shake (a random whole-frame shift per frame, zero-mean, so it says nothing about the
+direction) and a speed drawn around the class's speed. ``HARD`` is the label-efficiency set's
+setting (``python -m data.prep synthetic --pool N --hard``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -19,14 +26,50 @@ CLASSES = [f"{d}-{s}" for d in DIRECTIONS for s in SPEEDS]
 SHAPES = ("disc", "square", "diamond")
 
 
+@dataclass(frozen=True)
+class Nuisance:
+    distractors: tuple = (0, 0)      # static look-alike shapes per clip: (min, max) inclusive
+    noise: float = 0.0               # per-pixel, per-frame Gaussian noise sigma (0-255)
+    jitter: int = 0                  # camera shake: per-frame shift of up to this many pixels
+    speed_spread: float = 0.0        # speed drawn uniformly in class speed x [1 -/+ spread]
+    texture: float = 0.0             # amplitude of a smooth (low-frequency) background texture
+
+
+NONE = Nuisance()
+HARD = Nuisance(distractors=(2, 4), noise=0.0, jitter=1, speed_spread=0.3, texture=40.0)
+
+
 def class_names(num_classes: int) -> list[str]:
     if not 2 <= num_classes <= len(CLASSES):
         raise ValueError(f"the synthetic set has 2 to {len(CLASSES)} classes, not {num_classes}")
     return CLASSES[:num_classes]
 
 
-def render_clip(label: int, rng: np.random.Generator, size: int, frames: int) -> np.ndarray:
-    """One clip (frames, size, size, 3) uint8 of class ``label``."""
+def _coverage(shape: str, radius: float, yy, xx, py: float, px: float, size: int):
+    """Anti-aliased coverage (size, size, 1) of ``shape`` centred at (py, px), wrapping around
+    the frame edges; sub-pixel motion still changes the pixels."""
+    oy = (yy - py + size / 2) % size - size / 2
+    ox = (xx - px + size / 2) % size - size / 2
+    if shape == "disc":   # signed distance to the edge, positive inside
+        inside = radius - np.sqrt(oy ** 2 + ox ** 2)
+    elif shape == "square":
+        inside = radius * 0.85 - np.maximum(np.abs(oy), np.abs(ox))
+    else:
+        inside = (radius * 1.2 - np.abs(oy) - np.abs(ox)) / np.sqrt(2)
+    return np.clip(inside + 0.5, 0.0, 1.0)[..., None]
+
+
+def _look(rng: np.random.Generator, size: int) -> tuple[str, float, np.ndarray]:
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    radius = float(rng.uniform(0.09, 0.16) * size)
+    colour = rng.integers(150, 256, size=3).astype(np.float32)
+    return shape, radius, colour
+
+
+def render_clip(label: int, rng: np.random.Generator, size: int, frames: int,
+                nuisance: Nuisance = NONE) -> np.ndarray:
+    """One clip (frames, size, size, 3) uint8 of class ``label``. Without nuisance the random
+    draws are those of the original set (same clips for the same seed)."""
     direction, speed = CLASSES[label].split("-")
     dy, dx = DIRECTIONS[direction]
     step = SPEEDS[speed] * size / 64
@@ -37,39 +80,48 @@ def render_clip(label: int, rng: np.random.Generator, size: int, frames: int) ->
         y0, x0 = rng.integers(0, size, 2)
         h, w = rng.integers(size // 8, size // 3, 2)
         canvas[y0:y0 + h, x0:x0 + w] = rng.integers(0, 140, size=3)
-    shape = SHAPES[int(rng.integers(len(SHAPES)))]
-    radius = float(rng.uniform(0.09, 0.16) * size)
-    colour = rng.integers(150, 256, size=3).astype(np.float32)
+    shape, radius, colour = _look(rng, size)
     cy, cx = rng.uniform(0, size, 2)
+    if nuisance.texture:  # a 5x5 grid of random colours, interpolated: smooth over the frame
+        coarse = rng.normal(0.0, nuisance.texture, (5, 5, 3))
+        at = np.linspace(0, 4, size)
+        rows = np.stack([[np.interp(at, np.arange(5), coarse[i, :, c]) for c in range(3)]
+                         for i in range(5)])                       # (5, 3, size)
+        smooth = np.stack([[np.interp(at, np.arange(5), rows[:, c, j]) for c in range(3)]
+                           for j in range(size)])                  # (size x, 3, size y)
+        canvas += smooth.transpose(2, 0, 1)
+    lo, hi = nuisance.distractors
+    for _ in range(int(rng.integers(lo, hi + 1)) if hi else 0):  # static look-alikes
+        d_shape, d_radius, d_colour = _look(rng, size)
+        alpha = _coverage(d_shape, d_radius, yy, xx, *rng.uniform(0, size, 2), size)
+        canvas = canvas * (1 - alpha) + d_colour * alpha
+    if nuisance.speed_spread:
+        step *= float(rng.uniform(1 - nuisance.speed_spread, 1 + nuisance.speed_spread))
     out = np.empty((frames, size, size, 3), np.uint8)
     for t in range(frames):
         py, px = (cy + dy * step * t) % size, (cx + dx * step * t) % size
-        # wrapped offsets so the shape re-enters on the far side
-        oy = (yy - py + size / 2) % size - size / 2
-        ox = (xx - px + size / 2) % size - size / 2
-        # signed distance to the edge (positive inside), then anti-aliased coverage, so
-        # sub-pixel motion still changes the pixels
-        if shape == "disc":
-            inside = radius - np.sqrt(oy ** 2 + ox ** 2)
-        elif shape == "square":
-            inside = radius * 0.85 - np.maximum(np.abs(oy), np.abs(ox))
-        else:
-            inside = (radius * 1.2 - np.abs(oy) - np.abs(ox)) / np.sqrt(2)
-        alpha = np.clip(inside + 0.5, 0.0, 1.0)[..., None]
+        alpha = _coverage(shape, radius, yy, xx, py, px, size)
         frame = canvas * (1 - alpha) + colour * alpha
-        out[t] = np.round(frame).astype(np.uint8)
+        if nuisance.jitter:
+            j = nuisance.jitter
+            frame = np.roll(frame, tuple(rng.integers(-j, j + 1, 2)), axis=(0, 1))
+        if nuisance.noise:
+            frame = frame + rng.normal(0.0, nuisance.noise, frame.shape)
+        out[t] = np.clip(np.round(frame), 0, 255).astype(np.uint8)
     return out
 
 
 def make_sample(index: int, seed: int, num_classes: int, size: int, frames: int,
-                fps: float) -> dict:
-    """Clip number ``index`` of the set: its content depends only on (seed, index)."""
+                fps: float, nuisance: Nuisance = NONE, labeled: bool = True) -> dict:
+    """Clip number ``index`` of the set: its content depends only on (seed, index). Unlabeled
+    clips (the pre-training pool) carry label -1."""
     rng = np.random.default_rng([seed, index])
     label = index % num_classes
-    clip = render_clip(label, rng, size, frames)
+    clip = render_clip(label, rng, size, frames, nuisance)
     data = encode_video(clip, fps=fps, codec="h264", gop=16, crf=18)
-    meta = {"label": label, "label_name": CLASSES[label], "source": f"synthetic:{seed}/{index}",
-            "num_frames": frames, "fps": fps, "width": size, "height": size}
+    meta = {"label": label if labeled else -1, "label_name": CLASSES[label] if labeled else "",
+            "source": f"synthetic:{seed}/{index}", "num_frames": frames, "fps": fps,
+            "width": size, "height": size}
     return {"ok": True, "sample": encode_sample(f"{index:08d}", "mp4", data, meta)}
 
 
@@ -80,6 +132,20 @@ def split_of(index: int, count: int, fractions=(0.7, 0.15, 0.15)) -> str:
     return "train" if index < n_train else "val" if index < n_train + n_val else "test"
 
 
-def synthetic_work(seed: int, num_classes: int, size: int, frames: int, fps: float):
+def pool_layout(pool: int, num_classes: int, train_per_class: int, val_per_class: int,
+                test_per_class: int) -> dict:
+    """The label-efficiency layout: disjoint index ranges {split: range}, the unlabeled pool
+    first; every labeled range is a multiple of the class count, so classes are balanced."""
+    out, start = {}, 0
+    for split, n in (("pool", pool), ("train", train_per_class * num_classes),
+                     ("val", val_per_class * num_classes), ("test", test_per_class * num_classes)):
+        start += (-start) % num_classes  # each labeled range starts at class 0
+        out[split] = range(start, start + n)
+        start += n
+    return out
+
+
+def synthetic_work(seed: int, num_classes: int, size: int, frames: int, fps: float,
+                   nuisance: Nuisance = NONE, labeled: bool = True):
     return partial(make_sample, seed=seed, num_classes=num_classes, size=size, frames=frames,
-                   fps=fps)
+                   fps=fps, nuisance=nuisance, labeled=labeled)

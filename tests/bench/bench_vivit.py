@@ -1,8 +1,11 @@
-"""ViViT Models 1-4 at the same width and depth: training and inference clips/s, as the ViViT
-paper's runtime table (its ViViT-B/16x2 on TPUv3, K400 top-1 / GFLOPs / ms per clip:
-M1 80.0/455/58.9, M2 78.8/284/17.4, M3 77.4/372/31.7, M4 76.3/277/22.9).
+"""The fine-tuning models side by side: ViViT Models 1-4 at the same width and depth, the same
+encoder armed with UniFormer blocks (uniformer_head), and UniFormer-S/B (published video stem);
+training and inference clips/s, as the ViViT paper's runtime table (its ViViT-B/16x2 on TPUv3,
+K400 top-1 / GFLOPs / ms per clip: M1 80.0/455/58.9, M2 78.8/284/17.4, M3 77.4/372/31.7,
+M4 76.3/277/22.9).
 
-    python tests/bench/bench_vivit.py [--preset vit_s] [--frames 16] [--size 224] [--batch 2]
+    python tests/bench/bench_vivit.py [--preset vit_s] [--frames 16] [--size 224] [--batch 2] \
+        [--models 1 2 3 4 uniformer_head uniformer_s uniformer_b]
 
 Prints a table and one JSON line. On a GPU, pass --device cuda (bf16).
 """
@@ -20,7 +23,22 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from finetune.vivit import ViViT, VivitConfig  # noqa: E402
+from finetune.models import build_model  # noqa: E402
+from finetune.vivit import VivitConfig  # noqa: E402
+
+NAMES = {"1": "ViViT 1 joint space-time", "2": "ViViT 2 factorised encoder",
+         "3": "ViViT 3 factorised self-attn", "4": "ViViT 4 factorised dot-product",
+         "uniformer_head": "encoder + UniFormer head (4 global)", "uniformer_s": "UniFormer-S",
+         "uniformer_b": "UniFormer-B"}
+
+
+def model_config(name: str, args) -> VivitConfig:
+    common = dict(img_size=args.size, num_frames=args.frames, num_classes=400)
+    if name.startswith("uniformer_") and name != "uniformer_head":
+        return VivitConfig(family="uniformer", preset=name, **common)
+    if name == "uniformer_head":
+        return VivitConfig(family="uniformer_head", preset=args.preset, **common)
+    return VivitConfig(variant=int(name), preset=args.preset, **common)
 
 
 def timed(fn, steps: int, device) -> float:
@@ -46,6 +64,8 @@ def main():
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--models", nargs="+", default=["1", "2", "3", "4", "uniformer_head",
+                                                   "uniformer_s"], choices=list(NAMES))
     args = ap.parse_args()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -53,10 +73,9 @@ def main():
                       dtype=torch.uint8, device=device)
     y = torch.zeros(args.batch, dtype=torch.long, device=device)
     rows = {}
-    for variant in (1, 2, 3, 4):
+    for name in args.models:
         torch.manual_seed(0)
-        m = ViViT(VivitConfig(variant=variant, preset=args.preset, img_size=args.size,
-                              num_frames=args.frames, num_classes=400)).to(device)
+        m = build_model(model_config(name, args)).to(device)
         opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
 
         def train_step():
@@ -74,20 +93,19 @@ def main():
         t_train = timed(train_step, args.steps, device)
         m.eval()
         t_infer = timed(infer, args.steps, device)
-        rows[variant] = {"params_m": round(sum(p.numel() for p in m.parameters()) / 1e6, 2),
+        rows[name] = {"params_m": round(sum(p.numel() for p in m.parameters()) / 1e6, 2),
                          "train_clips_s": round(args.batch / t_train, 3),
                          "infer_clips_s": round(args.batch / t_infer, 3),
                          "infer_ms_per_clip": round(1000 * t_infer / args.batch, 1)}
 
-    print(f"\nViViT {args.preset}, {args.frames}x{args.size}^2, tubelet 2x16x16, batch "
+    print(f"\nViT {args.preset} (ViViT, UniFormer head), {args.frames}x{args.size}^2, tubelet "
+          f"2x16x16; UniFormer published stem; batch "
           f"{args.batch}, {device.type} {str(dtype).split('.')[-1]}, "
           f"{torch.get_num_threads()} threads")
-    print(f"{'model':<34} {'params M':>9} {'train clips/s':>14} {'infer clips/s':>14} "
+    print(f"{'model':<38} {'params M':>9} {'train clips/s':>14} {'infer clips/s':>14} "
           f"{'ms/clip':>8}")
-    names = {1: "1 joint space-time", 2: "2 factorised encoder", 3: "3 factorised self-attn",
-             4: "4 factorised dot-product"}
     for v, r in rows.items():
-        print(f"{names[v]:<34} {r['params_m']:9.2f} {r['train_clips_s']:14.3f} "
+        print(f"{NAMES[v]:<38} {r['params_m']:9.2f} {r['train_clips_s']:14.3f} "
               f"{r['infer_clips_s']:14.3f} {r['infer_ms_per_clip']:8.1f}")
     print(json.dumps({"bench": "vivit", "preset": args.preset, "frames": args.frames,
                       "size": args.size, "batch": args.batch, "device": device.type,

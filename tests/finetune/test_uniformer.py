@@ -282,3 +282,26 @@ def test_deepspeed_bf16_trains_both_families(family):
         engine.backward(loss)
         engine.step()
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("override,words", [
+    ("model.family=uniformerr", ["model.family", "uniformer_head"]),
+    ("model.preset=vit_s", ["vit_s", "uniformer_s"]),
+    ("model.uniformer.stem=[7,8,0]", ["model.uniformer.stem", "no tokens"]),
+    ("model.uniformer.temporal_padding=reflect", ["model.uniformer.temporal_padding"]),
+    ("model.uniformer.downsample=[[1,2,0]]", ["3 downsample"]),
+])
+def test_bad_uniformer_configs_stop_naming_the_key(ft_recipe, tmp_path, override, words):
+    import yaml
+    recipe, _ = ft_recipe
+    tree = yaml.safe_load(open(recipe))
+    tree["model"] = {"family": "uniformer", "preset": "uniformer_tiny", "img_size": 32,
+                     "num_frames": 8}
+    path = tmp_path / "u.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    r = subprocess.run([sys.executable, "-m", "finetune", "--config", str(path), "--init", "none",
+                        override], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    for w in words:
+        assert w in r.stderr, (w, r.stderr[-800:])

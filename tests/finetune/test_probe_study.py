@@ -1,0 +1,118 @@
+"""k-shot subsets, frozen-feature probes and the label-efficiency study's bookkeeping."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from data.manifest import load_shard_set
+from data.prep.cli import main as prep
+from data.prep.subset import choose, read_samples
+from finetune.probe import knn_scores, probe
+
+
+def test_subsets_are_balanced_seeded_and_nested(synthetic_set, tmp_path):
+    labels = [i % 4 for i in range(45)]
+    a, b = choose(labels, 3, seed=0), choose(labels, 3, seed=1)
+    assert sorted(np.bincount([labels[i] for i in a])) == [3, 3, 3, 3]
+    assert a != b and a == choose(labels, 3, seed=0)
+    assert set(a) <= set(choose(labels, 6, seed=0))          # k=3 inside k=6, same seed
+    out = str(tmp_path / "k2")
+    assert prep(["subset", synthetic_set, "--per-class", "2", "--seed", "0", "--out", out]) == 0
+    train = load_shard_set(out, "train")
+    assert train.num_samples == 8 and train.classes == load_shard_set(synthetic_set).classes
+    got = read_samples(train)
+    src = {s["__key__"]: s for s in read_samples(load_shard_set(synthetic_set, "train"))}
+    assert all(s == src[s["__key__"]] for s in got)            # bytes unchanged
+    assert load_shard_set(out, "test").num_samples == load_shard_set(synthetic_set,
+                                                                      "test").num_samples
+    assert prep(["subset", str(tmp_path), "--per-class", "2", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_the_label_efficiency_layout_has_an_unlabeled_pool(tmp_path):
+    out = str(tmp_path / "set")
+    assert prep(["synthetic", "--out", out, "--pool", "12", "--train-per-class", "2",
+                 "--val-per-class", "1", "--test-per-class", "3", "--num-classes", "4",
+                 "--size", "32", "--frames", "8", "--hard", "--workers", "0"]) == 0
+    pool = load_shard_set(os.path.join(out, "pool"))
+    assert pool.num_samples == 12 and pool.classes == []
+    assert {int(s["cls"]) for s in read_samples(pool)} == {-1}
+    for split, n in (("train", 8), ("val", 4), ("test", 12)):
+        s = load_shard_set(out, split)
+        labels = [int(x["cls"]) for x in read_samples(s)]
+        assert s.num_samples == n and sorted(np.bincount(labels)) == [n // 4] * 4
+    keys = [x["__key__"] for sp in ("pool", "train", "val", "test")
+            for x in read_samples(load_shard_set(os.path.join(out, sp)))]
+    assert len(keys) == len(set(keys))                         # disjoint clips
+
+
+def test_probes_separate_separable_features_and_pick_settings_on_val():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 3, (3, 8))
+
+    def split(n):
+        y = np.arange(n) % 3
+        return centres[y] + rng.normal(0, 1, (n, 8)), y
+    feats = {"train": split(30), "val": split(30), "test": split(60)}
+    out = probe(feats, 3, "video")
+    assert out["linear"]["test"]["acc"] > 0.9 and out["knn"]["test"]["acc"] > 0.9
+    assert out["linear"]["l2"] in (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+    noise = {s: (rng.normal(0, 1, x.shape), y) for s, (x, y) in feats.items()}
+    assert probe(noise, 3, "video")["linear"]["test"]["acc"] < 0.6
+    s = knn_scores(feats["train"][0], feats["train"][1], feats["test"][0], 3, 5)
+    assert np.allclose(s.sum(1), 1.0)
+
+
+def test_probe_cli_writes_a_report_for_an_export_and_a_random_encoder(synthetic_set, ft_recipe,
+                                                                     tmp_path):
+    import torch
+    from finetune.probe import main as probe_main
+    from pretrain.export import export_encoder
+    from pretrain.model import ModelConfig, VideoMAE
+    recipe, _ = ft_recipe
+    m = VideoMAE(ModelConfig(preset="vit_tiny", img_size=32, patch_size=8, num_frames=8))
+    export_encoder(m.state_dict(), m.cfg, str(tmp_path / "export"), {})
+    for init, name in ((str(tmp_path / "export"), "pre"), ("none", "rand")):
+        assert probe_main(["--config", recipe, "--init", init,
+                           f"run.dir={tmp_path / name}"]) == 0
+        r = json.load(open(tmp_path / name / "report.json"))
+        assert r["samples"] == {"train": 45, "val": 10, "test": 9}
+        assert r["feature_dim"] == 96 and 0 <= r["linear"]["test"]["acc"] <= 1
+    assert r["init"] is None
+    del torch
+
+
+def test_study_runs_resumes_and_writes_tables_plot_and_budget(synthetic_set, ft_recipe,
+                                                              tmp_path):
+    from finetune.study import main as study
+    from pretrain.config import load_config
+    from pretrain.train import train as pretrain
+    recipe, _ = ft_recipe
+    pre = pretrain(load_config("launch/configs/pretrain/tiny_synthetic.yaml", [
+        f"data.shards={synthetic_set}/train", f"run.dir={tmp_path / 'pre'}",
+        "data.num_frames=8", "data.size=32", "data.patch=8", "model.num_frames=8",
+        "model.img_size=32", "model.patch_size=8", "train.steps=4", "train.ckpt_every=2",
+        "data.num_workers=0", "log.progress=false", "log.picture_every=0"]))
+    args = ["--set", synthetic_set, "--encoder", pre["export"], "--config", recipe,
+            "--out", str(tmp_path / "study"), "--ks", "2", "all", "--seeds", "0", "1",
+            "--clips-per-epoch", "16", "--budget-run", str(tmp_path / "pre"),
+            "--budget-k", "2", "train.epochs=1"]
+    assert study(args) == 0
+    out = tmp_path / "study"
+    res = json.load(open(out / "results.json"))
+    assert set(res) == {"finetune", "linear", "knn"}
+    row = res["finetune"]["2"]
+    assert set(row["pretrained"]["seeds"]) == {"0", "1"} and "gain" in row
+    assert "| 2 |" in (out / "results.md").read_text()
+    assert (out / "accuracy_vs_labels.png").stat().st_size > 1000
+    budget = json.load(open(out / "budget.json"))
+    assert [b["step"] for b in budget] == [0, 2, 4]
+    assert os.path.islink(out / "tb" / "k2" / "pretrained" / "s0")
+    # everything finished is reused: a second call trains nothing
+    mtime = os.path.getmtime(out / "runs" / "k2" / "scratch" / "s1" / "finetune" /
+                             "report.json")
+    assert study(args) == 0
+    assert os.path.getmtime(out / "runs" / "k2" / "scratch" / "s1" / "finetune" /
+                            "report.json") == mtime
+    with pytest.raises(SystemExit):
+        study([*args[:10], "--ks", "zero"])

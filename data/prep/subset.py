@@ -10,7 +10,6 @@ like any prepared set.
 """
 from __future__ import annotations
 
-import io
 import os
 import sys
 import tarfile

@@ -223,9 +223,10 @@ def _train(cfg: PretrainConfig, dist, stop: StopRequested) -> dict:
     logger = MetricsLogger(run_dir, dist.is_main, resume_step=step if tag else None)
     if dist.is_main:
         what = f"resuming {run_dir} at step {step} ({tag})" if tag else f"new run in {run_dir}"
-        print(f"pretrain: {what}; {dist.world_size} process(es), engine {engine.name}, "
-              f"batch {cfg.data.batch_size} x accum {cfg.runtime.grad_accum} x "
-              f"{dist.world_size} = {total_batch}, peak lr {peak_lr:.3g}", file=sys.stderr)
+        print(f"pretrain: {what}; {dist.world_size} process(es) on {dist.device.type}, engine "
+              f"{engine.name}, precision {cfg.runtime.precision}, batch {cfg.data.batch_size} "
+              f"x accum {cfg.runtime.grad_accum} x {dist.world_size} = {total_batch}, peak lr "
+              f"{peak_lr:.3g}", file=sys.stderr)
 
     stats = StepStats(dist.device, nonfinite_total)
     stats.load_window(client and client.get("log_window"))
@@ -236,10 +237,12 @@ def _train(cfg: PretrainConfig, dist, stop: StopRequested) -> dict:
                                                      "log_window": stats.window()}, stream)
 
     bar = None
-    if dist.is_main and cfg.log.progress:
+    if dist.is_main and cfg.log.progress and sys.stderr.isatty():
+        # a bar for a terminal; a file (SLURM, nohup) gets a step line at every log step
         from tqdm import tqdm
         bar = tqdm(total=cfg.train.steps, initial=step, desc="pretrain", unit="step",
-                   dynamic_ncols=True, file=sys.stderr, disable=None)
+                   dynamic_ncols=True, file=sys.stderr)
+    run = RunTotals(step)
     engine.train()
     last_saved = step if tag else -1
     t_window, wait_window, clips_window = time.perf_counter(), 0.0, 0
@@ -278,11 +281,14 @@ def _train(cfg: PretrainConfig, dist, stop: StopRequested) -> dict:
             if "stats_loss" in last[1]:
                 scalars["stats_loss"] = float(last[1]["stats_loss"].detach())
             logger.scalars(step, scalars)
+            run.add(step, loss, clips_window * dist.world_size, wait_window, dt)
             if bar is not None:
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
             elif dist.is_main:
                 print(f"step {step}/{cfg.train.steps} loss {loss:.4f} lr {lr:.3g} "
-                      f"clips/s {scalars['clips_per_s']:.1f}", file=sys.stderr)
+                      f"clips/s {scalars['clips_per_s']:.1f} data-wait "
+                      f"{100 * scalars['data_wait']:.0f}% eta "
+                      f"{duration(run.eta(step, cfg.train.steps))}", file=sys.stderr)
             if in_row and dist.is_main:
                 print(f"pretrain: non-finite loss; {in_row} step(s) in a row up to step "
                       f"{step} left the weights unchanged ({nonfinite_total} in all)",
@@ -317,20 +323,65 @@ def _train(cfg: PretrainConfig, dist, stop: StopRequested) -> dict:
                "stopped_by_signal": bool(stopped)}
     if stopped:
         if dist.is_main:
+            print(run.summary(step, os.path.join(ckpt.dir, ckpt.latest_tag() or ""), None),
+                  file=sys.stderr)
             print(f"pretrain: stopped by signal {stopped}; checkpoint saved at step {step}. "
                   f"Run the same command to resume.", file=sys.stderr)
         shutdown()
         return summary
+    tag = ckpt.latest_tag() or (client and client["tag"])  # latest may name a lost tag
     if cfg.train.export and dist.is_main:
-        tag = ckpt.latest_tag() or client["tag"]  # latest may name a lost tag (resumed over)
         weights = read_model_weights(ckpt.dir, tag)
         summary["export"] = export_encoder(weights, model.cfg, os.path.join(run_dir, "export"),
                                            {"run_dir": os.path.abspath(run_dir), "step": step,
                                             "checkpoint": tag})
         print(f"pretrain: done at step {step}; encoder exported to {summary['export']}",
               file=sys.stderr)
+    if dist.is_main:
+        print(run.summary(step, os.path.join(ckpt.dir, tag or ""), summary.get("export")),
+              file=sys.stderr)
     shutdown()
     return summary
+
+
+class RunTotals:
+    """What this process's part of a run did, for the ETA and the closing summary."""
+
+    def __init__(self, start_step: int):
+        self.start_step, self.t0 = start_step, time.perf_counter()
+        self.clips, self.wait, self.busy = 0, 0.0, 0.0
+        self.first = self.last = self.best = None
+
+    def add(self, step: int, loss: float, clips: int, wait: float, dt: float):
+        self.clips, self.wait, self.busy = self.clips + clips, self.wait + wait, self.busy + dt
+        if loss == loss:  # not NaN
+            self.first = self.first or (step, loss)
+            self.last = (step, loss)
+            if self.best is None or loss < self.best[1]:
+                self.best = (step, loss)
+
+    def eta(self, step: int, total: int) -> float:
+        done = step - self.start_step
+        return (time.perf_counter() - self.t0) / done * (total - step) if done else 0.0
+
+    def summary(self, step: int, checkpoint: str, export: str | None) -> str:
+        wall = time.perf_counter() - self.t0
+        parts = [f"pretrain: summary: steps {self.start_step}->{step} in {duration(wall)}",
+                 f"{self.clips / max(self.busy, 1e-9):.1f} clips/s",
+                 f"data wait {100 * self.wait / max(self.busy, 1e-9):.0f}%"]
+        if self.last:
+            parts.append(f"loss {self.first[1]:.4f} (step {self.first[0]}) -> "
+                         f"{self.last[1]:.4f} (step {self.last[0]}), best {self.best[1]:.4f} "
+                         f"(step {self.best[0]})")
+        parts.append(f"checkpoint {checkpoint}")
+        if export:
+            parts.append(f"export {export}")
+        return "; ".join(parts)
+
+
+def duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 def as_scalar(value) -> float | None:

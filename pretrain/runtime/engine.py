@@ -207,6 +207,10 @@ class DeepSpeedEngine:
         self.device = dist.device
         self.world_size = dist.world_size
         self.grad_norm: torch.Tensor | float | None = None
+        # DeepSpeed computes the global norm itself except with fp32 ZeRO-0 and no clipping;
+        # there the gradients are whole in .grad and we take it (on the device, no wait).
+        self.own_norm = runtime_cfg.zero_stage == 0 and runtime_cfg.precision == "fp32" and \
+            runtime_cfg.grad_clip <= 0
         self.nonfinite = _NonFinite()
 
     def __call__(self, *args, **kwargs):
@@ -229,9 +233,13 @@ class DeepSpeedEngine:
             if self.world_size > 1:
                 torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             self.adamw.found_inf = flag
+            if self.own_norm:
+                grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+                own = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) \
+                    if grads else None
         self.engine.step()
         if boundary:
-            self.grad_norm = self.engine.get_global_grad_norm()
+            self.grad_norm = own if self.own_norm else self.engine.get_global_grad_norm()
         return boundary
 
     def set_lr(self, lr: float):

@@ -35,8 +35,12 @@ def test_killed_and_resumed_run_equals_the_straight_run(tiny_recipe, tmp_path):
     recipe, _ = tiny_recipe
     straight, cut = str(tmp_path / "straight"), str(tmp_path / "cut")
     common = ["data.num_workers=2", "train.steps=6", "train.ckpt_every=3", "log.every=2"]
-    r = run_cli(recipe, f"run.dir={straight}", *common)
+    r = run_cli(recipe, f"run.dir={straight}", *common, "log.progress=true")
     assert r.returncode == 0, r.stderr
+    # stderr is a file here, not a terminal: step lines instead of a bar, then a summary
+    assert "step 4/6 loss" in r.stderr and "data-wait" in r.stderr and "eta" in r.stderr
+    assert "pretrain: summary: steps 0->6" in r.stderr and "step00000006" in r.stderr
+    assert "on cpu, engine plain, precision fp32" in r.stderr
     r = run_cli(recipe, f"run.dir={cut}", *common, env={"TUBEMAE_KILL_AFTER_STEP": "4"})
     assert r.returncode == -signal.SIGKILL
     assert open(os.path.join(cut, "checkpoints", "latest")).read().strip() == "step00000003"

@@ -12,3 +12,11 @@ def write_text_atomic(path: str, text: str):
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def umask_mode(path: str):
+    """Give ``path`` the mode a plain ``open()`` would have (0666 less the umask): some writers
+    (safetensors) create files readable by their owner only."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)

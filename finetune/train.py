@@ -33,7 +33,7 @@ from pretrain.runtime.engine import build_engine
 from pretrain.runtime.logger import MetricsLogger
 from pretrain.runtime.optim import cosine_lr, param_groups, scaled_lr
 from pretrain.train import (KILL_AFTER_STEP, StopRequested, as_scalar, check_resume_config,
-                            memory_mb)
+                            duration, memory_mb)
 from .evaluate import confusion_picture, summarize
 from .init import init_from
 from .models import build_model, describe, layer_decay_scale
@@ -181,11 +181,13 @@ def _train(cfg: FinetuneConfig, dist) -> dict:
     logger = MetricsLogger(run_dir, dist.is_main, resume_step=step if client else None)
     if dist.is_main:
         what = f"resuming at step {step}" if client else "new run"
-        print(f"finetune: {what} in {run_dir}: {describe(model)}, "
-              f"{train_set.num_samples} training samples, "
+        print(f"finetune: {what} in {run_dir}: {describe(model)}, {dist.world_size} "
+              f"process(es) on {dist.device.type}, engine {engine.name}, precision "
+              f"{cfg.runtime.precision}, {train_set.num_samples} training samples, "
               f"{steps_per_epoch} steps/epoch x {cfg.train.epochs} epochs, peak lr "
               f"{peak_lr:.3g}, init {cfg.run.init or 'none (from scratch)'}", file=sys.stderr)
     in_row, losses, t_epoch = 0, [], time.time()
+    t_window, wait_window, clips_window, t_run, step0 = time.time(), 0.0, 0, time.time(), step
     stopped = None
     engine.train(True)
     with StopRequested() as stop:
@@ -193,7 +195,10 @@ def _train(cfg: FinetuneConfig, dist) -> dict:
             engine.set_lr(cosine_lr(step, total_steps, peak_lr, warmup, cfg.optim.min_lr))
             micro = 0
             while micro < cfg.runtime.grad_accum:
+                t0 = time.time()
                 batch = batch_to_device(next(batches), dist.device, cfg.data.size)
+                wait_window += time.time() - t0
+                clips_window += batch["video"].shape[0] * dist.world_size
                 x, y = batch["video"], batch["label"]
                 if mixup is not None:
                     x, y = mixup(engine.module.normalize(x).float(), y)
@@ -217,12 +222,21 @@ def _train(cfg: FinetuneConfig, dist) -> dict:
                 losses.append(float(loss.detach()))
             step += 1
             if step % cfg.log.every == 0:
-                logger.scalars(step, {"loss": all_reduce_mean(float(np.mean(losses)), dist),
-                                      "lr": engine.optimizer.param_groups[-1]["lr"],
-                                      "grad_norm": as_scalar(engine.grad_norm),
-                                      "memory_mb": memory_mb(dist.device),
-                                      "skipped_samples": sum(stream.skipped)})
-                losses = []
+                dt = max(time.time() - t_window, 1e-9)
+                row = {"loss": all_reduce_mean(float(np.mean(losses)), dist),
+                       "lr": max(g["lr"] for g in engine.optimizer.param_groups),
+                       "grad_norm": as_scalar(engine.grad_norm),
+                       "clips_per_s": clips_window / dt, "data_wait": wait_window / dt,
+                       "memory_mb": memory_mb(dist.device),
+                       "skipped_samples": sum(stream.skipped)}
+                logger.scalars(step, row)
+                if dist.is_main:
+                    eta = (time.time() - t_run) / (step - step0) * (total_steps - step)
+                    print(f"step {step}/{total_steps} loss {row['loss']:.4f} lr "
+                          f"{row['lr']:.3g} clips/s {row['clips_per_s']:.1f} data-wait "
+                          f"{100 * row['data_wait']:.0f}% eta {duration(eta)}",
+                          file=sys.stderr)
+                losses, t_window, wait_window, clips_window = [], time.time(), 0.0, 0
             if all_reduce_max([float(stop.signum is not None)], dist)[0] > 0:
                 stopped = stop.signum
                 break
@@ -232,7 +246,7 @@ def _train(cfg: FinetuneConfig, dist) -> dict:
                 row = {"epoch": epoch, "step": step, "wall_s": round(time.time() - t_epoch, 2),
                        **{k: v for k, v in val.items() if k != "confusion"}}
                 history.append(row)
-                t_epoch = time.time()
+                t_epoch = t_window = time.time()  # the evaluation is not training time
                 tag = f"epoch{epoch:04d}"
                 if best is None or val["primary"] > best["primary"]:
                     best = {**row, "tag": tag}

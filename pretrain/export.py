@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from data.atomic import write_text_atomic
+from data.atomic import umask_mode, write_text_atomic
 from .model import ModelConfig
 
 
@@ -29,6 +29,7 @@ def export_encoder(weights: dict, model_cfg: ModelConfig, out_dir: str, provenan
         raise ValueError("no encoder weights found (keys starting with 'encoder.')")
     path = os.path.join(out_dir, "encoder.safetensors")
     save_file(enc, path + ".tmp", metadata={"format": "tubemae-encoder"})
+    umask_mode(path + ".tmp")
     os.replace(path + ".tmp", path)
     meta = {"format": "tubemae-encoder", "version": 1,
             "model": json.loads(json.dumps(dataclasses.asdict(model_cfg.resolved()))),
@@ -47,6 +48,7 @@ def export_hf(weights: dict, model_cfg: ModelConfig, out_dir: str) -> str:
     os.makedirs(out_dir, exist_ok=True)
     sd = {k: v.float().contiguous() for k, v in ours_to_hf(weights).items()}
     save_file(sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    umask_mode(os.path.join(out_dir, "model.safetensors"))
     config = {"model_type": "videomae", "architectures": ["VideoMAEForPreTraining"],
               "image_size": c.img_size, "patch_size": c.patch_size, "num_channels": c.in_chans,
               "num_frames": c.num_frames, "tubelet_size": c.tubelet_size,

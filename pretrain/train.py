@@ -33,6 +33,9 @@ from .runtime.optim import cosine_lr, param_groups, scaled_lr
 
 # Sections a resumed run may change; anything else must match the run's config.yaml.
 RESUMABLE_CHANGES = ("train", "log")
+# Paths compared by what they point at (a relative path, a/../b, a trailing slash, ~); run.dir
+# is not compared at all: the folder holding config.yaml is the run, moved or copied.
+PATH_KEYS = ("data.shards", "run.init")
 # Fault injection for the resume tests: the process SIGKILLs itself right after finishing this
 # optimizer step (and any checkpoint due at it), as `kill -9` or a pre-empted node would.
 KILL_AFTER_STEP = "TUBEMAE_KILL_AFTER_STEP"
@@ -91,11 +94,23 @@ def check_resume_config(run_dir: str, cfg: PretrainConfig):
         if section in RESUMABLE_CHANGES or not isinstance(values, dict):
             continue
         for k, v in values.items():
-            if saved.get(section, {}).get(k) != v:
-                diffs.append(f"{section}.{k}: {saved.get(section, {}).get(k)!r} -> {v!r}")
+            old = saved.get(section, {}).get(k)
+            if f"{section}.{k}" == "run.dir":
+                continue
+            if f"{section}.{k}" in PATH_KEYS and isinstance(v, str) and isinstance(old, str) \
+                    and _same_path(old, v):
+                continue
+            if old != v:
+                diffs.append(f"{section}.{k}: {old!r} -> {v!r}")
     if diffs:
         raise ValueError(f"{run_dir} holds a run with other settings ({'; '.join(diffs)}); "
                          f"resume with the settings of {path}, or choose a new run.dir")
+
+
+def _same_path(a: str, b: str) -> bool:
+    if not a or not b:
+        return a == b
+    return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
 
 
 def memory_mb(device: torch.device) -> float:

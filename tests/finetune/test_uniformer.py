@@ -226,6 +226,7 @@ def test_a_killed_uniformer_finetune_resumes_with_the_same_losses(synthetic_set,
     r = run(straight)
     assert r.returncode == 0, r.stderr
     assert "UniFormer uniformer_tiny" in r.stderr
+    assert "step 4/12 loss" in r.stderr and "data-wait" in r.stderr   # stderr is not a TTY
     assert run(cut, TUBEMAE_KILL_AFTER_STEP="8").returncode != 0
     r = run(cut)
     assert r.returncode == 0 and "resuming at step 6" in r.stderr

@@ -106,6 +106,21 @@ def test_a_resume_with_other_settings_is_refused(tiny_recipe):
     assert r.returncode == 2 and "data.batch_size" in r.stderr
 
 
+def test_a_moved_run_folder_and_other_spellings_of_its_paths_resume(tiny_recipe, tmp_path):
+    import shutil
+    import yaml
+    recipe, run_dir = tiny_recipe
+    assert run_cli(recipe, "train.steps=2").returncode == 0
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(run_dir, moved)
+    shards = yaml.safe_load(open(recipe))["data"]["shards"]
+    spelled = f"{tmp_path}/elsewhere/../elsewhere/./run/"
+    r = run_cli(recipe, "train.steps=4", f"run.dir={spelled}", f"data.shards={shards}/")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "at step 2" in r.stderr
+    assert open(moved / "checkpoints" / "latest").read().strip() == "step00000004"
+
+
 def nan_after(calls_ok: int, always: bool):
     """A forward that returns a NaN loss on call calls_ok+1 (and after, if always)."""
     real = VideoMAE.forward
@@ -266,3 +281,17 @@ def test_a_full_disk_while_saving_says_so_and_leaves_no_temporary_file(tiny_reci
     leftovers = [f for _, _, fs in os.walk(run_dir) for f in fs if f.endswith(".tmp")]
     assert leftovers == []
     assert not os.path.exists(os.path.join(run_dir, "checkpoints", "latest"))
+
+
+def test_exported_files_follow_the_umask(tmp_path):
+    from pretrain.export import export_encoder, export_hf
+    from pretrain.model import ModelConfig
+    m = VideoMAE(ModelConfig(preset="vit_tiny", img_size=32, patch_size=8, num_frames=4))
+    old = os.umask(0o022)
+    try:
+        export_encoder(m.state_dict(), m.cfg, str(tmp_path / "e"), {})
+        export_hf(m.state_dict(), m.cfg, str(tmp_path / "hf"))
+    finally:
+        os.umask(old)
+    for f in ("e/encoder.safetensors", "e/encoder.json", "hf/model.safetensors"):
+        assert os.stat(tmp_path / f).st_mode & 0o777 == 0o644, f

@@ -183,7 +183,7 @@ def _train(cfg: FinetuneConfig, dist) -> dict:
         what = f"resuming at step {step}" if client else "new run"
         print(f"finetune: {what} in {run_dir}: {describe(model)}, {dist.world_size} "
               f"process(es) on {dist.device.type}, engine {engine.name}, precision "
-              f"{cfg.runtime.precision}, {train_set.num_samples} training samples, "
+              f"{engine.precision}, {train_set.num_samples} training samples, "
               f"{steps_per_epoch} steps/epoch x {cfg.train.epochs} epochs, peak lr "
               f"{peak_lr:.3g}, init {cfg.run.init or 'none (from scratch)'}", file=sys.stderr)
     in_row, losses, t_epoch = 0, [], time.time()

@@ -53,7 +53,7 @@ class OptimConfig:
 class RuntimeConfig:
     engine: str = "auto"              # auto | plain | deepspeed
     zero_stage: int = 0               # DeepSpeed ZeRO stage 0-3
-    precision: str = "fp32"           # fp32 | bf16 | fp16
+    precision: str = "auto"           # auto | fp32 | bf16 | fp16 (auto: bf16 where fast)
     grad_accum: int = 1               # micro-batches per optimizer step
     grad_clip: float = 0.0            # max global grad norm; 0 = off
     device: str = "auto"              # auto | cpu | cuda

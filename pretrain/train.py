@@ -239,7 +239,7 @@ def _train(cfg: PretrainConfig, dist, stop: StopRequested) -> dict:
     if dist.is_main:
         what = f"resuming {run_dir} at step {step} ({tag})" if tag else f"new run in {run_dir}"
         print(f"pretrain: {what}; {dist.world_size} process(es) on {dist.device.type}, engine "
-              f"{engine.name}, precision {cfg.runtime.precision}, batch {cfg.data.batch_size} "
+              f"{engine.name}, precision {engine.precision}, batch {cfg.data.batch_size} "
               f"x accum {cfg.runtime.grad_accum} x {dist.world_size} = {total_batch}, peak lr "
               f"{peak_lr:.3g}", file=sys.stderr)
 

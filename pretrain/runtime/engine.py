@@ -9,9 +9,11 @@ only module that imports deepspeed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import os
 import socket
+import sys
 
 import torch
 from torch import nn
@@ -56,6 +58,31 @@ def _compile(module: nn.Module, enabled: bool):
     """``runtime.compile``: the whole model through torch.compile with static shapes (the
     training batch keeps its shape; the masks arrive as index tensors of fixed length)."""
     return torch.compile(module, dynamic=False) if enabled else module
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16 on this CPU (what makes bf16 matmuls faster than fp32 there)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return bool({"amx_bf16", "avx512_bf16"} & set(flags))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 where the device runs it fast (CUDA with bf16; a CPU with AMX or
+    AVX512-BF16), fp32 elsewhere. An explicit bf16 on a CPU without them runs, with a warning."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+        print("warning: runtime.precision=bf16 on a CPU without AMX or AVX512-BF16 runs bf16 "
+              "in software, many times slower than fp32; use runtime.precision=auto or fp32 "
+              "here", file=sys.stderr)
+    return precision
 
 
 def _check_precision(precision: str, device: torch.device):
@@ -199,6 +226,7 @@ class DeepSpeedEngine:
         deepspeed.init_distributed(dist_backend="nccl" if dist.device.type == "cuda" else "gloo")
         self.config = deepspeed_config(runtime_cfg, micro_batch, dist.world_size)
         self.adamw = _adamw(groups, optim_cfg)
+        self.precision = runtime_cfg.precision
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model.to(dist.device), optimizer=self.adamw, config=self.config)
         if runtime_cfg.compile:
@@ -260,6 +288,10 @@ class DeepSpeedEngine:
 
 def build_engine(model: nn.Module, groups: list, optim_cfg, runtime_cfg, dist: Dist,
                  micro_batch: int):
+    """The engine of ``runtime_cfg.engine``; ``engine.precision`` is the precision it runs
+    (``auto`` resolved for this device)."""
+    runtime_cfg = dataclasses.replace(runtime_cfg, precision=resolve_precision(
+        runtime_cfg.precision, dist.device))
     kind = runtime_cfg.engine
     if kind == "auto":
         kind = "deepspeed" if dist.world_size > 1 else "plain"

@@ -31,3 +31,21 @@ def test_grad_norm_is_logged_by_every_engine_without_clipping(engine, stage, pre
     e.step()
     assert e.grad_norm is not None
     assert abs(float(e.grad_norm) - float(want)) < (0.05 if precision == "bf16" else 1e-4)
+
+
+def test_precision_auto_picks_bf16_only_where_it_is_fast(monkeypatch, capsys):
+    from pretrain.runtime import engine
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: False)
+    assert engine.resolve_precision("auto", cpu) == "fp32"
+    assert engine.resolve_precision("bf16", cpu) == "bf16"      # runs, but says so
+    assert "many times slower" in capsys.readouterr().err
+    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: True)
+    assert engine.resolve_precision("auto", cpu) == "bf16"
+    assert engine.resolve_precision("bf16", cpu) == "bf16"
+    assert capsys.readouterr().err == ""
+    assert engine.resolve_precision("fp32", cpu) == "fp32"
+    e = build_engine(torch.nn.Linear(2, 2), param_groups(torch.nn.Linear(2, 2), 0.0),
+                     OptimConfig(lr=1e-3), RuntimeConfig(engine="plain", precision="auto"),
+                     init_distributed("cpu"), 1)
+    assert e.precision == "bf16"

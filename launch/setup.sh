@@ -3,8 +3,12 @@
 # launch/constraints.txt, so a second run takes well under a second. Source it
 # (`. launch/setup.sh`) to get the environment activated; run it (`bash launch/setup.sh`) to
 # only prepare it.
-#   TUBEMAE_VENV  use this folder instead of the cache
+#   TUBEMAE_VENV  use this folder instead of the cache (on a cluster: a shared folder, built once
+#                 before a multi-node job; nodes that set up at the same time wait for each
+#                 other on a lock instead of installing over each other)
 #   PYTHON        the interpreter to build the environment from (default python3)
+# One environment serves every clone: activation puts this clone first on PYTHONPATH, so its
+# code (and the console scripts, which import by module name) run whichever clone built it.
 _tubemae_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 _tubemae_venv=$(
   set -euo pipefail
@@ -20,10 +24,15 @@ _tubemae_venv=$(
   }
   # Every step ends in `|| exit 1`: this subshell runs inside `$(...) || {...}`, where bash
   # ignores `set -e`, so a failed install would otherwise go on and be marked complete.
+  mkdir -p "$(dirname "$venv")" || exit 1
+  exec 9>"$venv.lock" || exit 1
+  if ! flock -n 9; then
+    echo "setup: waiting for another set-up of $venv to finish" >&2
+    flock -w 3600 9 || { echo "setup: $venv.lock still held after an hour" >&2; exit 1; }
+  fi
   if [ ! -f "$venv/.tubemae-complete" ]; then
     echo "setup: creating $venv (torch and friends, a few minutes the first time)" >&2
     rm -rf "$venv" || exit 1
-    mkdir -p "$(dirname "$venv")" || exit 1
     "$python" -m venv "$venv" || exit 1
     quiet "$venv/bin/python" -m pip install --upgrade "pip>=24" "setuptools>=77" wheel || exit 1
     # The matched torch/torchvision pair from the registry: a CPU-only torch found through
@@ -36,17 +45,31 @@ _tubemae_venv=$(
       || { echo "setup: $venv does not import its packages" >&2; exit 1; }
     touch "$venv/.tubemae-complete" || exit 1
   fi
-  # The environment may have been made from another clone, or pyproject.toml (entry points)
-  # may have changed: point the editable install at this clone (seconds, no downloads).
-  stamp="$root $(sha256sum "$root/pyproject.toml" | cut -c1-16)"
+  # pyproject.toml (entry points) may have changed since: reinstall the project's metadata
+  # (seconds, no downloads). Which clone's code runs is PYTHONPATH's business (below).
+  stamp=$(sha256sum "$root/pyproject.toml" | cut -c1-16)
   if [ "$(cat "$venv/.tubemae-project" 2>/dev/null)" != "$stamp" ]; then
     quiet "$venv/bin/python" -m pip install --no-deps --no-build-isolation -e "$root" || exit 1
     echo "$stamp" > "$venv/.tubemae-project" || exit 1
+  fi
+  # A second transformers (4.x) beside the pinned 5.x, in its own folder, for the test that
+  # loads our HuggingFace exports with both (tests/pretrain/test_hf_versions.py).
+  extra="$venv/extra/transformers-4.57"
+  if [ ! -f "$extra/.complete" ]; then
+    rm -rf "$extra" || exit 1
+    quiet "$venv/bin/python" -m pip install --no-deps --target "$extra" transformers==4.57.6 \
+      huggingface_hub==0.36.2 tokenizers==0.22.2 requests==2.34.2 urllib3==2.8.0 \
+      idna==3.20 certifi==2026.10.18 charset_normalizer==3.5.2 || exit 1
+    touch "$extra/.complete" || exit 1
   fi
   echo "$venv"
 ) || { echo "setup: failed (see above)" >&2; unset _tubemae_root _tubemae_venv; return 1 2>/dev/null || exit 1; }
 export VIRTUAL_ENV=$_tubemae_venv
 export PATH="$_tubemae_venv/bin:$PATH"
+case ":${PYTHONPATH:-}:" in
+  *":$_tubemae_root:"*) ;;
+  *) export PYTHONPATH="$_tubemae_root${PYTHONPATH:+:$PYTHONPATH}" ;;
+esac
 # CPU runs: one thread per process, extensions built somewhere writable, DeepSpeed on the CPU
 # unless a GPU is there.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}

@@ -39,14 +39,20 @@ def export_encoder(weights: dict, model_cfg: ModelConfig, out_dir: str, provenan
 
 
 def export_hf(weights: dict, model_cfg: ModelConfig, out_dir: str) -> str:
-    """The whole pre-training model as a HuggingFace VideoMAEForPreTraining folder."""
+    """The whole pre-training model as a HuggingFace VideoMAEForPreTraining folder.
+
+    The file names the attention biases ``q_bias``/``v_bias``, as transformers' own
+    ``save_pretrained`` writes them: transformers 4.x loads that natively and 5.x maps it on
+    load (``query.bias``/``value.bias`` load strictly only into some 5.x releases)."""
     from safetensors.torch import save_file
 
     from .convert import ours_to_hf
 
     c = model_cfg.resolved()
     os.makedirs(out_dir, exist_ok=True)
-    sd = {k: v.float().contiguous() for k, v in ours_to_hf(weights).items()}
+    sd = {k.replace(".attention.attention.query.bias", ".attention.attention.q_bias")
+          .replace(".attention.attention.value.bias", ".attention.attention.v_bias"):
+          v.float().contiguous() for k, v in ours_to_hf(weights).items()}
     save_file(sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     umask_mode(os.path.join(out_dir, "model.safetensors"))
     config = {"model_type": "videomae", "architectures": ["VideoMAEForPreTraining"],

@@ -13,3 +13,34 @@ def test_setup_fails_loudly_when_installs_fail(tmp_path):
     assert r.returncode != 0
     assert "setup: failed" in r.stderr
     assert not (venv / ".tubemae-complete").exists()
+
+
+def test_a_second_setup_waits_for_the_first_on_a_lock(tmp_path):
+    import fcntl
+    import time
+    venv = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PIP_FIND_LINKS")}
+    env.update({"TUBEMAE_VENV": str(venv), "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+                "PIP_RETRIES": "0", "PIP_TIMEOUT": "2", "PIP_CONFIG_FILE": os.devnull})
+    with open(f"{venv}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)          # another node is setting up
+        p = subprocess.Popen(["bash", "launch/setup.sh"], stderr=subprocess.PIPE, text=True,
+                             env=env)
+        time.sleep(3)
+        assert p.poll() is None and not venv.exists()    # waiting, touching nothing
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        err = p.communicate(timeout=300)[1]
+    assert "waiting for another set-up" in err and p.returncode != 0
+
+
+def test_each_clone_runs_its_own_code_from_the_shared_environment(tmp_path):
+    import shutil
+    clone = tmp_path / "clone"
+    shutil.copytree(".", clone, ignore=shutil.ignore_patterns(".git", "runs", "*.egg-info",
+                                                              "__pycache__", ".gpu-site"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    r = subprocess.run(["bash", "-c", ". launch/setup.sh >/dev/null && python -c "
+                        "'import pretrain, sys; print(pretrain.__file__)'"],
+                       cwd=clone, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(clone / "pretrain" / "__init__.py")

@@ -213,10 +213,12 @@ def even_size(height: int, width: int, short_side: int) -> tuple[int, int]:
 
 
 def transcode(data: bytes, short_side: int | None, gop: int = 16, crf: int = 23,
-              codec: str = "h264", frame_step: int = 1) -> tuple[bytes, VideoInfo]:
+              codec: str = "h264", frame_step: int = 1,
+              window: tuple[float, float] | None = None) -> tuple[bytes, VideoInfo]:
     """Re-encode a video for fast strided loading: short side <= short_side, every
     ``frame_step``-th frame (0, k, 2k, ...; the frame rate divided by k), a keyframe every
-    ``gop`` kept frames, no audio. Returns the new bytes (mp4) and their probe."""
+    ``gop`` kept frames, no audio; with ``window`` (start, end) in seconds only the frames
+    shown in [start, end). Returns the new bytes (mp4) and their probe."""
     if frame_step < 1:
         raise ValueError(f"frame_step must be >= 1, got {frame_step}")
     try:
@@ -233,9 +235,17 @@ def transcode(data: bytes, short_side: int | None, gop: int = 16, crf: int = 23,
 
         def frames():
             nonlocal size
+            kept = 0
             try:
-                for n, frame in enumerate(src.decode(stream)):
-                    if n % frame_step:
+                for frame in src.decode(stream):
+                    if window is not None:
+                        t = frame.time if frame.time is not None else 0.0
+                        if t < window[0] - 1e-6:
+                            continue
+                        if t >= window[1] - 1e-6:
+                            break
+                    kept += 1
+                    if (kept - 1) % frame_step:
                         continue
                     if size is None:
                         side = short_side or min(frame.height, frame.width)
@@ -248,5 +258,6 @@ def transcode(data: bytes, short_side: int | None, gop: int = 16, crf: int = 23,
 
         out = encode_video(frames(), fps=float(rate) / frame_step, codec=codec, gop=gop, crf=crf)
     if size is None:
-        raise VideoDecodeError("no decodable video frames")
+        raise VideoDecodeError("no decodable video frames" + (
+            f" in {window[0]:g}-{window[1]:g} s" if window else ""))
     return out, probe_video(out)

@@ -22,6 +22,7 @@ class VideoItem:
     label_name: str
     split: str | None
     stem: str
+    window: tuple | None = None   # Kinetics (time_start, time_end) s, where the file may be whole
 
 
 def _norm_split(name: str, where: str) -> str:
@@ -44,8 +45,10 @@ def _index_videos(root: str) -> dict:
 
 def read_kinetics_csv(csv_path: str, root: str) -> tuple[list[VideoItem], list[str]]:
     """Rows `label,youtube_id,time_start,time_end,split`; files found under root by the usual
-    names `{id}_{start:06d}_{end:06d}.ext` or `{id}.ext`. Missing files stay as items whose path
-    does not exist, so they are reported as failures."""
+    names `{id}_{start:06d}_{end:06d}.ext` (a cut clip) or `{id}.ext`. A file named by the id
+    alone may be the whole video: it carries the row's window, and prep trims it when the file
+    is longer than the window (``process_video``). Missing files stay as items whose path does
+    not exist, so they are reported as failures."""
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
     need = {"label", "youtube_id", "time_start", "time_end", "split"}
@@ -55,11 +58,14 @@ def read_kinetics_csv(csv_path: str, root: str) -> tuple[list[VideoItem], list[s
     index = _index_videos(root)
     items = []
     for r in rows:
-        yid, t0, t1 = r["youtube_id"], int(float(r["time_start"])), int(float(r["time_end"]))
+        yid, start, end = r["youtube_id"], float(r["time_start"]), float(r["time_end"])
+        t0, t1 = int(start), int(end)
         stem = f"{yid}_{t0:06d}_{t1:06d}"
-        path = index.get(stem) or index.get(yid) or os.path.join(root, stem + ".mp4")
+        cut = index.get(stem)
+        path = cut or index.get(yid) or os.path.join(root, stem + ".mp4")
         items.append(VideoItem(path, classes.index(r["label"]), r["label"],
-                               _norm_split(r["split"], csv_path), stem))
+                               _norm_split(r["split"], csv_path), stem,
+                               None if cut or end <= start else (start, end)))
     return items, classes
 
 
@@ -121,10 +127,16 @@ def process_video(item_and_index, short_side: int | None, gop: int, crf: int,
                                        f"expected one of {', '.join(VIDEO_EXTS)}"}
     with open(item.path, "rb") as f:
         data = f.read()
+    window = None
     try:
         info = probe_video(data)
-        if transcode_video:
-            data, info = transcode(data, short_side, gop=gop, crf=crf, frame_step=frame_step)
+        if item.window is not None and info.fps > 0:
+            # a whole video (longer than the row's window, with a second of slack): trim it
+            if info.num_frames / info.fps > item.window[1] - item.window[0] + 1.0:
+                window = item.window
+        if transcode_video or window:
+            data, info = transcode(data, short_side, gop=gop, crf=crf, frame_step=frame_step,
+                                   window=window)
             ext = "mp4"
     except VideoDecodeError as e:
         return {"ok": False, "reason": str(e)}
@@ -133,6 +145,8 @@ def process_video(item_and_index, short_side: int | None, gop: int, crf: int,
             "height": info.height}
     if frame_step > 1:
         meta["frame_step"] = frame_step  # stored frame i is source frame i * frame_step
+    if window:
+        meta["window"] = list(window)    # trimmed from the whole video to [start, end) s
     return {"ok": True, "sample": encode_sample(safe_key(index, item.stem), ext, data, meta)}
 
 

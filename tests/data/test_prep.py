@@ -339,3 +339,30 @@ def test_damaged_manifests_and_empty_sets_say_what_is_wrong(tmp_path):
                                                    "kind": "video", "shards": [{"name": "x"}]}))
     with pytest.raises(DataSetError, match="lacks classes, shards.0..samples"):
         load_shard_set(str(bad))
+
+
+def test_kinetics_rows_trim_whole_videos_to_their_window(tmp_path):
+    import numpy as np
+    from data.decode import decode_frames, encode_video
+    vids = tmp_path / "videos"
+    os.makedirs(vids)
+    # a whole 10 s video at 10 fps whose frame i is grey level 2 * i
+    frames = np.repeat(np.arange(100, dtype=np.uint8)[:, None, None, None] * 2, 32, 1)
+    frames = np.repeat(np.repeat(frames, 32, 2), 3, 3)
+    (vids / "whole.mp4").write_bytes(encode_video(frames, fps=10.0, codec="h264", crf=0))
+    write_video(str(vids / "cut_000002_000004.mp4"), 20, seed=1)     # already cut: untouched
+    csv = tmp_path / "k.csv"
+    csv.write_text("label,youtube_id,time_start,time_end,split\n"
+                   "a,whole,3,6,train\nb,cut,2,4,train\nc,whole,0,100,val\n")
+    assert prep(["videos", str(csv), "--root", str(vids), "--out", str(tmp_path / "k"),
+                 "--workers", "0", "--no-shuffle"]) == 0
+    _, samples = read_all(str(tmp_path / "k" / "train"))
+    meta = [json.loads(s["json"]) for s in samples]
+    trimmed = next(i for i, m in enumerate(meta) if m["label_name"] == "a")
+    assert meta[trimmed]["window"] == [3.0, 6.0] and meta[trimmed]["num_frames"] == 30
+    first = decode_frames(samples[trimmed]["mp4"], [0, 29])
+    assert abs(float(first[0].mean()) - 60) < 3 and abs(float(first[1].mean()) - 118) < 3
+    cut = next(m for m in meta if m["label_name"] == "b")
+    assert "window" not in cut and cut["num_frames"] == 20
+    _, val = read_all(str(tmp_path / "k" / "val"))      # a window longer than the file: kept
+    assert "window" not in json.loads(val[0]["json"])

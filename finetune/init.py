@@ -66,6 +66,27 @@ def _encoder_part(sd: dict) -> tuple[dict, list]:
     return enc, sorted(k for k in sd if not k.startswith("encoder."))
 
 
+def norm_layout_of(path: str) -> str:
+    """'pooled' when ``path`` is an official fine-tuned VideoMAE file (``fc_norm`` after mean
+    pooling and no token ``norm``), else 'tokens' (our export, pre-training files, HF, none)."""
+    if not path or os.path.isdir(path) or path.endswith(".safetensors"):
+        return "tokens"
+    try:
+        sd, _ = load_published(path)
+    except ValueError:
+        return "tokens"
+    return "pooled" if "fc_norm.weight" in sd and "encoder.norm.weight" not in sd else "tokens"
+
+
+def resolve_norm_layout(model_cfg, init: str):
+    """``model.norm_layout: auto`` -> the layout of the ``--init`` source (before building)."""
+    from dataclasses import replace
+    if model_cfg.norm_layout != "auto":
+        return model_cfg
+    layout = norm_layout_of(init) if model_cfg.family != "uniformer" else "tokens"
+    return replace(model_cfg, norm_layout=layout)
+
+
 def _image_vit_to_encoder(sd: dict, model: ViViT, kernel_init: str, report: dict) -> dict:
     cfg = model.cfg
     out = {}
@@ -147,6 +168,13 @@ def init_from(model: ViViT, path: str, kernel_init: str = "central", verbose: bo
     if model.cfg.tokenizer == "t2t":
         report["notes"].append("the T2T tokeniser starts new (no pre-trained counterpart)")
     load = {}
+    if kind.startswith("VideoMAE"):  # a fine-tuned file's pooled-feature norm and head
+        full, _ = load_published(path)
+        for k in dropped:
+            if k.startswith(("fc_norm.", "head.")) and k in target and \
+                    target[k].shape == full[k].shape:
+                load[k] = full[k].to(target[k].dtype)
+                report["unused"] = [u for u in report["unused"] if not u.startswith(k + " ")]
     for k, v in sd.items():
         if k not in target:
             report["unused"].append(k)

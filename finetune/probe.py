@@ -144,7 +144,7 @@ def run_probe(cfg) -> dict:
     from data.atomic import write_text_atomic
     from data.manifest import load_shard_set, resolve_shards
     from pretrain.config import to_dict
-    from .init import init_from
+    from .init import init_from, resolve_norm_layout
     from .models import build_model
     from .train import _check, _check_splits
     t0 = time.time()
@@ -153,7 +153,8 @@ def run_probe(cfg) -> dict:
     _check_splits(cfg.data.shards)
     train_set = load_shard_set(cfg.data.shards, "train")
     _check(cfg, train_set.num_classes)
-    cfg.model = replace(cfg.model, num_classes=train_set.num_classes)
+    cfg.model = resolve_norm_layout(replace(cfg.model, num_classes=train_set.num_classes),
+                                    cfg.run.init)
     torch.manual_seed(cfg.run.seed)
     model = build_model(cfg.model)
     init_report = None

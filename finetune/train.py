@@ -35,7 +35,7 @@ from pretrain.runtime.optim import cosine_lr, param_groups, scaled_lr
 from pretrain.train import (KILL_AFTER_STEP, StopRequested, as_scalar, check_resume_config,
                             duration, memory_mb)
 from .evaluate import confusion_picture, summarize
-from .init import init_from
+from .init import init_from, resolve_norm_layout
 from .models import build_model, describe, layer_decay_scale
 from .vivit import VivitConfig
 
@@ -150,6 +150,7 @@ def _train(cfg: FinetuneConfig, dist) -> dict:
     _check(cfg, train_set.num_classes)
     if cfg.model.num_classes == 0:
         cfg.model = replace(cfg.model, num_classes=train_set.num_classes)
+    cfg.model = resolve_norm_layout(cfg.model, cfg.run.init)
     run_dir = cfg.run.dir
     check_resume_config(run_dir, cfg)
     torch.manual_seed(cfg.run.seed)

@@ -63,6 +63,9 @@ class VivitConfig:
     norm_eps: float = 1e-6
     num_classes: int = 0             # 0: taken from the data by the fine-tuning loop
     pool: str = "mean"               # mean (+ fc_norm) | cls
+    norm_layout: str = "auto"        # tokens: norm on the tokens, pool, fc_norm (our export);
+                                     # pooled: no token norm, fc_norm after pooling (official
+                                     # fine-tuned files); auto: from --init
     drop_path: float = 0.1
     dropout: float = 0.0             # before the head
     pos: str = "sincos"              # sincos (fixed, VideoMAE) | learned
@@ -96,6 +99,10 @@ class VivitConfig:
             raise ValueError(f"model.tokenizer must be one of {TOKENIZERS}")
         if self.pool not in ("mean", "cls"):
             raise ValueError("model.pool must be mean or cls")
+        if self.norm_layout not in ("auto", "tokens", "pooled"):
+            raise ValueError("model.norm_layout must be auto, tokens or pooled")
+        if self.norm_layout == "pooled" and self.pool != "mean":
+            raise ValueError("model.norm_layout=pooled is the mean-pooling layout; use pool=mean")
         if self.pool == "cls" and self.variant in (3, 4):
             raise ValueError("model.pool=cls is for models 1 and 2: the factorised attention of "
                              "models 3 and 4 runs over the token grid; use pool=mean")
@@ -291,7 +298,8 @@ class ViViT(nn.Module):
                 Block(d, cfg.num_heads, norm_layer=norm, drop_path=rates[cfg.depth + i],
                       **common) for i in range(cfg.temporal_depth)])
             self.temporal_norm = norm(d)
-        self.norm = norm(d)
+        # official fine-tuned VideoMAE: norm = Identity, fc_norm after pooling
+        self.norm = nn.Identity() if cfg.norm_layout == "pooled" else norm(d)
         self.fc_norm = norm(d) if cfg.pool == "mean" else nn.Identity()
         self.head_drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(d, cfg.num_classes)

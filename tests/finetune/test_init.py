@@ -154,7 +154,8 @@ def test_an_encoder_of_another_geometry_is_refused_unless_partial(videomae, tmp_
         init_from(vivit(variant=1), str(tmp_path / "junk.safetensors"), verbose=False)
 
 
-def test_an_official_finetuned_file_reports_its_head_as_unused(videomae, tmp_path):
+def test_an_official_finetuned_file_of_other_classes_reports_its_head_as_unused(videomae,
+                                                                               tmp_path):
     m, _ = videomae
     enc = {k[len("encoder."):]: v for k, v in m.state_dict().items() if k.startswith("encoder.")}
     enc.update({"fc_norm.weight": torch.ones(96), "fc_norm.bias": torch.zeros(96),
@@ -162,5 +163,36 @@ def test_an_official_finetuned_file_reports_its_head_as_unused(videomae, tmp_pat
     torch.save({"module": enc}, tmp_path / "finetuned.pth")
     report = init_from(vivit(variant=1), str(tmp_path / "finetuned.pth"), verbose=False)
     unused = " ".join(report["unused"])
-    assert len(report["unused"]) == 4 and "fc_norm.weight" in unused and "head.bias" in unused
-    assert len(report["loaded"]) == len([k for k in enc if not k.startswith(("fc_", "head"))])
+    assert len(report["unused"]) == 2 and "head.weight" in unused and "head.bias" in unused
+    assert "fc_norm.weight" in report["loaded"]          # the pooled feature's norm fits
+    assert len(report["loaded"]) == len([k for k in enc if not k.startswith("head")])
+
+
+def test_an_official_finetuned_file_gives_the_official_logits(videomae, tmp_path):
+    """Official fine-tuned VideoMAE: blocks at the top level, norm = Identity, mean pooling,
+    fc_norm on the pooled feature, then the head."""
+    from finetune.init import resolve_norm_layout
+    m, _ = videomae
+    enc = {k[len("encoder."):]: v for k, v in m.state_dict().items()
+           if k.startswith("encoder.") and not k.startswith("encoder.norm.")}
+    g = torch.Generator().manual_seed(5)
+    fc_w, fc_b = 1 + 0.1 * torch.randn(96, generator=g), 0.1 * torch.randn(96, generator=g)
+    head_w, head_b = torch.randn(3, 96, generator=g), torch.randn(3, generator=g)
+    torch.save({"module": {**enc, "fc_norm.weight": fc_w, "fc_norm.bias": fc_b,
+                           "head.weight": head_w, "head.bias": head_b}}, tmp_path / "ft.pth")
+    x = torch.randint(0, 256, (2, 3, 8, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():   # the official computation, from the encoder's own blocks
+        t = m.encoder.patch_embed(m.normalize(x)[0]) + m.encoder.pos_embed
+        for blk in m.encoder.blocks:
+            t = blk(t)
+        want = torch.nn.functional.layer_norm(t.mean(1), (96,), fc_w, fc_b, 1e-6) @ head_w.T \
+            + head_b
+    cfg = resolve_norm_layout(VivitConfig(**GEOM, num_classes=3), str(tmp_path / "ft.pth"))
+    assert cfg.norm_layout == "pooled"
+    v = ViViT(cfg).eval()
+    report = init_from(v, str(tmp_path / "ft.pth"), verbose=False)
+    assert {"fc_norm.weight", "head.weight"} <= set(report["loaded"]) and report["new"] == []
+    with torch.no_grad():
+        assert (v(x) - want).abs().max() < 1e-5
+    # our own export keeps the token norm
+    assert resolve_norm_layout(VivitConfig(**GEOM), "").norm_layout == "tokens"

@@ -76,16 +76,57 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) ->
     return cm
 
 
-def confusion_picture(cm: np.ndarray, cell: int = 24) -> np.ndarray:
-    """(K*cell, K*cell, 3) uint8: rows = true class, columns = predicted; darker = more of the
-    row's samples."""
+def confusion_picture(cm: np.ndarray, names: list | None = None, title: str = "") -> np.ndarray:
+    """A readable confusion matrix (H, W, 3) uint8: rows = true class, columns = predicted,
+    colour = the fraction of the row's samples (so rare classes show as clearly as common
+    ones), the count written in each cell, class names on both axes, per-class recall at the
+    right. Past 40 classes the cells are too small for text: colours and a title only."""
+    from PIL import Image, ImageDraw
+    k = cm.shape[0]
+    names = [str(n) for n in (names or range(k))]
     rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    img = (255 * (1 - rows)).astype(np.uint8)
-    img = np.repeat(np.repeat(img, cell, 0), cell, 1)
-    pic = np.stack([img, img, np.full_like(img, 255)], -1)
-    pic[::cell, :] = 128
-    pic[:, ::cell] = 128
-    return pic
+    text = k <= 40
+    cell = 28 if text else max(4, 800 // k)
+    left = 8 + 6 * min(18, max(len(n) for n in names)) if text else 10
+    top, right = 34 + (6 * min(18, max(len(n) for n in names)) if text else 0), 60
+    title = title or (f"confusion ({int(cm.sum())} samples; rows true, columns predicted; "
+                      f"colour = share of the row)")
+    width = max(left + k * cell + right, 8 + 6 * len(title))
+    img = Image.new("RGB", (width, top + k * cell + 24), "white")
+    d = ImageDraw.Draw(img)
+    d.text((4, 4), title, fill=(0, 0, 0))
+    for i in range(k):
+        for j in range(k):
+            v = float(rows[i, j])
+            colour = (int(255 - 225 * v), int(255 - 160 * v), 255)
+            x, y = left + j * cell, top + i * cell
+            d.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour,
+                        outline=(200, 200, 200) if text else None)
+            if text and cm[i, j]:
+                d.text((x + 3, y + 8), str(int(cm[i, j])), fill=(255, 255, 255) if v > 0.55
+                       else (0, 0, 0))
+        if text:
+            d.text((4, top + i * cell + 8), names[i][:18], fill=(0, 0, 0))
+            d.text((left + k * cell + 4, top + i * cell + 8), f"{rows[i, i]:.0%}",
+                   fill=(0, 0, 0))
+    if text:  # predicted-class names, written downwards above the columns
+        for j, n in enumerate(names):
+            for c, ch in enumerate(n[:18]):
+                d.text((left + j * cell + 10, 18 + 6 * c), ch, fill=(0, 0, 0))
+    return np.asarray(img)
+
+
+def per_class(cm: np.ndarray, names: list | None = None) -> list[dict]:
+    """Per class: test samples, accuracy (recall), precision and F1 from a confusion matrix."""
+    out = []
+    for i in range(cm.shape[0]):
+        support, predicted, hit = int(cm[i].sum()), int(cm[:, i].sum()), int(cm[i, i])
+        recall = hit / support if support else float("nan")
+        precision = hit / predicted if predicted else float("nan")
+        f1 = 2 * precision * recall / (precision + recall) if hit else 0.0
+        out.append({"class": names[i] if names else i, "samples": support, "accuracy": recall,
+                    "precision": precision, "f1": f1})
+    return out
 
 
 def summarize(kind: str, index, logits, labels) -> dict:

@@ -34,7 +34,7 @@ from pretrain.runtime.logger import MetricsLogger
 from pretrain.runtime.optim import cosine_lr, param_groups, scaled_lr
 from pretrain.train import (KILL_AFTER_STEP, StopRequested, as_scalar, check_resume_config,
                             duration, memory_mb)
-from .evaluate import confusion_picture, summarize
+from .evaluate import confusion_picture, per_class, summarize
 from .init import init_from, resolve_norm_layout
 from .models import build_model, describe, layer_decay_scale
 from .vivit import VivitConfig
@@ -257,7 +257,8 @@ def _train(cfg: FinetuneConfig, dist) -> dict:
                 logger.scalars(step, {k: v for k, v in row.items()
                                       if isinstance(v, (int, float))}, prefix="val")
                 logger.image("val/confusion", step, confusion_picture(
-                    np.array(val["confusion"])))
+                    np.array(val["confusion"]), train_set.classes,
+                    f"validation, epoch {epoch}: rows true, columns predicted"))
                 if dist.is_main:
                     print(f"finetune: epoch {epoch}/{cfg.train.epochs} val acc {val['acc']:.4f} "
                           f"auc {val['auc']:.4f} top1 {val['top1']:.4f} "
@@ -277,7 +278,11 @@ def _train(cfg: FinetuneConfig, dist) -> dict:
         return {"stopped_by_signal": True, "step": step}
     engine.load(ckpt.dir, best["tag"])
     test = evaluate(engine, cfg, "test", dist, cfg.data.test_clips, cfg.data.test_crops, kind)
-    logger.image("test/confusion", step, confusion_picture(np.array(test["confusion"])))
+    logger.image("test/confusion", step, confusion_picture(
+        np.array(test["confusion"]), train_set.classes,
+        f"test ({test['samples']} samples, best epoch {best['epoch']}): rows true, columns "
+        f"predicted"))
+    test["per_class"] = per_class(np.array(test["confusion"]), train_set.classes)
     logger.close()
     report = {"run_dir": os.path.abspath(run_dir), "task": kind,
               "classes": train_set.classes, "init": cfg.run.init or None,

@@ -36,7 +36,7 @@ class Nuisance:
 
 
 NONE = Nuisance()
-HARD = Nuisance(distractors=(2, 4), noise=0.0, jitter=1, speed_spread=0.3, texture=0.0)
+HARD = Nuisance(jitter=1, speed_spread=0.3)
 
 
 def class_names(num_classes: int) -> list[str]:

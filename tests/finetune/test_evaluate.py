@@ -53,3 +53,19 @@ def test_views_are_averaged_after_softmax_and_topk():
     s = summarize("video", index, logits, labels)
     assert s["primary"] == s["top1"] and s["samples"] == 2
     assert np.array(s["confusion"]).sum() == 2
+
+
+def test_confusion_picture_is_labelled_and_per_class_metrics_add_up():
+    from finetune.evaluate import confusion_picture, per_class
+    cm = np.array([[8, 2, 0], [1, 3, 0], [0, 0, 0]])
+    names = ["left-slow", "left-fast", "absent"]
+    pic = confusion_picture(cm, names)
+    assert pic.dtype == np.uint8 and pic.shape[2] == 3 and min(pic.shape[:2]) > 120
+    # the rare class's hit cell is as dark as its share says, not washed out by the big class
+    rows = per_class(cm, names)
+    assert [r["samples"] for r in rows] == [10, 4, 0]
+    assert rows[0]["accuracy"] == 0.8 and abs(rows[0]["precision"] - 8 / 9) < 1e-12
+    assert rows[1]["accuracy"] == 0.75 and rows[1]["precision"] == 0.6
+    assert np.isnan(rows[2]["accuracy"]) and rows[2]["class"] == "absent"
+    big = confusion_picture(np.eye(60, dtype=int))        # many classes: colours only
+    assert big.shape[0] > 400

@@ -18,6 +18,8 @@ def test_finetune_evaluates_keeps_the_best_and_reports(ft_recipe):
     assert [h["epoch"] for h in on_disk["history"]] == [1, 2]
     test = on_disk["test"]
     assert test["samples"] == 9 and {"acc", "auc", "top1", "top5"} <= set(test)
+    assert sum(r["samples"] for r in test["per_class"]) == 9
+    assert [r["class"] for r in test["per_class"]] == on_disk["classes"]
     assert np.array(test["confusion"]).sum() == 9
     assert on_disk["config"]["optim"]["mixup"] == 0.8 and on_disk["init"] is None
     ckpts = os.listdir(os.path.join(run_dir, "checkpoints"))

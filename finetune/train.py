@@ -32,8 +32,8 @@ from pretrain.runtime.distributed import (all_gather_objects, all_reduce_max, al
 from pretrain.runtime.engine import build_engine
 from pretrain.runtime.logger import MetricsLogger
 from pretrain.runtime.optim import cosine_lr, param_groups, scaled_lr
-from pretrain.train import (KILL_AFTER_STEP, StopRequested, as_scalar, check_resume_config,
-                            duration, memory_mb)
+from pretrain.train import (KILL_AFTER_STEP, StepStats, StopRequested, as_scalar,
+                            check_resume_config, duration, memory_mb)
 from .evaluate import confusion_picture, per_class, summarize
 from .init import init_from, resolve_norm_layout
 from .models import build_model, describe, layer_decay_scale
@@ -187,15 +187,16 @@ def _train(cfg: FinetuneConfig, dist) -> dict:
               f"{engine.precision}, {train_set.num_samples} training samples, "
               f"{steps_per_epoch} steps/epoch x {cfg.train.epochs} epochs, peak lr "
               f"{peak_lr:.3g}, init {cfg.run.init or 'none (from scratch)'}", file=sys.stderr)
-    in_row, losses, t_epoch = 0, [], time.time()
+    stats, t_epoch = StepStats(dist.device, client.get("nonfinite_total", 0) if client
+                               else 0), time.time()
+    stats.load_window(client and client.get("log_window"))
     t_window, wait_window, clips_window, t_run, step0 = time.time(), 0.0, 0, time.time(), step
     stopped = None
     engine.train(True)
     with StopRequested() as stop:
         while step < total_steps:
             engine.set_lr(cosine_lr(step, total_steps, peak_lr, warmup, cfg.optim.min_lr))
-            micro = 0
-            while micro < cfg.runtime.grad_accum:
+            for _ in range(cfg.runtime.grad_accum):
                 t0 = time.time()
                 batch = batch_to_device(next(batches), dist.device, cfg.data.size)
                 wait_window += time.time() - t0
@@ -209,22 +210,22 @@ def _train(cfg: FinetuneConfig, dist) -> dict:
                 else:
                     loss = F.cross_entropy(logits.float(), y,
                                            label_smoothing=cfg.optim.label_smoothing)
-                if all_reduce_max([float(not torch.isfinite(loss).item())], dist)[0] > 0:
-                    in_row += 1
-                    if in_row >= cfg.train.max_nonfinite:
-                        raise RuntimeError(f"the loss was NaN or inf {in_row} times in a row; "
-                                           f"stopping (last checkpoint {ckpt.latest_tag()} is "
-                                           f"intact). Lower optim.base_lr")
-                    continue
-                in_row = 0
+                # A non-finite loss is not waited for: the engine skips that step's update on
+                # the device, and the count is read at the next log step.
                 engine.backward(loss)
                 engine.step()
-                micro += 1
-                losses.append(float(loss.detach()))
+                stats.add_loss(loss)
+            stats.add_step(engine.nonfinite.skipped)
             step += 1
             if step % cfg.log.every == 0:
+                mean_loss, nonfinite_total, in_row = stats.read()
+                if in_row >= cfg.train.max_nonfinite:
+                    raise RuntimeError(f"the loss was NaN or inf {in_row} times in a row (up to "
+                                       f"step {step}); stopping (last checkpoint "
+                                       f"{ckpt.latest_tag()} is intact). Lower optim.base_lr")
                 dt = max(time.time() - t_window, 1e-9)
-                row = {"loss": all_reduce_mean(float(np.mean(losses)), dist),
+                row = {"loss": all_reduce_mean(mean_loss, dist),
+                       "nonfinite_total": nonfinite_total,
                        "lr": max(g["lr"] for g in engine.optimizer.param_groups),
                        "grad_norm": as_scalar(engine.grad_norm),
                        "clips_per_s": clips_window / dt, "data_wait": wait_window / dt,
@@ -237,7 +238,7 @@ def _train(cfg: FinetuneConfig, dist) -> dict:
                           f"{row['lr']:.3g} clips/s {row['clips_per_s']:.1f} data-wait "
                           f"{100 * row['data_wait']:.0f}% eta {duration(eta)}",
                           file=sys.stderr)
-                losses, t_window, wait_window, clips_window = [], time.time(), 0.0, 0
+                t_window, wait_window, clips_window = time.time(), 0.0, 0
             if all_reduce_max([float(stop.signum is not None)], dist)[0] > 0:
                 stopped = stop.signum
                 break
@@ -252,8 +253,9 @@ def _train(cfg: FinetuneConfig, dist) -> dict:
                 if best is None or val["primary"] > best["primary"]:
                     best = {**row, "tag": tag}
                 ckpt.protect = {best["tag"]}
-                ckpt.save_run(engine, tag, {"step": step, "history": history, "best": best},
-                              stream)
+                ckpt.save_run(engine, tag, {"step": step, "history": history, "best": best,
+                                            "log_window": stats.window(),
+                                            "nonfinite_total": stats.total}, stream)
                 logger.scalars(step, {k: v for k, v in row.items()
                                       if isinstance(v, (int, float))}, prefix="val")
                 logger.image("val/confusion", step, confusion_picture(
@@ -269,7 +271,8 @@ def _train(cfg: FinetuneConfig, dist) -> dict:
     if stopped:
         if step % steps_per_epoch:  # mid-epoch: save where we are
             ckpt.save_run(engine, f"step{step:08d}", {"step": step, "history": history,
-                                                      "best": best}, stream)
+                                                      "best": best, "log_window": stats.window(),
+                                                      "nonfinite_total": stats.total}, stream)
         logger.close()
         if dist.is_main:
             print(f"finetune: stopped by signal {stopped} at step {step}; run the same command "

@@ -98,3 +98,33 @@ def test_medmnist_straight_from_the_official_npz_file(tmp_path):
     assert report["task"] == "volume" and report["test"]["samples"] == 6
     assert report["classes"] == ["benign", "malignant"]
     assert os.path.isfile(tmp_path / "run" / "data" / "nodulemnist3d" / "test" / "manifest.json")
+
+
+def test_a_nan_step_is_skipped_and_counted_without_waiting_and_a_streak_stops(ft_recipe,
+                                                                              monkeypatch):
+    import pytest
+    import torch
+    from finetune.vivit import ViViT
+    recipe, run_dir = ft_recipe
+    real, calls = ViViT.forward, {"n": 0}
+
+    def forward(self, x):
+        out = real(self, x)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 3 or calls.get("always"):
+                out = out * float("nan")
+        return out
+    monkeypatch.setattr(ViViT, "forward", forward)
+    report = train(load_config(recipe, ["train.epochs=1", "log.every=1"],
+                               schema=FinetuneConfig))
+    rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    assert max(r.get("nonfinite_total", 0) for r in rows) == 1
+    train_rows = [r for r in rows if r.get("split") == "train"]
+    # the window of step 3 held only the skipped step; every later step trains on finite weights
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in train_rows if r["step"] != 3)
+    assert report["test"]["samples"] == 9
+    calls["always"] = True
+    with pytest.raises(RuntimeError, match="NaN or inf 5 times in a row"):
+        train(load_config(recipe, ["train.epochs=2", "log.every=1",
+                                   f"run.dir={run_dir}_nan"], schema=FinetuneConfig))

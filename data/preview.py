@@ -23,7 +23,8 @@ def summarize(batch: dict, stream: TrainStream) -> dict:
         "num_shards": len(ss.shards), "classes": ss.classes,
         "clip": {"shape": list(batch["video"].shape), "dtype": str(batch["video"].dtype)},
         "labels": batch["label"].tolist(),
-        "label_names": [ss.classes[i] for i in batch["label"].tolist()],
+        "label_names": [ss.classes[i] if 0 <= i < len(ss.classes) else "(unlabeled)"
+                        for i in batch["label"].tolist()],
         "index": batch["index"].tolist(),
     }
     if "mask" in batch:

@@ -44,6 +44,9 @@ def test_the_label_efficiency_layout_has_an_unlabeled_pool(tmp_path):
     keys = [x["__key__"] for sp in ("pool", "train", "val", "test")
             for x in read_samples(load_shard_set(os.path.join(out, sp)))]
     assert len(keys) == len(set(keys))                         # disjoint clips
+    from data.preview import main as preview                   # the quick start draws the pool
+    assert preview([os.path.join(out, "pool"), "--num-frames", "4", "--stride", "2",
+                    "--size", "32", "--patch", "8", "--batch", "2"]) == 0
 
 
 def test_probes_separate_separable_features_and_pick_settings_on_val():

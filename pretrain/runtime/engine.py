@@ -78,7 +78,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
         return "bf16" if cpu_has_fast_bf16() else "fp32"
-    if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16() and \
+            os.environ.get("RANK", "0") == "0":  # one line per run, not per rank
         print("warning: runtime.precision=bf16 on a CPU without AMX or AVX512-BF16 runs bf16 "
               "in software, many times slower than fp32; use runtime.precision=auto or fp32 "
               "here", file=sys.stderr)

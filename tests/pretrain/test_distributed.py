@@ -32,7 +32,7 @@ def test_two_process_zero_trains_checkpoints_and_resumes_exactly(tiny_recipe, tm
     zero = f"runtime.zero_stage={stage}"
     r = torchrun(recipe, straight, zero, f"runtime.precision={precision}")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "2 process(es), engine deepspeed" in r.stderr
+    assert "2 process(es) on cpu, engine deepspeed" in r.stderr
     tag = os.path.join(straight, "checkpoints", "step00000004")
     assert {"rank0.pt", "rank1.pt", "COMPLETE"} <= set(os.listdir(tag))
     assert len(losses(straight)) == 4

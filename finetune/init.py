@@ -273,11 +273,16 @@ def _split_qkv_bias(k: str, v):
 
 def format_report(r: dict) -> str:
     def short(keys):
-        blocks = sorted({k.split(".")[1] for k in keys if k.startswith("blocks.")}, key=int)
-        rest = [k for k in keys if not k.startswith("blocks.")]
-        head = f"blocks {blocks[0]}-{blocks[-1]} ({sum(k.startswith('blocks.') for k in keys)})" \
-            if blocks else ""
-        return ", ".join(([head] if head else []) + rest) or "-"
+        """Numbered groups folded: 'blocks 0-11 (144)', 'local_mhra 0-3 (40)', the rest as is."""
+        groups, rest = {}, []
+        for k in keys:
+            parts = k.split(" ")[0].split(".")
+            if len(parts) > 2 and parts[1].isdigit():
+                groups.setdefault(parts[0], []).append(int(parts[1]))
+            else:
+                rest.append(k)
+        folded = [f"{g} {min(v)}-{max(v)} ({len(v)})" for g, v in groups.items()]
+        return ", ".join(folded + rest) or "-"
     lines = [f"init from {r['source']} ({r['kind']})",
              f"  loaded   {len(r['loaded']):4d}: {short(r['loaded'])}",
              f"  new      {len(r['new']):4d}: {short(r['new'])}",

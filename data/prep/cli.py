@@ -79,8 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--val-per-class", type=int, default=16)
     s.add_argument("--test-per-class", type=int, default=100)
     s.add_argument("--hard", action="store_true",
-                   help="nuisance: static look-alike shapes, textured background, sensor noise, "
-                        "camera shake, speed spread (the label-efficiency set)")
+                   help="nuisance the class does not depend on: camera shake and a speed "
+                        "spread around each class's speed")
     _common(s)
 
     k = sub.add_parser("subset", help="a k-shot copy of a prepared set (k train samples per "

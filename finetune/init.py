@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from einops import repeat
 
-from pretrain.convert import load_published, load_safetensors, read_state_dict
+from pretrain.convert import (inflate_kernel, load_published, load_safetensors,
+                              read_state_dict, split_qkv_bias)
 from .vivit import FactorisedSelfAttentionBlock, ViViT, init_temporal_attention
 
 
@@ -38,15 +39,15 @@ class InitMismatch(ValueError):
     """``--init`` holds an encoder of another geometry than the model being fine-tuned."""
 
 
-def read_source(path: str) -> tuple[dict, str, list]:
-    """(encoder-named state dict, kind, the source's keys outside the encoder) for any
+def read_source(path: str) -> tuple[dict, str, dict]:
+    """(encoder-named state dict, kind, the source's tensors outside the encoder) for any
     supported source."""
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, "encoder.safetensors")):
         path = os.path.join(path, "encoder.safetensors")
     if path.endswith("encoder.safetensors") or (
             path.endswith(".safetensors") and os.path.isfile(
                 os.path.join(os.path.dirname(path), "encoder.json"))):
-        return load_safetensors(path), "tubemae encoder", []
+        return load_safetensors(path), "tubemae encoder", {}
     if os.path.isdir(path):
         sd, _ = load_published(path)
         enc, dropped = _encoder_part(sd)
@@ -54,16 +55,16 @@ def read_source(path: str) -> tuple[dict, str, list]:
     raw = read_state_dict(path)
     w = raw.get("patch_embed.proj.weight")
     if w is not None and w.ndim == 4:
-        return raw, "image ViT", []
+        return raw, "image ViT", {}
     sd, _ = load_published(path)
     enc, dropped = _encoder_part(sd)
     return enc, "VideoMAE", dropped
 
 
-def _encoder_part(sd: dict) -> tuple[dict, list]:
-    """(the encoder's weights without the prefix, the keys outside the encoder)."""
+def _encoder_part(sd: dict) -> tuple[dict, dict]:
+    """(the encoder's weights without the prefix, the tensors outside the encoder)."""
     enc = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
-    return enc, sorted(k for k in sd if not k.startswith("encoder."))
+    return enc, {k: v for k, v in sd.items() if not k.startswith("encoder.")}
 
 
 def norm_layout_of(path: str) -> str:
@@ -91,23 +92,13 @@ def _image_vit_to_encoder(sd: dict, model: ViViT, kernel_init: str, report: dict
     cfg = model.cfg
     out = {}
     for k, v in sd.items():
-        if k.endswith("attn.qkv.bias"):
-            d = v.shape[0] // 3
-            base = k[: -len("qkv.bias")]
-            out[base + "q_bias"], out[base + "v_bias"] = v[:d], v[2 * d:]
+        split = split_qkv_bias(k, v)
+        if split:
+            out.update(split)
             report["notes"].append("dropped the key bias of the fused qkv (softmax ignores it)")
         elif k == "patch_embed.proj.weight":
             t = cfg.tubelet_size if cfg.tokenizer == "tubelet" else 1
-            if t == 1:
-                out[k] = v[:, :, None]
-            elif kernel_init == "central":
-                w = torch.zeros(*v.shape[:2], t, *v.shape[2:], dtype=v.dtype)
-                w[:, :, t // 2] = v
-                out[k] = w
-            elif kernel_init == "average":
-                out[k] = repeat(v, "d c h w -> d c t h w", t=t) / t
-            else:
-                raise ValueError(f"kernel init must be central or average, not {kernel_init!r}")
+            out[k] = v[:, :, None] if t == 1 else inflate_kernel(v, t, kernel_init)
         elif k == "pos_embed":
             if cfg.pos != "learned":
                 report["unused"].append(k + " (the model uses the fixed sine-cosine table)")
@@ -156,7 +147,7 @@ def init_from(model: ViViT, path: str, kernel_init: str = "central", verbose: bo
     kernel_init = "central" if kernel_init == "auto" else kernel_init
     sd, kind, dropped = read_source(path)
     report = {"source": path, "kind": kind, "loaded": [], "new": [],
-              "unused": [f"{k} (not part of the encoder)" for k in dropped],
+              "unused": [f"{k} (not part of the encoder)" for k in sorted(dropped)],
               "mismatched": [], "notes": []}
     if kind == "image ViT":
         sd = _image_vit_to_encoder(sd, model, kernel_init, report)
@@ -168,35 +159,21 @@ def init_from(model: ViViT, path: str, kernel_init: str = "central", verbose: bo
     if model.cfg.tokenizer == "t2t":
         report["notes"].append("the T2T tokeniser starts new (no pre-trained counterpart)")
     load = {}
-    if kind.startswith("VideoMAE"):  # a fine-tuned file's pooled-feature norm and head
-        full, _ = load_published(path)
-        for k in dropped:
-            if k.startswith(("fc_norm.", "head.")) and k in target and \
-                    target[k].shape == full[k].shape:
-                load[k] = full[k].to(target[k].dtype)
-                report["unused"] = [u for u in report["unused"] if not u.startswith(k + " ")]
-    for k, v in sd.items():
-        if k not in target:
-            report["unused"].append(k)
-        elif target[k].shape != v.shape:
-            report["mismatched"].append(f"{k}: {tuple(v.shape)} vs {tuple(target[k].shape)}")
-        else:
+    for k, v in dropped.items():  # a fine-tuned file's pooled-feature norm and head
+        if k.startswith(("fc_norm.", "head.")) and k in target and target[k].shape == v.shape:
             load[k] = v.to(target[k].dtype)
+            report["unused"] = [u for u in report["unused"] if not u.startswith(k + " ")]
+    load.update(_by_name(sd, target, report))
     # The encoder weights this model can take from a pre-trained encoder (not the parts that
     # always start new: Model 3's temporal attention, the T2T tokeniser).
     core = [k for k in target if k.startswith(("blocks.", "patch_embed.")) and
             "temporal_" not in k and not (model.cfg.tokenizer == "t2t" and
                                           k.startswith("patch_embed."))]
-    taken = sum(k in load for k in core)
-    if core and taken * 2 < len(core) and not allow_partial:
-        raise InitMismatch(
-            f"--init {path} fits {taken} of the {len(core)} encoder weights of this model: its "
-            f"encoder has {geometry(sd)}, the model has {geometry(target)}. Choose the "
-            f"model.preset / geometry the encoder was trained with, or set "
-            f"run.init_partial=true to load what fits and train the rest from scratch")
-    model.load_state_dict(load, strict=False)
-    report["loaded"] = sorted(load)
-    report["new"] = sorted(k for k in target if k not in load)
+    _load(model, load, core, report, allow_partial, lambda taken: (
+        f"--init {path} fits {taken} of the {len(core)} encoder weights of this model: its "
+        f"encoder has {geometry(sd)}, the model has {geometry(target)}. Choose the "
+        f"model.preset / geometry the encoder was trained with, or set "
+        f"run.init_partial=true to load what fits and train the rest from scratch"))
     if model.cfg.variant == 3 and model.cfg.temporal_init == "copy":
         for blk in model.blocks:
             if isinstance(blk, FactorisedSelfAttentionBlock):
@@ -231,12 +208,23 @@ def init_uniformer(model, path: str, kernel_init: str = "average", verbose: bool
         sd, notes = inflate(sd, model, kernel_init)
         report["notes"] += notes
     else:
-        out = {}
-        for k, v in sd.items():
-            for name, t in _split_qkv_bias(k, v) or [(k, v)]:
-                out[name] = t
-        sd = out
+        sd = dict(pair for k, v in sd.items() for pair in split_qkv_bias(k, v) or [(k, v)])
     target = model.state_dict()
+    load = _by_name(sd, target, report)
+    core = [k for k in target if k.startswith(("blocks", "patch_embed"))]
+    _load(model, load, core, report, allow_partial, lambda taken: (
+        f"--init {path} fits {taken} of the {len(core)} stage weights of this UniFormer "
+        f"({model.cfg.preset}, dims {list(model.cfg.uniformer.dims)}, depths "
+        f"{list(model.cfg.uniformer.depths)}, {model.cfg.in_chans} channel(s)). Choose the "
+        f"preset the checkpoint was trained with, or set run.init_partial=true"))
+    if verbose:
+        print(format_report(report))
+    return report
+
+
+def _by_name(sd: dict, target: dict, report: dict) -> dict:
+    """The tensors of ``sd`` that ``target`` takes by name and shape; the others go to the
+    report (a head of another class count is unused, other shapes mismatched)."""
     load = {}
     for k, v in sd.items():
         if k in ("head.weight", "head.bias") and k in target and target[k].shape != v.shape:
@@ -247,28 +235,19 @@ def init_uniformer(model, path: str, kernel_init: str = "average", verbose: bool
             report["mismatched"].append(f"{k}: {tuple(v.shape)} vs {tuple(target[k].shape)}")
         else:
             load[k] = v.to(target[k].dtype)
-    core = [k for k in target if k.startswith(("blocks", "patch_embed"))]
+    return load
+
+
+def _load(model, load: dict, core: list, report: dict, allow_partial: bool, explain):
+    """Load ``load`` into ``model`` unless it fits less than half of the ``core`` weights (then
+    InitMismatch with ``explain(taken)``, or go on under ``allow_partial``); fills the report's
+    loaded and new lists."""
     taken = sum(k in load for k in core)
     if core and taken * 2 < len(core) and not allow_partial:
-        raise InitMismatch(
-            f"--init {path} fits {taken} of the {len(core)} stage weights of this UniFormer "
-            f"({model.cfg.preset}, dims {list(model.cfg.uniformer.dims)}, depths "
-            f"{list(model.cfg.uniformer.depths)}, {model.cfg.in_chans} channel(s)). Choose the "
-            f"preset the checkpoint was trained with, or set run.init_partial=true")
+        raise InitMismatch(explain(taken))
     model.load_state_dict(load, strict=False)
     report["loaded"] = sorted(load)
-    report["new"] = sorted(k for k in target if k not in load)
-    if verbose:
-        print(format_report(report))
-    return report
-
-
-def _split_qkv_bias(k: str, v):
-    """A fused ``...attn.qkv.bias`` -> [(``...attn.q_bias``, q), (``...attn.v_bias``, v)]."""
-    if not k.endswith("attn.qkv.bias"):
-        return None
-    d, base = v.shape[0] // 3, k[: -len("qkv.bias")]
-    return [(base + "q_bias", v[:d]), (base + "v_bias", v[2 * d:])]
+    report["new"] = sorted(k for k in model.state_dict() if k not in load)
 
 
 def format_report(r: dict) -> str:

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretrain.convert import inflate_kernel, split_qkv_bias
 from pretrain.layers import BatchNorm2d, BatchNorm3d, Block, DropPath
 
 # name -> (dims, depths, head_dim); S and B as published, tiny for tests and the quick start
@@ -312,10 +313,9 @@ def inflate(sd2d: dict, model: UniFormer, how: str = "average") -> tuple[dict, l
     target = model.state_dict()
     out, notes = {}, []
     for k, v in sd2d.items():
-        if k.endswith("attn.qkv.bias"):
-            d = v.shape[0] // 3
-            base = k[: -len("qkv.bias")]
-            out[base + "q_bias"], out[base + "v_bias"] = v[:d], v[2 * d:]
+        split = split_qkv_bias(k, v)
+        if split:
+            out.update(split)
             notes.append("dropped the key bias of the fused qkv (softmax ignores it)")
             continue
         want = target.get(k)
@@ -323,13 +323,7 @@ def inflate(sd2d: dict, model: UniFormer, how: str = "average") -> tuple[dict, l
             if k == "patch_embed1.proj.weight" and v.shape[1] == 3 and want.shape[1] == 1:
                 v = v.sum(dim=1, keepdim=True)
                 notes.append("3-channel stem summed over colour for the 1-channel input")
-            t = want.shape[2]
-            if how == "average":
-                v = v[:, :, None].expand(-1, -1, t, -1, -1) / t
-            else:
-                w = torch.zeros(*v.shape[:2], t, *v.shape[2:], dtype=v.dtype)
-                w[:, :, t // 2] = v
-                v = w
+            v = inflate_kernel(v, want.shape[2], how)
             notes.append(f"2D kernels inflated over time ({how})")
         out[k] = v
     return out, notes

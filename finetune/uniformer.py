@@ -36,6 +36,7 @@ from torch import nn
 
 from pretrain.convert import inflate_kernel, split_qkv_bias
 from pretrain.layers import BatchNorm2d, BatchNorm3d, Block, DropPath
+from .classifier import ClipClassifier, init_linear_and_norm
 
 # name -> (dims, depths, head_dim); S and B as published, tiny for tests and the quick start
 UNIFORMER_PRESETS = {
@@ -207,7 +208,7 @@ class PatchEmbed(nn.Module):
         return self.norm(x.movedim(1, -1)).movedim(-1, 1)
 
 
-class UniFormer(nn.Module):
+class UniFormer(ClipClassifier):
     """The UniFormer classifier. ``cfg`` is the fine-tuning model config (family uniformer);
     ``spatial_dims=2`` builds the image model of the same widths (the 2D checkpoint layout)."""
 
@@ -238,28 +239,9 @@ class UniFormer(nn.Module):
         self.norm = _bn(nd, chans)
         self.head_drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(chans, cfg.num_classes)
-        shape = (1, -1) + (1,) * nd
-        self.register_buffer("mean", torch.tensor(cfg.mean).view(shape), persistent=False)
-        self.register_buffer("std", torch.tensor(cfg.std).view(shape), persistent=False)
-        self._init_weights()
-
-    def _init_weights(self):
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        with torch.no_grad():
-            self.head.weight.mul_(self.cfg.head_init_scale)
-            self.head.bias.mul_(self.cfg.head_init_scale)
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.uint8:
-            x = (x.float() / 255.0 - self.mean) / self.std
-        return x.to(self.head.weight.dtype)
+        self.set_input_stats(cfg.mean, cfg.std, nd)
+        init_linear_and_norm(self)
+        self.scale_head(cfg.head_init_scale)
 
     def stages(self):
         for s in range(1, 5):

@@ -30,6 +30,7 @@ from einops import rearrange
 from torch import nn
 
 from pretrain.layers import BatchNorm3d, DropPath, Mlp
+from .classifier import init_linear_and_norm
 from .vivit import ViViT
 
 
@@ -114,10 +115,7 @@ class UniFormerHead(ViViT):
     def _init_arms(self):
         nn.init.trunc_normal_(self.query_token, std=0.02)
         for blk in self.global_blocks:
-            for m in blk.modules():
-                if isinstance(m, nn.Linear):
-                    nn.init.trunc_normal_(m.weight, std=0.02)
-                    nn.init.zeros_(m.bias)
+            init_linear_and_norm(blk)
             for zero in (blk.proj, blk.mlp.fc2):  # the branch adds nothing at the start
                 nn.init.zeros_(zero.weight)
                 nn.init.zeros_(zero.bias)

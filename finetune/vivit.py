@@ -30,6 +30,7 @@ from torch import nn
 
 from pretrain.layers import Attention, Block, TubeletEmbed, sincos_table
 from pretrain.model import PRESETS, channel_stats
+from .classifier import ClipClassifier, init_linear_and_norm
 from .uniformer import ArmSpec, UniformerSpec, resolve_uniformer
 
 TOKENIZERS = ("tubelet", "uniform", "t2t")
@@ -252,7 +253,7 @@ class FactorisedSelfAttentionBlock(Block):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class ViViT(nn.Module):
+class ViViT(ClipClassifier):
     def __init__(self, cfg: VivitConfig):
         super().__init__()
         cfg = cfg.resolved()
@@ -303,35 +304,18 @@ class ViViT(nn.Module):
         self.fc_norm = norm(d) if cfg.pool == "mean" else nn.Identity()
         self.head_drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(d, cfg.num_classes)
-        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, -1, 1, 1, 1),
-                             persistent=False)
-        self.register_buffer("std", torch.tensor(cfg.std).view(1, -1, 1, 1, 1),
-                             persistent=False)
+        self.set_input_stats(cfg.mean, cfg.std)
         self._init_weights()
 
     def _init_weights(self):
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linear_and_norm(self)
         for tok in (self.cls_token, getattr(self, "temporal_cls", None)):
             if tok is not None:
                 nn.init.trunc_normal_(tok, std=0.02)
-        with torch.no_grad():
-            self.head.weight.mul_(self.cfg.head_init_scale)
-            self.head.bias.mul_(self.cfg.head_init_scale)
+        self.scale_head(self.cfg.head_init_scale)
         if self.cfg.variant == 3:
             for blk in self.blocks:
                 init_temporal_attention(blk, self.cfg.temporal_init)
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.uint8:
-            x = (x.float() / 255.0 - self.mean) / self.std
-        return x.to(self.head.weight.dtype)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, T, H, W) -> (B, N, D) tokens with positions (before any block)."""

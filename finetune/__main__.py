@@ -19,15 +19,11 @@ def main(argv=None) -> int:
     ap.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     from data.manifest import DataSetError
-    from pretrain.config import ConfigError, load_config
-    from .train import FinetuneConfig, train
+    from pretrain.config import ConfigError
+    from .train import config_from_cli, train
 
-    overrides = list(args.overrides)
-    if args.init is not None:
-        overrides.append(f"run.init={'' if args.init.lower() == 'none' else args.init}")
     try:
-        cfg = load_config(args.config, overrides, schema=FinetuneConfig)
-        report = train(cfg)
+        report = train(config_from_cli(args.config, args.init, args.overrides))
     except (ConfigError, DataSetError, FileNotFoundError, ValueError) as e:
         print(f"finetune: error: {e}", file=sys.stderr)
         return 2

@@ -56,18 +56,25 @@ def topk(labels: np.ndarray, scores: np.ndarray, ks=(1, 5)) -> dict:
                                       labels[:, None]).any(1))) for k in ks}
 
 
+def mean_per_sample(index: np.ndarray, values: np.ndarray, labels: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-view rows -> their mean per sample. Returns (sample index, means (S, ...),
+    labels (S,)), sorted by index."""
+    uniq, inverse = np.unique(index, return_inverse=True)
+    sums = np.zeros((len(uniq), *np.shape(values)[1:]))
+    np.add.at(sums, inverse, values)
+    counts = np.bincount(inverse, minlength=len(uniq))[:, None]
+    lab = np.zeros(len(uniq), dtype=np.int64)
+    lab[inverse] = labels
+    return uniq, sums / counts, lab
+
+
 def aggregate_views(index: np.ndarray, logits: np.ndarray, labels: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-view logits -> per-sample softmax scores averaged over views.
     Returns (sample index, scores (S, K), labels (S,)), sorted by index."""
     probs = torch.softmax(torch.as_tensor(logits, dtype=torch.float64), dim=1).numpy()
-    uniq, inverse = np.unique(index, return_inverse=True)
-    sums = np.zeros((len(uniq), probs.shape[1]))
-    np.add.at(sums, inverse, probs)
-    counts = np.bincount(inverse, minlength=len(uniq))[:, None]
-    lab = np.zeros(len(uniq), dtype=np.int64)
-    lab[inverse] = labels
-    return uniq, sums / counts, lab
+    return mean_per_sample(index, probs, labels)
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:

@@ -250,6 +250,13 @@ def _load(model, load: dict, core: list, report: dict, allow_partial: bool, expl
     report["new"] = sorted(k for k in model.state_dict() if k not in load)
 
 
+def report_counts(report: dict | None) -> dict | None:
+    """An init report for report.json: each key list as its length."""
+    if report is None:
+        return None
+    return {k: (len(v) if isinstance(v, list) else v) for k, v in report.items()}
+
+
 def format_report(r: dict) -> str:
     def short(keys):
         """Numbered groups folded: 'blocks 0-11 (144)', 'local_mhra 0-3 (40)', the rest as is."""

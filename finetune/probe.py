@@ -54,13 +54,10 @@ def extract(model, data_cfg, split: str, device) -> tuple[np.ndarray, np.ndarray
         feats.append(pooled(model, batch["video"].to(device)).float().cpu().numpy())
         idx.append(batch["index"].numpy())
         labels.append(batch["label"].numpy())
-    idx, feats, labels = np.concatenate(idx), np.concatenate(feats), np.concatenate(labels)
-    uniq, inverse = np.unique(idx, return_inverse=True)
-    sums = np.zeros((len(uniq), feats.shape[1]))
-    np.add.at(sums, inverse, feats)
-    lab = np.zeros(len(uniq), np.int64)
-    lab[inverse] = labels
-    return sums / np.bincount(inverse)[:, None], lab
+    from .evaluate import mean_per_sample
+    _, feats, labels = mean_per_sample(np.concatenate(idx), np.concatenate(feats),
+                                       np.concatenate(labels))
+    return feats, labels
 
 
 def fit_linear(x: np.ndarray, y: np.ndarray, classes: int, l2: float) -> tuple:
@@ -116,7 +113,7 @@ def probe(features: dict, classes: int, kind: str) -> dict:
         if best is None or val["primary"] > best[0]["primary"]:
             best = (val, l2, w, b)
     val, l2, w, b = best
-    out["linear"] = {"l2": l2, "val": _plain(val), "test": _plain(
+    out["linear"] = {"l2": l2, "val": _without_confusion(val), "test": _without_confusion(
         metrics(kind, sy, _softmax(sx @ w + b)))}
     best = None
     for k in KNN_GRID:
@@ -124,8 +121,8 @@ def probe(features: dict, classes: int, kind: str) -> dict:
         if best is None or val["primary"] > best[0]["primary"]:
             best = (val, k)
     val, k = best
-    out["knn"] = {"k": min(k, len(ty)), "val": _plain(val),
-                  "test": _plain(metrics(kind, sy, knn_scores(tx, ty, sx, classes, k)))}
+    out["knn"] = {"k": min(k, len(ty)), "val": _without_confusion(val),
+                  "test": _without_confusion(metrics(kind, sy, knn_scores(tx, ty, sx, classes, k)))}
     return out
 
 
@@ -135,7 +132,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def _plain(m: dict) -> dict:
+def _without_confusion(m: dict) -> dict:
     return {k: v for k, v in m.items() if k != "confusion"}
 
 
@@ -144,9 +141,9 @@ def run_probe(cfg) -> dict:
     from data.atomic import write_text_atomic
     from data.manifest import load_shard_set, resolve_shards
     from pretrain.config import to_dict
-    from .init import init_from, resolve_norm_layout
+    from .init import init_from, report_counts, resolve_norm_layout
     from .models import build_model
-    from .train import _check, _check_splits
+    from .train import _check, _check_splits, json_default
     t0 = time.time()
     cfg.data = replace(cfg.data, mask="none")
     cfg.data.shards = resolve_shards(cfg.data.shards, os.path.join(cfg.run.dir, "data"))
@@ -169,30 +166,19 @@ def run_probe(cfg) -> dict:
     result = probe(features, train_set.num_classes, train_set.kind)
     report = {"run_dir": os.path.abspath(cfg.run.dir), "kind": "probe", "task": train_set.kind,
               "classes": train_set.classes, "init": cfg.run.init or None,
-              "init_report": None if init_report is None else {
-                  k: (len(v) if isinstance(v, list) else v) for k, v in init_report.items()},
+              "init_report": report_counts(init_report),
               "samples": {s: int(len(features[s][1])) for s in features},
               "feature_dim": int(features["train"][0].shape[1]), **result,
               "model": dataclasses.asdict(model.cfg), "config": to_dict(cfg),
               "wall_s": round(time.time() - t0, 2)}
     os.makedirs(cfg.run.dir, exist_ok=True)
     write_text_atomic(os.path.join(cfg.run.dir, "report.json"),
-                      json.dumps(report, indent=1, default=_json))
+                      json.dumps(report, indent=1, default=json_default))
     print(f"probe: {cfg.run.init or 'random encoder'}: linear test acc "
           f"{result['linear']['test']['acc']:.4f} (l2 {result['linear']['l2']:g}), kNN test "
           f"acc {result['knn']['test']['acc']:.4f} (k {result['knn']['k']}); "
           f"{cfg.run.dir}/report.json", file=sys.stderr)
     return report
-
-
-def _json(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, tuple):
-        return list(o)
-    raise TypeError(type(o))
 
 
 def main(argv=None) -> int:
@@ -203,14 +189,10 @@ def main(argv=None) -> int:
     ap.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = ap.parse_args(argv)
     from data.manifest import DataSetError
-    from pretrain.config import ConfigError, load_config
-    from .train import FinetuneConfig
-    overrides = list(args.overrides)
-    if args.init is not None:
-        overrides.append(f"run.init={'' if args.init.lower() == 'none' else args.init}")
+    from pretrain.config import ConfigError
+    from .train import config_from_cli
     try:
-        cfg = load_config(args.config, overrides, schema=FinetuneConfig)
-        run_probe(cfg)
+        run_probe(config_from_cli(args.config, args.init, args.overrides))
     except (ConfigError, DataSetError, FileNotFoundError, ValueError) as e:
         print(f"finetune.probe: error: {e}", file=sys.stderr)
         return 2

@@ -35,7 +35,7 @@ from pretrain.runtime.optim import cosine_lr, param_groups, scaled_lr
 from pretrain.train import (KILL_AFTER_STEP, StepStats, StopRequested, as_scalar,
                             check_resume_config, duration, memory_mb)
 from .evaluate import confusion_picture, per_class, summarize
-from .init import init_from, resolve_norm_layout
+from .init import init_from, report_counts, resolve_norm_layout
 from .models import build_model, describe, layer_decay_scale
 from .vivit import VivitConfig
 
@@ -75,6 +75,16 @@ class FinetuneConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     log: LogConfig = field(default_factory=LogConfig)
     train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
+
+
+def config_from_cli(config: str, init: str | None, overrides) -> "FinetuneConfig":
+    """A fine-tuning config from ``--config``, ``--init`` (``none`` = from scratch) and
+    ``section.key=value`` overrides: what ``python -m finetune`` and ``finetune.probe`` take."""
+    from pretrain.config import load_config
+    overrides = list(overrides)
+    if init is not None:
+        overrides.append(f"run.init={'' if init.lower() == 'none' else init}")
+    return load_config(config, overrides, schema=FinetuneConfig)
 
 
 def _check_splits(shards: str):
@@ -289,14 +299,13 @@ def _train(cfg: FinetuneConfig, dist) -> dict:
     logger.close()
     report = {"run_dir": os.path.abspath(run_dir), "task": kind,
               "classes": train_set.classes, "init": cfg.run.init or None,
-              "init_report": None if init_report is None else {
-                  k: (len(v) if isinstance(v, list) else v) for k, v in init_report.items()},
+              "init_report": report_counts(init_report),
               "model": dataclasses.asdict(model.cfg), "best": best, "history": history,
               "test": test, "wall_s": round(time.time() - t_start, 2),
               "config": to_dict(cfg)}
     if dist.is_main:
         write_text_atomic(os.path.join(run_dir, "report.json"),
-                          json.dumps(report, indent=1, default=_plain))
+                          json.dumps(report, indent=1, default=json_default))
         print(f"finetune: best epoch {best['epoch']} (val {best['primary']:.4f}); test acc "
               f"{test['acc']:.4f} auc {test['auc']:.4f} top1 {test['top1']:.4f} top5 "
               f"{test['top5']:.4f}; report in {run_dir}/report.json", file=sys.stderr)
@@ -304,7 +313,8 @@ def _train(cfg: FinetuneConfig, dist) -> dict:
     return report
 
 
-def _plain(o):
+def json_default(o):
+    """numpy scalars and tuples as JSON (``json.dumps(..., default=json_default)``)."""
     if isinstance(o, (np.integer,)):
         return int(o)
     if isinstance(o, (np.floating,)):

@@ -95,10 +95,28 @@ def crop_batch(frames: list[torch.Tensor], source: torch.Tensor, positions: torc
     """Device augmentation: decoded videos ``frames`` (each (F, H, W, C) uint8), and per clip
     the video it comes from ``source`` (B,), its frames ``positions`` (B, T) in that video and
     its ``train_crop_params`` (B, 5) -> clips (B, C, T, size, size) uint8 on the frames'
-    device; the same values as ``train_transform`` on the CPU."""
-    params = params.tolist()
-    return torch.stack([apply_crop(frames[int(s)][p], params[b], size)
-                        for b, (s, p) in enumerate(zip(source.tolist(), positions))])
+    device; the same values as ``train_transform`` on the CPU.
+
+    Clips with the same crop size are resized together (multi-scale cropping has at most ten
+    sizes), so a batch costs a few resize calls, not one per clip."""
+    rows, src = params.tolist(), source.tolist()
+    ref = next(f for f in frames if f is not None)  # None: a video no clip uses any more
+    out = torch.empty((len(rows), ref.shape[-1], positions.shape[1], size, size),
+                      dtype=torch.uint8, device=ref.device)
+    groups: dict = {}
+    for b, (_, _, ch, cw, _) in enumerate(rows):
+        groups.setdefault((ch, cw), []).append(b)
+    for (ch, cw), members in groups.items():
+        crops = torch.stack([frames[src[b]][:, rows[b][0]:rows[b][0] + ch,
+                                            rows[b][1]:rows[b][1] + cw][positions[b]]
+                             for b in members])                          # (n, T, ch, cw, C)
+        x = resize_frames(rearrange(crops, "n t h w c -> (n t) c h w"), (size, size))
+        x = rearrange(x, "(n t) c h w -> n c t h w", n=len(members))
+        flipped = [i for i, b in enumerate(members) if rows[b][4]]
+        if flipped:
+            x[flipped] = x[flipped].flip(-1)
+        out[members] = x
+    return out
 
 
 def resize_short_side(frames: torch.Tensor, size: int) -> torch.Tensor:

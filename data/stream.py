@@ -34,6 +34,7 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 from .decode import VIDEO_EXTS, VideoDecodeError, decode_frames
 from .manifest import DataSetError, Shard, ShardSet, file_sha256, load_shard_set
 from .masks import make_mask, running_cell_mask
+from .nvdec import worker_decoder
 from .sampling import (SHORT_MODES, eval_clip_indices, resample_depth_indices,
                        sample_frame_indices)
 from .transforms import (MULTISCALE, apply_crop, crop_batch, eval_crops, train_crop_params,
@@ -72,6 +73,9 @@ class StreamConfig:
     augment: str = "cpu"              # cpu | device: crop and resize training clips in the
                                       # loader, or on the training device (workers ship the
                                       # decoded frames and the crop boxes)
+    decode: str = "cpu"               # cpu | nvdec: the loader workers decode videos on the
+                                      # CPU, or on the GPU's NVDEC engines (needs augment:
+                                      # device; falls back to cpu where NVDEC is missing)
 
     def check(self):
         if self.batch_size % self.repeats:
@@ -88,6 +92,11 @@ class StreamConfig:
             raise ValueError("data.decoder_mask_ratio must be in [0, 1)")
         if self.augment not in ("cpu", "device"):
             raise ValueError(f"data.augment must be cpu or device, not {self.augment!r}")
+        if self.decode not in ("cpu", "nvdec"):
+            raise ValueError(f"data.decode must be cpu or nvdec, not {self.decode!r}")
+        if self.decode == "nvdec" and self.augment != "device":
+            raise ValueError("data.decode=nvdec needs data.augment=device (frames decoded on "
+                             "the GPU are cropped there)")
         if self.augment == "device" and self.size is None:
             raise ValueError("data.augment=device needs data.size (the side of the clips)")
         if self.size is not None and self.size % self.patch:
@@ -281,16 +290,17 @@ class _SampleMaker:
                     cfg.short_video) for r in range(cfg.repeats)]
                 picked["union"] = np.unique(np.concatenate(picked["clips"]))
                 return picked["union"]
-            frames = decode_frames(payload, pick)  # one open, one decode for every repeat
+            # one open, one decode for every repeat
+            frames = torch.from_numpy(worker_decoder().frames(payload, pick)
+                                      if cfg.decode == "nvdec" else
+                                      decode_frames(payload, pick))
+            height, width = frames.shape[1:3]
         clips, masks, decode = [], [], []
         on_device = kind == "video" and cfg.augment == "device"
-        if kind == "video":
-            frames = torch.from_numpy(frames)
         for r, rng in enumerate(rngs):
             if kind == "video":
                 idx = np.searchsorted(picked["union"], picked["clips"][r])
-                params = train_crop_params(frames.shape[1], frames.shape[2], rng, cfg.scales,
-                                           cfg.flip)
+                params = train_crop_params(height, width, rng, cfg.scales, cfg.flip)
                 clip = ((torch.from_numpy(idx), params) if on_device
                         else apply_crop(frames[idx], params, cfg.size))
             else:
@@ -518,11 +528,14 @@ class TrainStream:
         if self.cfg.num_workers > 0:
             # Its own generator: the loader must not draw from the global RNG, which the
             # training loop saves and restores for exact resume.
+            # NVDEC workers use CUDA, which a forked child of a CUDA process cannot
+            context = "spawn" if self.cfg.decode == "nvdec" else None
             loader = torch.utils.data.DataLoader(ds, batch_size=None,
                                                  num_workers=self.cfg.num_workers,
                                                  prefetch_factor=2, persistent_workers=False,
                                                  pin_memory=self.pin_memory,
                                                  worker_init_fn=leave_signals_to_parent,
+                                                 multiprocessing_context=context,
                                                  generator=torch.Generator().manual_seed(0))
         else:
             loader = ds

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from data.atomic import write_text_atomic
 from data.manifest import DataSetError, has_splits, load_shard_set, resolve_shards
+from data.nvdec import resolve_decode
 from data.stream import EvalStream, StreamConfig, TrainStream, batch_to_device
 from pretrain.config import (LogConfig, OptimConfig, RunConfig, RuntimeConfig, dump_yaml,
                              to_dict)
@@ -179,7 +180,8 @@ def _train(cfg: FinetuneConfig, dist) -> dict:
     warmup = int(cfg.optim.warmup_epochs * steps_per_epoch) or cfg.optim.warmup_steps
     engine = build_engine(model, param_groups(model, cfg.optim.weight_decay, decay), cfg.optim,
                           cfg.runtime, dist, cfg.data.batch_size)
-    stream = TrainStream(cfg.data, dist.rank, dist.world_size, shard_set=train_set,
+    stream = TrainStream(replace(cfg.data, decode=resolve_decode(cfg.data.decode, dist.device)),
+                         dist.rank, dist.world_size, shard_set=train_set,
                          pin_memory=dist.device.type == "cuda")
     ckpt = Checkpointer(run_dir, dist, cfg.train.keep_last)
     mixup = _mixup(cfg, train_set.num_classes)

@@ -7,6 +7,7 @@ never interrupted.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import resource
 import signal
@@ -20,6 +21,8 @@ from einops import rearrange
 
 from data.manifest import resolve_shards
 from data.masks import token_ids
+from data.nvdec import resolve_decode
+from data.prefetch import Prefetcher
 from data.stream import TrainStream, batch_to_device
 from .config import PretrainConfig, dump_yaml, to_dict
 from .export import export_encoder
@@ -33,6 +36,8 @@ from .runtime.optim import cosine_lr, param_groups, scaled_lr
 
 # Sections a resumed run may change; anything else must match the run's config.yaml.
 RESUMABLE_CHANGES = ("train", "log")
+# Keys a resumed run may change: where videos are decoded changes no clip's frames or crop.
+RESUMABLE_KEYS = ("data.decode",)
 # Paths compared by what they point at (a relative path, a/../b, a trailing slash, ~); run.dir
 # is not compared at all: the folder holding config.yaml is the run, moved or copied.
 PATH_KEYS = ("data.shards", "run.init")
@@ -95,7 +100,7 @@ def check_resume_config(run_dir: str, cfg: PretrainConfig):
             continue
         for k, v in values.items():
             old = saved.get(section, {}).get(k)
-            if f"{section}.{k}" == "run.dir":
+            if f"{section}.{k}" == "run.dir" or f"{section}.{k}" in RESUMABLE_KEYS:
                 continue
             if f"{section}.{k}" in PATH_KEYS and isinstance(v, str) and isinstance(old, str) \
                     and _same_path(old, v):
@@ -228,11 +233,23 @@ def _train(cfg: PretrainConfig, dist, stop: StopRequested) -> dict:
                                                                       total_batch)
     engine = build_engine(model, param_groups(model, cfg.optim.weight_decay), cfg.optim,
                           cfg.runtime, dist, cfg.data.batch_size)
-    stream = TrainStream(cfg.data, dist.rank, dist.world_size,
+    decode = resolve_decode(cfg.data.decode, dist.device)
+    stream = TrainStream(dataclasses.replace(cfg.data, decode=decode), dist.rank,
+                         dist.world_size,
                          pin_memory=dist.device.type == "cuda")
     ckpt = Checkpointer(run_dir, dist, cfg.train.keep_last)
     client, batches = ckpt.resume(engine, stream,
                                   lambda: dump_yaml(cfg, os.path.join(run_dir, "config.yaml")))
+
+    def prepare(raw: dict) -> dict:
+        return _to_device(raw, dist.device, cfg.data.size)
+    # On a GPU (and with nvdec) batches are readied on a thread while the device trains;
+    # `position` is what checkpoints save: the stream's position after the last batch
+    # trained on.
+    if decode == "nvdec" or dist.device.type == "cuda":
+        feed = position = Prefetcher(batches, stream, prepare, dist.device)
+    else:
+        feed, position = map(prepare, batches), stream
     tag = client and client["tag"]
     step, nonfinite_total = (client["step"], client["nonfinite_total"]) if client else (0, 0)
     logger = MetricsLogger(run_dir, dist.is_main, resume_step=step if tag else None)
@@ -241,7 +258,7 @@ def _train(cfg: PretrainConfig, dist, stop: StopRequested) -> dict:
         print(f"pretrain: {what}; {dist.world_size} process(es) on {dist.device.type}, engine "
               f"{engine.name}, precision {engine.precision}, batch {cfg.data.batch_size} "
               f"x accum {cfg.runtime.grad_accum} x {dist.world_size} = {total_batch}, peak lr "
-              f"{peak_lr:.3g}", file=sys.stderr)
+              f"{peak_lr:.3g}, data.decode {decode}", file=sys.stderr)
 
     stats = StepStats(dist.device, nonfinite_total)
     stats.load_window(client and client.get("log_window"))
@@ -249,7 +266,7 @@ def _train(cfg: PretrainConfig, dist, stop: StopRequested) -> dict:
     def save(at_step: int):
         ckpt.save_run(engine, f"step{at_step:08d}", {"step": at_step, "nonfinite_total":
                                                      stats.total, "peak_lr": peak_lr,
-                                                     "log_window": stats.window()}, stream)
+                                                     "log_window": stats.window()}, position)
 
     bar = None
     if dist.is_main and cfg.log.progress and sys.stderr.isatty():
@@ -263,74 +280,78 @@ def _train(cfg: PretrainConfig, dist, stop: StopRequested) -> dict:
     t_window, wait_window, clips_window = time.perf_counter(), 0.0, 0
     stopped = None
     last = None
-    while step < cfg.train.steps:
-        lr = cosine_lr(step, cfg.train.steps, peak_lr, cfg.optim.warmup_steps,
-                       cfg.optim.min_lr)
-        engine.set_lr(lr)
-        for _ in range(cfg.runtime.grad_accum):
-            t0 = time.perf_counter()
-            batch = _to_device(next(batches), dist.device, cfg.data.size)
-            wait_window += time.perf_counter() - t0
-            out = engine(batch["video"], batch["mask"], batch.get("decode_mask"),
-                         ids=batch["ids"])
-            # A non-finite loss is not waited for here: the engine skips that step's
-            # update on the device, and the count is read at the next log step.
-            engine.backward(out["loss"])
-            engine.step()
-            stats.add_loss(out["recon_loss"])
-            clips_window += batch["video"].shape[0]
-            last = (batch, out)
-        stats.add_step(engine.nonfinite.skipped)
-        step += 1
-        if bar is not None:
-            bar.update(1)
-        if step % cfg.log.every == 0 or step == cfg.train.steps:
-            loss, nonfinite_total, in_row = stats.read()
-            dt = time.perf_counter() - t_window
-            loss = all_reduce_mean(loss, dist)
-            scalars = {"loss": loss, "lr": lr, "grad_norm": as_scalar(engine.grad_norm),
-                       "clips_per_s": clips_window * dist.world_size / dt,
-                       "data_wait": wait_window / dt, "memory_mb": memory_mb(dist.device),
-                       "nonfinite_total": nonfinite_total, "epoch": stream.epoch,
-                       "skipped_samples": sum(stream.skipped)}
-            if "stats_loss" in last[1]:
-                scalars["stats_loss"] = float(last[1]["stats_loss"].detach())
-            logger.scalars(step, scalars)
-            run.add(step, loss, clips_window * dist.world_size, wait_window, dt)
+    try:
+        while step < cfg.train.steps:
+            lr = cosine_lr(step, cfg.train.steps, peak_lr, cfg.optim.warmup_steps,
+                           cfg.optim.min_lr)
+            engine.set_lr(lr)
+            for _ in range(cfg.runtime.grad_accum):
+                t0 = time.perf_counter()
+                batch = next(feed)
+                wait_window += time.perf_counter() - t0
+                out = engine(batch["video"], batch["mask"], batch.get("decode_mask"),
+                             ids=batch["ids"])
+                # A non-finite loss is not waited for here: the engine skips that step's
+                # update on the device, and the count is read at the next log step.
+                engine.backward(out["loss"])
+                engine.step()
+                stats.add_loss(out["recon_loss"])
+                clips_window += batch["video"].shape[0]
+                last = (batch, out)
+            stats.add_step(engine.nonfinite.skipped)
+            step += 1
             if bar is not None:
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
-            elif dist.is_main:
-                print(f"step {step}/{cfg.train.steps} loss {loss:.4f} lr {lr:.3g} "
-                      f"clips/s {scalars['clips_per_s']:.1f} data-wait "
-                      f"{100 * scalars['data_wait']:.0f}% eta "
-                      f"{duration(run.eta(step, cfg.train.steps))}", file=sys.stderr)
-            if in_row and dist.is_main:
-                print(f"pretrain: non-finite loss; {in_row} step(s) in a row up to step "
-                      f"{step} left the weights unchanged ({nonfinite_total} in all)",
-                      file=sys.stderr)
-            if in_row >= cfg.train.max_nonfinite:
-                last_tag = ckpt.latest_tag()
-                raise NonFiniteLoss(
-                    f"the loss was NaN or inf {in_row} times in a row (up to step {step});"
-                    f" stopping. The last good checkpoint ({last_tag or 'none yet'}) is "
-                    f"intact. Lower optim.base_lr, set runtime.grad_clip, or check the data")
-            clips_window, wait_window = 0, 0.0
-            t_window = time.perf_counter()
-        if cfg.log.picture_every and step % cfg.log.picture_every == 0 and dist.is_main:
-            b, o = last
-            logger.image("reconstruction", step, picture(
-                engine.module, b["video"], b["mask"], o, b.get("decode_mask")))
-        if all_reduce_max([float(stop.signum is not None)], dist)[0] > 0:
-            stopped = stop.signum or signal.SIGTERM
-            break
-        if step % cfg.train.ckpt_every == 0 or step == cfg.train.steps:
+                bar.update(1)
+            if step % cfg.log.every == 0 or step == cfg.train.steps:
+                loss, nonfinite_total, in_row = stats.read()
+                dt = time.perf_counter() - t_window
+                loss = all_reduce_mean(loss, dist)
+                scalars = {"loss": loss, "lr": lr, "grad_norm": as_scalar(engine.grad_norm),
+                           "clips_per_s": clips_window * dist.world_size / dt,
+                           "data_wait": wait_window / dt, "memory_mb": memory_mb(dist.device),
+                           "nonfinite_total": nonfinite_total, "epoch": stream.epoch,
+                           "skipped_samples": sum(stream.skipped)}
+                if "stats_loss" in last[1]:
+                    scalars["stats_loss"] = float(last[1]["stats_loss"].detach())
+                logger.scalars(step, scalars)
+                run.add(step, loss, clips_window * dist.world_size, wait_window, dt)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+                elif dist.is_main:
+                    print(f"step {step}/{cfg.train.steps} loss {loss:.4f} lr {lr:.3g} "
+                          f"clips/s {scalars['clips_per_s']:.1f} data-wait "
+                          f"{100 * scalars['data_wait']:.0f}% eta "
+                          f"{duration(run.eta(step, cfg.train.steps))}", file=sys.stderr)
+                if in_row and dist.is_main:
+                    print(f"pretrain: non-finite loss; {in_row} step(s) in a row up to step "
+                          f"{step} left the weights unchanged ({nonfinite_total} in all)",
+                          file=sys.stderr)
+                if in_row >= cfg.train.max_nonfinite:
+                    last_tag = ckpt.latest_tag()
+                    raise NonFiniteLoss(
+                        f"the loss was NaN or inf {in_row} times in a row (up to step {step});"
+                        f" stopping. The last good checkpoint ({last_tag or 'none yet'}) is "
+                        f"intact. Lower optim.base_lr, set runtime.grad_clip, or check the data")
+                clips_window, wait_window = 0, 0.0
+                t_window = time.perf_counter()
+            if cfg.log.picture_every and step % cfg.log.picture_every == 0 and dist.is_main:
+                b, o = last
+                logger.image("reconstruction", step, picture(
+                    engine.module, b["video"], b["mask"], o, b.get("decode_mask")))
+            if all_reduce_max([float(stop.signum is not None)], dist)[0] > 0:
+                stopped = stop.signum or signal.SIGTERM
+                break
+            if step % cfg.train.ckpt_every == 0 or step == cfg.train.steps:
+                save(step)
+                last_saved = step
+            if os.environ.get(KILL_AFTER_STEP) == str(step):
+                logger.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+        if stopped and last_saved != step:
             save(step)
-            last_saved = step
-        if os.environ.get(KILL_AFTER_STEP) == str(step):
-            logger.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
-    if stopped and last_saved != step:
-        save(step)
+    finally:
+        if isinstance(feed, Prefetcher):
+            feed.close()
     if bar is not None:
         bar.close()
     logger.close()

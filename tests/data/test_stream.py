@@ -214,3 +214,110 @@ def test_device_augmentation_resumes_exactly(synthetic_set):
     for x, y in zip(want, got):
         assert all(torch.equal(u, v) for u, v in zip(x["frames"], y["frames"]))
         assert all(torch.equal(x[k], y[k]) for k in x if k != "frames")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_nvdec_workers_make_the_clips_of_the_cpu_path(synthetic_set, monkeypatch, workers):
+    """data.decode=nvdec with the CPU stand-in for NVDEC (decord's frames): the workers keep
+    one decoder object, are spawned (CUDA cannot run in a forked child), and make the clips
+    of the CPU path, bit for bit."""
+    import data.nvdec as nvdec
+    from data.stream import batch_to_device
+    monkeypatch.setenv(nvdec.EMULATE, "1")
+    kw = dict(batch_size=4, repeats=2, flip=True, decoder_mask_ratio=0.5, num_workers=workers)
+    cpu = iter(TrainStream(cfg_for(synthetic_set, augment="device", **kw)))
+    nv = iter(TrainStream(cfg_for(synthetic_set, augment="device", decode="nvdec", **kw)))
+    for _ in range(3):
+        a, b = next(cpu), next(nv)
+        a, b = (batch_to_device(x, torch.device("cpu"), 32) for x in (a, b))
+        assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    if workers == 0:
+        assert nvdec._WORKER["decoder"].videos >= 6
+
+
+class _FakeNvc:
+    """PyNvVideoCodec's SimpleDecoder surface, decoding with decord; counts what it is asked."""
+
+    class OutputColorType:
+        RGB = "rgb"
+
+    def __init__(self, refuse: bytes):
+        self.calls, self.refuse = [], refuse
+        fake = self
+
+        class SimpleDecoder:
+            def __init__(self, path, **kw):
+                fake.calls.append("new")
+                self.path = path
+
+            def reconfigure_decoder(self, path):
+                fake.calls.append("repoint")
+                self.path = path
+
+            def _data(self):
+                with open(self.path, "rb") as f:
+                    return f.read()
+
+            def __len__(self):
+                if self._data() == fake.refuse:
+                    raise RuntimeError("unsupported profile")
+                from data.decode import probe_video
+                return probe_video(self._data()).num_frames
+
+            def get_batch_frames_by_index(self, idx):
+                from data.decode import decode_frames
+                assert idx == sorted(set(idx))
+                return list(torch.from_numpy(decode_frames(self._data(), idx)))
+        self.SimpleDecoder = SimpleDecoder
+
+
+def test_the_nvdec_decoder_is_kept_repointed_and_falls_back_to_the_cpu(monkeypatch, caplog):
+    import sys
+    from data.decode import decode_frames, encode_video
+    from data.nvdec import NvdecDecoder
+    rng = np.random.default_rng(0)
+    videos = [encode_video(rng.integers(0, 255, (12, 32, 48, 3), dtype=np.uint8), fps=8)
+              for _ in range(3)]
+    fake = _FakeNvc(refuse=videos[1])
+    monkeypatch.setitem(sys.modules, "PyNvVideoCodec", fake)
+    dec = NvdecDecoder(0)
+    pick = lambda n: np.array([n - 1, 0, 3, 3])  # noqa: E731  (any order, repeats)
+    with caplog.at_level(logging.WARNING):
+        got = [dec.frames(v, pick) for v in videos + videos[:1]]
+    for v, g in zip(videos + videos[:1], got):
+        assert np.array_equal(g, decode_frames(v, [11, 0, 3, 3]))
+    # kept and re-pointed; the refused video went to the CPU and its decoder was replaced
+    assert fake.calls == ["new", "repoint", "new", "repoint"]
+    assert dec.cpu_fallbacks == 1 and "NVDEC refused a video" in caplog.text
+    dec.close()
+
+
+def test_nvdec_where_it_cannot_run_falls_back_to_the_cpu_with_one_warning(capsys):
+    from data.nvdec import nvdec_unavailable, resolve_decode
+    assert resolve_decode("cpu", torch.device("cpu")) == "cpu"
+    assert "not a CUDA GPU" in nvdec_unavailable(torch.device("cpu"))
+    assert resolve_decode("nvdec", torch.device("cpu")) == "cpu"
+    err = capsys.readouterr().err
+    assert "data.decode=nvdec" in err and "decoding on the CPU in the loader workers" in err
+    with pytest.raises(ValueError, match="needs data.augment=device"):
+        StreamConfig(shards="x", decode="nvdec").check()
+    with pytest.raises(ValueError, match="data.decode must be cpu or nvdec"):
+        StreamConfig(shards="x", decode="gpu").check()
+
+
+def test_the_prefetcher_saves_the_position_of_the_last_consumed_batch(synthetic_set):
+    from data.prefetch import Prefetcher
+    cfg = cfg_for(synthetic_set, augment="device", repeats=2, batch_size=4, num_workers=2)
+    plain = TrainStream(cfg)
+    it = iter(plain)
+    states = [plain.state_dict()]
+    for _ in range(4):
+        next(it)
+        states.append(plain.state_dict())
+    s = TrainStream(cfg)
+    feed = Prefetcher(iter(s), s, lambda b: b, torch.device("cpu"), depth=2)
+    assert feed.state_dict() == states[0]
+    for k in range(1, 4):
+        next(feed)
+        assert feed.state_dict() == states[k]  # the thread is ahead; the saved place is not
+    feed.close()

@@ -295,3 +295,30 @@ def test_exported_files_follow_the_umask(tmp_path):
         os.umask(old)
     for f in ("e/encoder.safetensors", "e/encoder.json", "hf/model.safetensors"):
         assert os.stat(tmp_path / f).st_mode & 0o777 == 0o644, f
+
+
+def test_nvdec_runs_equal_the_cpu_decoder_path_and_resume_exactly(
+        tiny_recipe, tmp_path):
+    """data.decode=nvdec with the CPU stand-in for NVDEC (the same frames as the CPU
+    decoder): spawned workers decode with their kept decoder, batches are cropped on the
+    prefetch thread, and the run computes the losses of the CPU path; killed and resumed,
+    the same losses again."""
+    recipe, _ = tiny_recipe
+    common = ["data.num_workers=2", "data.augment=device", "train.steps=6",
+              "train.ckpt_every=3", "log.every=1", "log.picture_every=0"]
+    runs = {k: str(tmp_path / k) for k in ("workers", "nvdec", "cut")}
+    r = run_cli(recipe, f"run.dir={runs['workers']}", *common)
+    assert r.returncode == 0, r.stderr
+    emulate = {"TUBEMAE_NVDEC_EMULATE": "1"}
+    r = run_cli(recipe, f"run.dir={runs['nvdec']}", *common, "data.decode=nvdec", env=emulate)
+    assert r.returncode == 0, r.stderr
+    assert losses(runs["nvdec"]) == losses(runs["workers"])
+    assert "data.decode nvdec" in r.stderr
+    r = run_cli(recipe, f"run.dir={runs['cut']}", *common, "data.decode=nvdec",
+                env={**emulate, "TUBEMAE_KILL_AFTER_STEP": "4"})
+    assert r.returncode == -signal.SIGKILL
+    # resumed with the workers decoding: where videos are decoded may change on resume
+    r = run_cli(recipe, f"run.dir={runs['cut']}", *common, "data.decode=cpu")
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stderr
+    assert losses(runs["cut"]) == losses(runs["workers"])

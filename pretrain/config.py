@@ -58,6 +58,8 @@ class RuntimeConfig:
     grad_clip: float = 0.0            # max global grad norm; 0 = off
     device: str = "auto"              # auto | cpu | cuda
     compile: bool = False             # torch.compile the model (GPU: faster steps after warm-up)
+    compile_mode: str = "default"     # torch.compile mode: default | max-autotune-no-cudagraphs
+                                      # (searches kernels at start-up: minutes, then faster)
 
 
 @dataclass
@@ -186,6 +188,11 @@ RANGES = {
 }
 
 
+# CUDA graphs ("reduce-overhead", "max-autotune") are left out: the loop reads no output
+# between steps that a graph replay would overwrite, but DeepSpeed's hooks are not graph-safe.
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+
+
 def check_values(cfg, source: str = "the config"):
     """Every value in ``RANGES`` within its range, and the mask ratio in (0, 1) when masking;
     a ConfigError naming the key, the value and the range otherwise."""
@@ -197,6 +204,10 @@ def check_values(cfg, source: str = "the config"):
         if value < low or (value == low and not inclusive):
             bound = f">= {low}" if inclusive else f"> {low}"
             raise ConfigError(f"'{dotted}' in {source} is {value}; it must be {bound}")
+    runtime = getattr(cfg, "runtime", None)
+    if runtime is not None and runtime.compile_mode not in COMPILE_MODES:
+        raise ConfigError(f"'runtime.compile_mode' in {source} is {runtime.compile_mode!r}; "
+                          f"choose one of {', '.join(COMPILE_MODES)}")
     data = getattr(cfg, "data", None)
     if data is not None and getattr(data, "mask", "none") != "none" and \
             not 0.0 < data.mask_ratio < 1.0:

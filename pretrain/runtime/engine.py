@@ -54,10 +54,16 @@ class _NonFinite:
         return flag
 
 
-def _compile(module: nn.Module, enabled: bool):
+def compile_kwargs(runtime_cfg) -> dict:
     """``runtime.compile``: the whole model through torch.compile with static shapes (the
     training batch keeps its shape; the masks arrive as index tensors of fixed length)."""
-    return torch.compile(module, dynamic=False) if enabled else module
+    mode = getattr(runtime_cfg, "compile_mode", "default")
+    return {"dynamic": False, **({} if mode == "default" else {"mode": mode})}
+
+
+def _compile(module: nn.Module, runtime_cfg):
+    return torch.compile(module, **compile_kwargs(runtime_cfg)) if runtime_cfg.compile \
+        else module
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -108,7 +114,7 @@ class PlainEngine:
         self.micro_steps = 0
         self.grad_norm: torch.Tensor | None = None   # of the last step, on the device
         self.nonfinite = _NonFinite()
-        self.forward = _compile(self.module, runtime_cfg.compile)
+        self.forward = _compile(self.module, runtime_cfg)
 
     def autocast(self):
         if self.precision == "fp32":
@@ -231,7 +237,7 @@ class DeepSpeedEngine:
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model.to(dist.device), optimizer=self.adamw, config=self.config)
         if runtime_cfg.compile:
-            self.engine.compile(compile_kwargs={"dynamic": False})
+            self.engine.compile(compile_kwargs=compile_kwargs(runtime_cfg))
         self.module = self.engine.module
         self.device = dist.device
         self.world_size = dist.world_size

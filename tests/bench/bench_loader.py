@@ -16,6 +16,9 @@ The breakdown of the earlier shard path splits a clip into read / decode / augme
 
     python tests/bench/bench_loader.py [--clips 40] [--copies 8]
     python tests/bench/bench_loader.py --workers 15 --batch 32   # + rows of 15 loader processes
+    python tests/bench/bench_loader.py --workers 15 --batch 192 --device cuda --nvdec-workers 4 8
+        # + rows into the GPU, crop included: 15 workers decoding on the CPU vs 4 and 8
+        #   decoding with NVDEC (data.decode=nvdec), and one process's decoder alone
 
 Prints a table and one JSON line. Run it on an idle machine.
 """
@@ -44,6 +47,9 @@ from data.sampling import sample_frame_indices  # noqa: E402
 import data.stream as stream_module  # noqa: E402
 from data.stream import StreamConfig, TrainStream, _numbered_samples, plan_units  # noqa: E402
 from data.transforms import train_transform  # noqa: E402
+from data.nvdec import NvdecDecoder, nvdec_unavailable, resolve_decode  # noqa: E402
+from data.prefetch import Prefetcher  # noqa: E402
+from data.stream import batch_to_device  # noqa: E402
 
 FRAMES, STRIDE, SIZE, RATIO = 16, 4, 224, 0.9
 GRID = (FRAMES // 2, SIZE // 16, SIZE // 16)
@@ -114,6 +120,57 @@ def stream_rate(shards: str, clips: int, repeats: int, augment: str = "cpu", wor
     return n / (time.perf_counter() - t0)
 
 
+def feed_rate(shards: str, repeats: int, workers: int, batch: int, device: torch.device,
+              decode: str) -> float | None:
+    """clips/s ready on ``device`` (decoded, cropped, resized) through the training loop's
+    prefetch thread, ``workers`` loader processes decoding on the CPU or with NVDEC; measured
+    over the second half of 4 x workers + 12 batches (the loader's buffers filled during
+    start-up are drained by then)."""
+    if resolve_decode(decode, device) != decode:
+        return None
+    cfg = StreamConfig(shards=shards, batch_size=batch, num_workers=workers, num_frames=FRAMES,
+                       stride=STRIDE, size=SIZE, repeats=repeats, mask="tube", mask_ratio=RATIO,
+                       shuffle_buffer=4, augment="device", decode=decode)
+    stream = TrainStream(cfg, pin_memory=device.type == "cuda")
+    feed = Prefetcher(iter(stream), stream, lambda b: batch_to_device(b, device, SIZE), device)
+    try:
+        stamps = []
+        for _ in range(4 * workers + 12):
+            next(feed)["video"].sum()
+            stamps.append(time.perf_counter())
+        half = len(stamps) // 2
+        return (len(stamps) - 1 - half) * batch / (stamps[-1] - stamps[half])
+    finally:
+        feed.close()
+
+
+def decoder_rate(shards: str, repeats: int, nvdec: bool, seconds: float = 10.0):
+    """(videos/s, frames/s) of one process's decoder alone, each video's frames of
+    ``repeats`` clips: NVDEC (a kept decoder) or the CPU decoder."""
+    ss = load_shard_set(shards)
+    units = plan_units([s.samples for s in ss.shards], 1)
+    items = []
+    for s, u in zip(ss.shards, units):
+        items += [raw["mp4"] for _, raw in _numbered_samples(s.url, u, set(range(u.count)))]
+    rng = np.random.default_rng(0)
+
+    def pick(n):
+        return np.unique(np.concatenate([sample_frame_indices(n, FRAMES, 1, rng)
+                                         for _ in range(repeats)]))
+    decoder = NvdecDecoder(0) if nvdec else None
+    decode = decoder.frames if nvdec else decode_frames
+    decode(items[0], pick)
+    t0, videos, frames = time.perf_counter(), 0, 0
+    while time.perf_counter() - t0 < seconds:
+        for data in items:
+            frames += len(decode(data, pick))
+            videos += 1
+    dt = time.perf_counter() - t0
+    if decoder is not None:
+        decoder.close()
+    return videos / dt, frames / dt, (decoder.cpu_fallbacks if decoder else 0)
+
+
 def prep_shards(tree: str, out: str, *options: str):
     subprocess.run([sys.executable, "-m", "data.prep", "videos", os.path.dirname(tree),
                     "--out", out, "--workers", str(min(8, os.cpu_count() or 2)), *options],
@@ -162,6 +219,15 @@ def main():
     ap.add_argument("--workers", type=int, default=0,
                     help="also measure the stream with this many loader processes")
     ap.add_argument("--batch", type=int, default=32, help="batch of the --workers rows")
+    ap.add_argument("--device", default=None,
+                    help="also measure clips/s ready on this device (cuda): the workers' "
+                         "decoding vs data.decode=nvdec, and the decoders alone")
+    ap.add_argument("--repeats", type=int, nargs="+", default=[1, 4],
+                    help="repeated sampling of the --device rows")
+    ap.add_argument("--nvdec-workers", type=int, nargs="+", default=[4, 8],
+                    help="loader processes of the nvdec rows")
+    ap.add_argument("--skip-cpu-rows", action="store_true",
+                    help="only the --device rows")
     args = ap.parse_args()
     torch.set_num_threads(1)
     src = source_video()
@@ -180,23 +246,24 @@ def main():
         prep_shards(tree, new, "--short-side", "256", "--gop", "8", "--frame-step", "4")
         size_of = {p: sum(s.bytes for s in load_shard_set(p).shards) / copies
                    for p in (old, new)}
-        base = baseline(paths, args.clips)
-        print(f"  baseline: {base:.2f} clips/s", file=sys.stderr, flush=True)
-        rows = [("baseline: source file, full 1280x720 decode", base, None)]
-        for name, shards, gop, repeats, augment in [
-                ("shards 320p gop 16", old, 16, 1, "cpu"),
-                ("shards 320p gop 16, repeats 4", old, 16, 4, "cpu"),
-                ("resampled: step 4, 256p, gop 8", new, 8, 1, "cpu"),
-                ("resampled, repeats 4", new, 8, 4, "cpu"),
-                ("resampled +device", new, 8, 1, "device"),
-                ("resampled +device, repeats 4", new, 8, 4, "device")]:
-            with DecodeCounter(gop) as counter:
-                rate = stream_rate(shards, args.clips, repeats, augment)
-            rows.append((name, rate, counter.frames / max(counter.calls, 1) / repeats))
-            print(f"  {name}: {rate:.2f} clips/s", file=sys.stderr, flush=True)
-        parts = breakdown(old, args.clips)
-        multi = []
-        if args.workers:
+        rows, parts, multi, gpu, alone = [], {}, [], [], []
+        if not args.skip_cpu_rows:
+            base = baseline(paths, args.clips)
+            print(f"  baseline: {base:.2f} clips/s", file=sys.stderr, flush=True)
+            rows = [("baseline: source file, full 1280x720 decode", base, None)]
+            for name, shards, gop, repeats, augment in [
+                    ("shards 320p gop 16", old, 16, 1, "cpu"),
+                    ("shards 320p gop 16, repeats 4", old, 16, 4, "cpu"),
+                    ("resampled: step 4, 256p, gop 8", new, 8, 1, "cpu"),
+                    ("resampled, repeats 4", new, 8, 4, "cpu"),
+                    ("resampled +device", new, 8, 1, "device"),
+                    ("resampled +device, repeats 4", new, 8, 4, "device")]:
+                with DecodeCounter(gop) as counter:
+                    rate = stream_rate(shards, args.clips, repeats, augment)
+                rows.append((name, rate, counter.frames / max(counter.calls, 1) / repeats))
+                print(f"  {name}: {rate:.2f} clips/s", file=sys.stderr, flush=True)
+            parts = breakdown(old, args.clips)
+        if args.workers and not args.skip_cpu_rows:
             for name, shards, repeats, augment in [
                     ("shards 320p gop 16", old, 1, "cpu"),
                     ("resampled, repeats 4", new, 4, "cpu"),
@@ -206,37 +273,64 @@ def main():
                                                 args.workers, args.batch)))
                 print(f"  {args.workers} workers, {name}: {multi[-1][1]:.1f} clips/s",
                       file=sys.stderr, flush=True)
+        if args.device:
+            device = torch.device(args.device)
+            for repeats in args.repeats:
+                for decode, workers in [("cpu", args.workers)] + [
+                        ("nvdec", w) for w in args.nvdec_workers]:
+                    name = f"{decode} decode, {workers} workers, repeats {repeats}"
+                    gpu.append((name, feed_rate(new, repeats, workers, args.batch, device,
+                                                decode)))
+                    print(f"  -> {device}: {gpu[-1]}", file=sys.stderr, flush=True)
+            for nv in (False, True) if nvdec_unavailable(device) is None else (False,):
+                v, f, fb = decoder_rate(new, 4, nv)
+                alone.append(("NVDEC" if nv else "CPU (decord)", v, f, fb))
+                print(f"  decoder alone: {alone[-1]}", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    total = sum(parts.values())
-    aug_mask = (parts["augment"] + parts["mask"]) / total
-    today = rows[1][1]
-    print(f"\nloader, one worker, {FRAMES} frames @ stride {STRIDE} source frames, {SIZE}^2, "
-          f"tube mask {RATIO}, {os.cpu_count()} cores")
-    print(f"{'path':<46} {'clips/s':>8} {'x baseline':>11} {'x shards':>9} {'frames/clip':>12}")
-    for name, rate, frames in rows:
-        print(f"{name:<46} {rate:8.2f} {rate / base:10.2f}x {rate / today:8.2f}x "
-              f"{'' if frames is None else f'{frames:12.1f}'}")
-    print("\nearlier shard path per clip: " + ", ".join(f"{k} {1000 * v:.1f} ms"
-                                                     for k, v in parts.items())
-          + f"; augment + mask = {100 * aug_mask:.1f}% of the clip time")
+    out = {"bench": "loader", "clips": args.clips, "cores": os.cpu_count(),
+           "workers": args.workers, "multi_clips_s": {n: round(r, 1) for n, r in multi}}
+    if rows:
+        base, today = rows[0][1], rows[1][1]
+        total = sum(parts.values())
+        aug_mask = (parts["augment"] + parts["mask"]) / total
+        print(f"\nloader, one worker, {FRAMES} frames @ stride {STRIDE} source frames, "
+              f"{SIZE}^2, tube mask {RATIO}, {os.cpu_count()} cores")
+        print(f"{'path':<46} {'clips/s':>8} {'x baseline':>11} {'x shards':>9} "
+              f"{'frames/clip':>12}")
+        for name, rate, frames in rows:
+            print(f"{name:<46} {rate:8.2f} {rate / base:10.2f}x {rate / today:8.2f}x "
+                  f"{'' if frames is None else f'{frames:12.1f}'}")
+        print("\nearlier shard path per clip: " + ", ".join(f"{k} {1000 * v:.1f} ms"
+                                                         for k, v in parts.items())
+              + f"; augment + mask = {100 * aug_mask:.1f}% of the clip time")
+        out.update({"rows": [{"name": n, "clips_s": round(r, 2),
+                              "frames_per_clip": None if f is None else round(f, 1)}
+                             for n, r, f in rows],
+                    "speedup_vs_shards": {n: round(r / today, 2) for n, r, _ in rows[1:]},
+                    "breakdown_ms": {k: round(1000 * v, 2) for k, v in parts.items()},
+                    "augment_mask_fraction": round(aug_mask, 4)})
     print(f"source {os.path.getsize(src) / 1e6:.2f} MB/video; shards 320p "
           f"{size_of[old] / 1e6:.2f} MB/video, resampled {size_of[new] / 1e6:.2f} MB/video")
     if multi:
         print(f"\n{args.workers} loader processes, batch {args.batch} (device crop not timed)")
         for name, rate in multi:
             print(f"{name:<46} {rate:8.1f} clips/s")
+    if gpu:
+        print(f"\nclips/s ready on {args.device} (decoded, cropped, resized), batch "
+              f"{args.batch}, resampled shards, through the prefetch thread")
+        for name, rate in gpu:
+            print(f"{name:<46} " + ("not available" if rate is None else f"{rate:8.1f}"))
+        print("\none process's decoder alone, videos of 4 clips' frames:")
+        for name, v, f, fb in alone:
+            print(f"{name:<14} {v:9.1f} videos/s {f:9.0f} frames/s ({fb} CPU fallbacks)")
+        out.update({"device": args.device,
+                    "gpu_clips_s": {n: None if r is None else round(r, 1) for n, r in gpu},
+                    "decoder_alone": [{"decoder": n, "videos_s": round(v, 1),
+                                       "frames_s": round(f), "cpu_fallbacks": fb}
+                                      for n, v, f, fb in alone]})
     print()
-    print(json.dumps({"bench": "loader", "clips": args.clips, "cores": os.cpu_count(),
-                      "rows": [{"name": n, "clips_s": round(r, 2),
-                                "frames_per_clip": None if f is None else round(f, 1)}
-                               for n, r, f in rows],
-                      "speedup_vs_shards": {n: round(r / today, 2) for n, r, _ in rows[1:]},
-                      "breakdown_ms": {k: round(1000 * v, 2) for k, v in parts.items()},
-                      "augment_mask_fraction": round(aug_mask, 4),
-                      "workers": args.workers,
-                      "multi_clips_s": {n: round(r, 1) for n, r in multi}}))
-
+    print(json.dumps(out))
 
 if __name__ == "__main__":
     main()

@@ -95,10 +95,14 @@ def profile(name: str, step, device, steps: int = 3):
           file=sys.stderr)
 
 
-def model_step(model, video, mask, device, dtype, decode=None, ids=None, compiled=False):
-    """One training step of a bare model: forward under autocast, backward, fused AdamW."""
+def model_step(model, video, mask, device, dtype, decode=None, ids=None, compiled=None):
+    """One training step of a bare model: forward under autocast, backward, fused AdamW;
+    ``compiled``: a torch.compile mode (None: eager)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
-    fwd = torch.compile(model, dynamic=False) if compiled else model
+    if compiled is not None:
+        torch._dynamo.reset()  # each mode compiles afresh
+    fwd = model if compiled is None else torch.compile(
+        model, dynamic=False, **({} if compiled == "default" else {"mode": compiled}))
 
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -113,7 +117,7 @@ def model_step(model, video, mask, device, dtype, decode=None, ids=None, compile
 
 
 def engine_step(kind: str, cfg: ModelConfig, video, mask, ids, device, precision: str,
-                compiled: bool, zero_stage: int):
+                compiled: str | None, zero_stage: int):
     """One step through our runtime's engine (what ``python -m pretrain`` runs)."""
     from pretrain.config import OptimConfig, RuntimeConfig
     from pretrain.runtime.distributed import init_distributed
@@ -121,8 +125,9 @@ def engine_step(kind: str, cfg: ModelConfig, video, mask, ids, device, precision
     from pretrain.runtime.optim import param_groups
     torch.manual_seed(0)
     model = VideoMAE(cfg)
-    rt = RuntimeConfig(engine=kind, precision=precision, compile=compiled,
-                       zero_stage=zero_stage, device=device.type)
+    rt = RuntimeConfig(engine=kind, precision=precision, compile=compiled is not None,
+                       compile_mode=compiled or "default", zero_stage=zero_stage,
+                       device=device.type)
     engine = build_engine(model, param_groups(model, 0.05), OptimConfig(), rt,
                           init_distributed(device.type), video.shape[0])
     engine.set_lr(1e-4)
@@ -156,6 +161,10 @@ def main():
     ap.add_argument("--ratio", type=float, default=0.9)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--compile", action="store_true", help="add torch.compile rows")
+    ap.add_argument("--compile-mode", nargs="+", default=["default"],
+                    choices=["default", "max-autotune-no-cudagraphs"],
+                    help="torch.compile modes of the compiled rows (the engine rows use the "
+                         "last)")
     ap.add_argument("--engines", action="store_true",
                     help="add rows through our engines: plain vs DeepSpeed ZeRO-0/1/2 at the "
                          "largest batch (compiled when --compile)")
@@ -210,16 +219,17 @@ def main():
     for batch in args.batch:
         video, mask, decode, ids, _ = inputs(batch)
         measure("ours", batch, model_step(ours, video, mask, device, dtype, ids=ids))
-        if args.compile:
-            measure("ours_compiled", batch, model_step(ours, video, mask, device, dtype,
-                                                       ids=ids, compiled=True))
+        for mode in args.compile_mode if args.compile else ():
+            name = "ours_compiled" + ("" if mode == "default" else "_autotune")
+            measure(name, batch, model_step(ours, video, mask, device, dtype, ids=ids,
+                                            compiled=mode))
     if args.engines:
         batch = args.batch[-1]
         video, mask, _, ids, _ = inputs(batch)
         del ours
         for kind, stage in (("plain", 0), ("deepspeed", 0), ("deepspeed", 1), ("deepspeed", 2)):
             step, engine = engine_step(kind, cfg, video, mask, ids, device, precision,
-                                       args.compile, stage)
+                                       args.compile_mode[-1] if args.compile else None, stage)
             measure(f"engine_{kind}" + (f"_zero{stage}" if kind == "deepspeed" else ""),
                     batch, step)
             del step, engine

@@ -75,3 +75,15 @@ def test_the_cli_refuses_a_bad_value_before_any_work(tmp_path):
                         f"run.dir={run_dir}"], capture_output=True, text=True)
     assert r.returncode == 2 and "'data.batch_size'" in r.stderr and ">= 1" in r.stderr
     assert not run_dir.exists()
+
+
+def test_compile_mode_is_checked_and_reaches_torch_compile():
+    from pretrain.runtime.engine import compile_kwargs
+    with pytest.raises(ConfigError, match="'runtime.compile_mode' .* 'fastest'; choose one of "
+                                          "default, max-autotune-no-cudagraphs"):
+        load_config(None, ["runtime.compile_mode=fastest"])
+    cfg = load_config(None, ["runtime.compile=true",
+                             "runtime.compile_mode=max-autotune-no-cudagraphs"])
+    assert compile_kwargs(cfg.runtime) == {"dynamic": False,
+                                           "mode": "max-autotune-no-cudagraphs"}
+    assert compile_kwargs(load_config(None).runtime) == {"dynamic": False}

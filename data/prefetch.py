@@ -89,7 +89,9 @@ class Prefetcher:
         """The stream position after the last consumed batch (what a checkpoint saves)."""
         return self.state
 
-    def close(self, timeout: float = 120.0):
+    def close(self, timeout: float = 10.0):
+        """Stop readying batches; a thread still waiting on the loader after ``timeout`` is a
+        daemon and ends with the process."""
         self.stopping.set()
         with contextlib.suppress(queue.Empty):
             while True:

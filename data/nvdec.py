@@ -18,10 +18,10 @@ counted, as on the CPU path.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
-import shutil
 import sys
 import tempfile
 from typing import Callable
@@ -69,10 +69,9 @@ Pick = Callable[[int], np.ndarray]
 
 class CpuStandIn:
     """The CPU decoder behind the worker decoder's interface (``EMULATE``)."""
-    name = "cpu decoder (stand-in for nvdec)"
 
     def __init__(self):
-        self.videos = self.cpu_fallbacks = 0
+        self.videos = 0
 
     def frames(self, data: bytes, pick: Pick) -> np.ndarray:
         self.videos += 1
@@ -83,16 +82,15 @@ class NvdecDecoder:
     """One PyNvVideoCodec SimpleDecoder, kept for the worker's life and re-pointed per video
     (through a file in shared memory: re-pointing takes a path); RGB frames decoded into CUDA
     memory, returned as host ``(T, H, W, 3)`` uint8."""
-    name = "nvdec"
 
     def __init__(self, gpu: int):
         import PyNvVideoCodec as nvc
         self.nvc, self.gpu = nvc, gpu
         if torch.cuda.is_available():
             torch.cuda.set_device(gpu)
-        self.scratch = tempfile.mkdtemp(prefix="tubemae-nvdec-",
-                                        dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-        self.path = os.path.join(self.scratch, "video")
+        # the video being decoded; removed after each one, so a worker leaves nothing behind
+        self.path = os.path.join("/dev/shm" if os.path.isdir("/dev/shm") else
+                                 tempfile.gettempdir(), f"tubemae-nvdec-{os.getpid()}")
         self.decoder = None
         self.videos = self.cpu_fallbacks = 0
 
@@ -119,8 +117,8 @@ class NvdecDecoder:
         frames = torch.stack([torch.from_dlpack(f) for f in got])  # a copy: surfaces are reused
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise VideoDecodeError(f"unexpected frame layout {tuple(frames.shape)} from NVDEC")
-        where = torch.tensor([order.index(i) for i in want])
-        return frames[where.to(frames.device)].cpu().numpy()
+        where = torch.from_numpy(np.searchsorted(order, want)).to(frames.device)
+        return frames[where].cpu().numpy()
 
     def frames(self, data: bytes, pick: Pick) -> np.ndarray:
         """The frames ``pick(n)`` chooses from the video's n; ``pick`` is called once."""
@@ -137,9 +135,9 @@ class NvdecDecoder:
                             "the CPU", str(e).strip().splitlines()[0][:160] if str(e).strip()
                             else type(e).__name__)
             return decode_frames(data, pick if idx is None else idx)
-
-    def close(self):
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
 
 
 _WORKER: dict = {}  # the decoder of this process, made on first use

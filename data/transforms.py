@@ -100,9 +100,8 @@ def crop_batch(frames: list[torch.Tensor], source: torch.Tensor, positions: torc
     Clips with the same crop size are resized together (multi-scale cropping has at most ten
     sizes), so a batch costs a few resize calls, not one per clip."""
     rows, src = params.tolist(), source.tolist()
-    ref = next(f for f in frames if f is not None)  # None: a video no clip uses any more
-    out = torch.empty((len(rows), ref.shape[-1], positions.shape[1], size, size),
-                      dtype=torch.uint8, device=ref.device)
+    out = torch.empty((len(rows), frames[0].shape[-1], positions.shape[1], size, size),
+                      dtype=torch.uint8, device=frames[0].device)
     groups: dict = {}
     for b, (_, _, ch, cw, _) in enumerate(rows):
         groups.setdefault((ch, cw), []).append(b)

@@ -166,8 +166,6 @@ def decoder_rate(shards: str, repeats: int, nvdec: bool, seconds: float = 10.0):
             frames += len(decode(data, pick))
             videos += 1
     dt = time.perf_counter() - t0
-    if decoder is not None:
-        decoder.close()
     return videos / dt, frames / dt, (decoder.cpu_fallbacks if decoder else 0)
 
 

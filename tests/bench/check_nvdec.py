@@ -71,7 +71,6 @@ def main():
                          "mean_abs": round(float(diff.mean()), 3),
                          "worst_frame_mean_abs": round(float(per_frame.max()), 3),
                          "max_abs": int(diff.max()), "ok": good})
-    decoder.close()
     for r in rows:
         print(r)
     print(f"videos {decoder.videos}, decoded on the CPU after NVDEC refused them: "

@@ -289,7 +289,7 @@ def test_the_nvdec_decoder_is_kept_repointed_and_falls_back_to_the_cpu(monkeypat
     # kept and re-pointed; the refused video went to the CPU and its decoder was replaced
     assert fake.calls == ["new", "repoint", "new", "repoint"]
     assert dec.cpu_fallbacks == 1 and "NVDEC refused a video" in caplog.text
-    dec.close()
+    assert not os.path.exists(dec.path)  # the file it decodes from goes after each video
 
 
 def test_nvdec_where_it_cannot_run_falls_back_to_the_cpu_with_one_warning(capsys):

@@ -57,7 +57,7 @@ class _NonFinite:
 def compile_kwargs(runtime_cfg) -> dict:
     """``runtime.compile``: the whole model through torch.compile with static shapes (the
     training batch keeps its shape; the masks arrive as index tensors of fixed length)."""
-    mode = getattr(runtime_cfg, "compile_mode", "default")
+    mode = runtime_cfg.compile_mode
     return {"dynamic": False, **({} if mode == "default" else {"mode": mode})}
 
 

@@ -102,14 +102,20 @@ class DecodeCounter:
         stream_module.decode_frames = self.real
 
 
+def recipe_stream(shards: str, batch: int, workers: int, repeats: int, augment: str,
+                  decode: str = "cpu") -> StreamConfig:
+    """The stream of every row: the recipe's 16 frames at stride 4, 224^2, tube mask 0.9."""
+    return StreamConfig(shards=shards, batch_size=batch, num_workers=workers,
+                        num_frames=FRAMES, stride=STRIDE, size=SIZE, repeats=repeats,
+                        mask="tube", mask_ratio=RATIO, shuffle_buffer=4, augment=augment,
+                        decode=decode)
+
+
 def stream_rate(shards: str, clips: int, repeats: int, augment: str = "cpu", workers: int = 0,
                 batch: int | None = None) -> float:
     """clips/s out of a TrainStream (``workers`` loader processes; 0 = this process)."""
     batch = batch or repeats
-    cfg = StreamConfig(shards=shards, batch_size=batch, num_workers=workers, num_frames=FRAMES,
-                       stride=STRIDE, size=SIZE, repeats=repeats, mask="tube", mask_ratio=RATIO,
-                       shuffle_buffer=4, augment=augment)
-    it = iter(TrainStream(cfg))
+    it = iter(TrainStream(recipe_stream(shards, batch, workers, repeats, augment)))
     for _ in range(max(1, 2 * workers)):
         next(it)  # warm-up: workers started, first shards opened
     t0 = time.perf_counter()
@@ -128,10 +134,8 @@ def feed_rate(shards: str, repeats: int, workers: int, batch: int, device: torch
     start-up are drained by then)."""
     if resolve_decode(decode, device) != decode:
         return None
-    cfg = StreamConfig(shards=shards, batch_size=batch, num_workers=workers, num_frames=FRAMES,
-                       stride=STRIDE, size=SIZE, repeats=repeats, mask="tube", mask_ratio=RATIO,
-                       shuffle_buffer=4, augment="device", decode=decode)
-    stream = TrainStream(cfg, pin_memory=device.type == "cuda")
+    stream = TrainStream(recipe_stream(shards, batch, workers, repeats, "device", decode),
+                         pin_memory=device.type == "cuda")
     feed = Prefetcher(iter(stream), stream, lambda b: batch_to_device(b, device, SIZE), device)
     try:
         stamps = []

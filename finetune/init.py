@@ -160,6 +160,12 @@ def init_from(model: ViViT, path: str, kernel_init: str = "central", verbose: bo
         report["notes"].append("the T2T tokeniser starts new (no pre-trained counterpart)")
     load = {}
     for k, v in dropped.items():  # a fine-tuned file's pooled-feature norm and head
+        if k.startswith("fc_norm.") and not isinstance(getattr(model, "fc_norm", None),
+                                                       torch.nn.LayerNorm):
+            report["unused"] = [f"{k} (a LayerNorm's; model.head_norm=batch starts its "
+                                f"BatchNorm new)" if u.startswith(k + " ") else u
+                                for u in report["unused"]]
+            continue
         if k.startswith(("fc_norm.", "head.")) and k in target and target[k].shape == v.shape:
             load[k] = v.to(target[k].dtype)
             report["unused"] = [u for u in report["unused"] if not u.startswith(k + " ")]

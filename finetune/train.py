@@ -103,6 +103,9 @@ def _check(cfg: FinetuneConfig, classes: int):
         raise ValueError(f"data.size={cfg.data.size} but model.img_size={cfg.model.img_size}")
     if (cfg.optim.mixup > 0 or cfg.optim.cutmix > 0) and cfg.data.batch_size % 2:
         raise ValueError("mixup/cutmix pair samples within a batch: data.batch_size must be even")
+    if cfg.model.head_norm == "batch" and cfg.data.batch_size < 2:
+        raise ValueError("model.head_norm=batch standardises over the batch: data.batch_size "
+                         "must be at least 2 (or use model.head_norm=layer)")
     if cfg.model.num_classes not in (0, classes):
         raise ValueError(f"model.num_classes={cfg.model.num_classes} but the data has {classes} "
                          f"classes; set model.num_classes=0 to take it from the data")

@@ -68,6 +68,10 @@ class VivitConfig:
                                      # pooled: no token norm, fc_norm after pooling (official
                                      # fine-tuned files); auto: from --init
     drop_path: float = 0.1
+    head_norm: str = "layer"         # the norm between the pooled feature and the head:
+                                     # layer (fc_norm, a LayerNorm; VideoMAE) | batch (BatchNorm:
+                                     # each feature standardised over the batch; for few labels,
+                                     # README "Label efficiency")
     dropout: float = 0.0             # before the head
     pos: str = "sincos"              # sincos (fixed, VideoMAE) | learned
     temporal_init: str = "zero"      # model 3: temporal attention zero-initialised or copied
@@ -85,7 +89,12 @@ class VivitConfig:
         if self.num_classes < 1:
             raise ValueError("model.num_classes must be set (the fine-tuning loop takes it from "
                              "the data when it is 0)")
+        if self.head_norm not in ("layer", "batch"):
+            raise ValueError(f"model.head_norm must be layer or batch, not {self.head_norm!r}")
         if self.family == "uniformer":
+            if self.head_norm != "layer":
+                raise ValueError("model.head_norm=batch is for families vivit and "
+                                 "uniformer_head; UniFormer pools its own normed features")
             mean, std = channel_stats(self.in_chans, self.mean, self.std)
             return replace(self, uniformer=resolve_uniformer(self), mean=mean, std=std)
         if self.family == "uniformer_head" and (self.variant != 1 or self.tokenizer != "tubelet"
@@ -301,7 +310,10 @@ class ViViT(ClipClassifier):
             self.temporal_norm = norm(d)
         # official fine-tuned VideoMAE: norm = Identity, fc_norm after pooling
         self.norm = nn.Identity() if cfg.norm_layout == "pooled" else norm(d)
-        self.fc_norm = norm(d) if cfg.pool == "mean" else nn.Identity()
+        if cfg.head_norm == "batch":
+            self.fc_norm = nn.BatchNorm1d(d, eps=cfg.norm_eps)
+        else:
+            self.fc_norm = norm(d) if cfg.pool == "mean" else nn.Identity()
         self.head_drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(d, cfg.num_classes)
         self.set_input_stats(cfg.mean, cfg.std)

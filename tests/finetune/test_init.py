@@ -196,3 +196,32 @@ def test_an_official_finetuned_file_gives_the_official_logits(videomae, tmp_path
         assert (v(x) - want).abs().max() < 1e-5
     # our own export keeps the token norm
     assert resolve_norm_layout(VivitConfig(**GEOM), "").norm_layout == "tokens"
+
+
+def test_head_norm_batch_standardises_the_pooled_feature_and_takes_no_layernorm(videomae,
+                                                                                tmp_path):
+    """model.head_norm=batch: a BatchNorm between the pooled feature and the head; a fine-tuned
+    file's fc_norm (a LayerNorm's affine) is reported unused, not loaded into it."""
+    m, path = videomae
+    v = vivit(variant=1, head_norm="batch")
+    assert isinstance(v.fc_norm, torch.nn.BatchNorm1d)
+    report = init_from(v, path, verbose=False)
+    assert report["unused"] == [] and "fc_norm.running_mean" in report["new"]
+    v.train()
+    x = torch.randint(0, 256, (4, 3, 8, 32, 32), dtype=torch.uint8)
+    pooled = v.forward_features(x).mean(1)
+    normed = v.fc_norm(pooled)
+    want = (pooled - pooled.mean(0)) / (pooled.var(0, unbiased=False) + 1e-6).sqrt()
+    assert (normed - want).abs().max() < 1e-4
+    enc = {k[len("encoder."):]: t for k, t in m.state_dict().items() if k.startswith("encoder.")}
+    enc.update({"fc_norm.weight": torch.full((96,), 3.0), "fc_norm.bias": torch.ones(96)})
+    torch.save({"module": enc}, tmp_path / "finetuned.pth")
+    v = vivit(variant=1, head_norm="batch")
+    report = init_from(v, str(tmp_path / "finetuned.pth"), verbose=False)
+    assert "fc_norm.weight" not in report["loaded"] and (v.fc_norm.weight == 1).all()
+    assert any(u.startswith("fc_norm.weight (a LayerNorm's") for u in report["unused"])
+    with pytest.raises(ValueError, match="model.head_norm must be layer or batch"):
+        vivit(head_norm="group")
+    with pytest.raises(ValueError, match="head_norm=batch is for families vivit"):
+        VivitConfig(family="uniformer", preset="uniformer_tiny", num_classes=3,
+                    head_norm="batch").resolved()

@@ -17,7 +17,8 @@ def main(argv=None) -> int:
     ap.add_argument("--init", help="weights to start from, or 'none'")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value")
     ap.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    from pretrain.config import parse_args_with_overrides
+    args = parse_args_with_overrides(ap, argv)
     from data.manifest import DataSetError
     from pretrain.config import ConfigError
     from .train import config_from_cli, train

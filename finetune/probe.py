@@ -187,7 +187,8 @@ def main(argv=None) -> int:
     ap.add_argument("--config", required=True)
     ap.add_argument("--init", help="encoder to probe, or 'none' for a random one")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value")
-    args = ap.parse_args(argv)
+    from pretrain.config import parse_args_with_overrides
+    args = parse_args_with_overrides(ap, argv)
     from data.manifest import DataSetError
     from pretrain.config import ConfigError
     from .train import config_from_cli

@@ -16,7 +16,8 @@ def main(argv=None) -> int:
     ap.add_argument("--config", required=True, help="a YAML recipe")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value")
     ap.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    from pretrain.config import parse_args_with_overrides
+    args = parse_args_with_overrides(ap, argv)
     from data.manifest import DataSetError
     from .config import ConfigError, load_config
     from .train import NonFiniteLoss, exit_code, train

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -213,6 +214,21 @@ def check_values(cfg, source: str = "the config"):
             not 0.0 < data.mask_ratio < 1.0:
         raise ConfigError(f"'data.mask_ratio' in {source} is {data.mask_ratio}; it must be "
                           f"between 0 and 1 (exclusive) when data.mask={data.mask}")
+
+
+_OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+=")
+
+
+def parse_args_with_overrides(ap, argv=None):
+    """``ap.parse_args`` where ``section.key=value`` overrides may stand anywhere, also after a
+    flag that takes several values (``--ks 4 16 model.patch_size=8``); they land in
+    ``args.overrides`` in the order given. ``ap`` declares the positional ``overrides``."""
+    import sys
+    argv = sys.argv[1:] if argv is None else list(argv)
+    late = [a for a in argv if _OVERRIDE.match(a)]
+    args = ap.parse_args([a for a in argv if not _OVERRIDE.match(a)])
+    args.overrides = [*args.overrides, *late]
+    return args
 
 
 def load_config(path: str | None, overrides: typing.Sequence[str] = (), schema=PretrainConfig):

@@ -87,3 +87,16 @@ def test_compile_mode_is_checked_and_reaches_torch_compile():
     assert compile_kwargs(cfg.runtime) == {"dynamic": False,
                                            "mode": "max-autotune-no-cudagraphs"}
     assert compile_kwargs(load_config(None).runtime) == {"dynamic": False}
+
+
+def test_overrides_may_follow_flags_that_take_several_values():
+    import argparse
+    from pretrain.config import parse_args_with_overrides
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ks", nargs="+")
+    ap.add_argument("--out")
+    ap.add_argument("overrides", nargs="*")
+    args = parse_args_with_overrides(ap, ["a.b=1", "--ks", "4", "16", "model.patch_size=8",
+                                          "--out", "runs/x=y", "c.d=[1, 2]"])
+    assert args.ks == ["4", "16"] and args.out == "runs/x=y"
+    assert args.overrides == ["a.b=1", "model.patch_size=8", "c.d=[1, 2]"]

@@ -3,7 +3,8 @@
     python -m finetune.study --set runs/ssl/data --encoder runs/ssl/pretrain/export \\
         --config launch/configs/finetune/synthetic_vivit.yaml --out runs/ssl/study \\
         [--ks 4 16 64 all] [--seeds 0 1 2] [--methods finetune linear knn] \\
-        [--budget-run runs/ssl/pretrain] [section.key=value ...]
+        [--inits pretrained scratch untrained] [--budget-run runs/ssl/pretrain] [--jobs 2] \\
+        [section.key=value ...]
 
 For every k (labels per class; ``all`` = the whole train split) and seed, a k-shot copy of the
 set is drawn (``python -m data.prep subset``; nested over k for a seed), and the pre-trained
@@ -12,8 +13,18 @@ on frozen features (``finetune.probe``: linear and kNN). Every fine-tune sees ab
 ``--clips-per-epoch`` clips per epoch (``data.repeats`` scales with the subset), so small k gets
 as many steps as large k. Works for any prepared set with splits (MedMNIST3D included).
 
+``--inits``: ``pretrained`` (--encoder) and ``scratch`` (the fine-tuning model's own random
+init, as VideoMAE's scratch baselines) by default; ``untrained`` adds the pre-training model at
+step 0 in the encoder's geometry (its init scheme differs from the fine-tuning model's): the
+control for what pre-training itself added.
+
 ``--budget-run``: the pre-training run's checkpoints are exported and probed at k =
-``--budget-k`` (seed 0) beside a random encoder (step 0): probe accuracy against pre-training steps.
+``--budget-k`` for every seed beside step 0 (the random encoder, or the untrained one with
+``--inits ... untrained``): probe accuracy (mean +- std over seeds) against pre-training steps
+(``--budget-steps`` picks some of them).
+
+``--jobs N`` runs N fine-tunes or probes at once, each in its own process with cores/N threads:
+small models train faster two at a time on two cores than one at a time on both.
 
 Writes OUT/results.md (mean +- std over seeds, per-seed values, gain and wins), OUT/results.json,
 OUT/accuracy_vs_labels.png (one line per init and method), OUT/budget.md and budget.png with
@@ -31,9 +42,11 @@ import sys
 
 import numpy as np
 
-INITS = ("pretrained", "scratch")
+INITS = ("pretrained", "scratch", "untrained")
 METHODS = ("finetune", "linear", "knn")
-COLOURS = {"pretrained": (31, 119, 180), "scratch": (214, 39, 40)}
+COLOURS = {"pretrained": (31, 119, 180), "scratch": (214, 39, 40), "untrained": (44, 160, 44)}
+LABELS = {"pretrained": "pre-trained", "scratch": "scratch",
+          "untrained": "untrained (pre-training's init)"}
 DASH = {"finetune": 0, "linear": 1, "knn": 2}
 
 
@@ -48,6 +61,64 @@ def accuracy(report: dict, method: str) -> float:
     if method == "finetune":
         return float(report["test"]["acc"])
     return float(report[method]["test"]["acc"])
+
+
+def _worker_init(threads: int):
+    import torch
+    torch.set_num_threads(threads)
+
+
+def _execute(what: str, cfg) -> None:
+    """One fine-tune or probe run (in the study's process or a pool worker)."""
+    from .probe import run_probe
+    from .train import train
+    if what == "probe":
+        run_probe(cfg)
+    elif train(cfg).get("stopped_by_signal"):
+        raise KeyboardInterrupt
+
+
+def line_plot(path: str, xlabels: list, lines: list, caption: str, legend: list,
+              size=(520, 320)):
+    """A small PNG: ``lines`` = [(colour, dash 0/1/2, [(x index, mean, std), ...])] over the
+    evenly spaced ``xlabels``, y in [0, 1], std as a bar; ``legend`` = [(text, colour)]."""
+    from PIL import Image, ImageDraw
+    w, h = size
+    pad = 44
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    d.rectangle([pad, 10, w - 10, h - pad], outline=(0, 0, 0))
+    x = lambda i: pad + (w - pad - 10) * (i + 0.5) / len(xlabels)  # noqa: E731
+    y = lambda v: 10 + (h - pad - 10) * (1 - min(max(v, 0.0), 1.0))  # noqa: E731
+    for i, label in enumerate(xlabels):
+        d.text((x(i) - 8, h - pad + 4), label, fill=(0, 0, 0))
+    d.text((pad, h - pad + 18), caption, fill=(0, 0, 0))
+    for v in (0.25, 0.5, 0.75, 1.0):
+        d.text((4, y(v) - 6), f"{v:.2f}", fill=(0, 0, 0))
+    for colour, dash, pts in lines:
+        xy = [(x(i), y(m)) for i, m, _ in pts]
+        for a, b in zip(xy, xy[1:]):
+            _segment(d, a, b, colour, dash)
+        for (px, py), (_, _, sd) in zip(xy, pts):
+            sd *= h - pad - 10
+            d.line([(px, py - sd), (px, py + sd)], fill=colour)
+            d.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
+    for j, (text, colour) in enumerate(legend):
+        d.text((pad + 6, 14 + 14 * j), text, fill=colour)
+    img.save(path)
+
+
+def _segment(d, a, b, colour, dash: int):
+    if dash == 0:
+        d.line([a, b], fill=colour, width=2)
+        return
+    n = 24
+    for i in range(n):
+        if (i % 2) if dash == 1 else (i % 3):
+            continue
+        p = (a[0] + (b[0] - a[0]) * i / n, a[1] + (b[1] - a[1]) * i / n)
+        q = (a[0] + (b[0] - a[0]) * (i + 1) / n, a[1] + (b[1] - a[1]) * (i + 1) / n)
+        d.line([p, q], fill=colour, width=2)
 
 
 def per_class_count(shards: str) -> int:
@@ -82,32 +153,86 @@ class Study:
             f"run.dir={run_dir}", f"run.init={init}", f"run.seed={seed}"],
             schema=FinetuneConfig)
 
-    def run_one(self, k: str, seed: int):
-        from .probe import run_probe
-        from .train import train
+    def untrained_encoder(self, seed: int) -> str:
+        """The pre-training model's encoder at step 0 (its own initialisation, seeded by
+        ``seed``) in the geometry of --encoder: the control that tells what pre-training added
+        beyond the init scheme (the fine-tuning models start new layers differently)."""
+        import torch
+        from pretrain.export import export_encoder
+        from pretrain.model import ModelConfig, VideoMAE
+        out = os.path.join(self.out, "untrained", f"s{seed}")
+        if os.path.isfile(os.path.join(out, "encoder.safetensors")):
+            return out
+        src = self.args.encoder
+        meta = _load(os.path.join(src if os.path.isdir(src) else os.path.dirname(src),
+                                  "encoder.json"))
+        if not meta or meta.get("format") != "tubemae-encoder":
+            raise ValueError(f"--inits untrained builds the pre-training model in the geometry "
+                             f"of --encoder, read from its encoder.json; {src} has none (it "
+                             f"works with our exports)")
+        torch.manual_seed(seed)
+        model = VideoMAE(ModelConfig(**meta["model"]))
+        export_encoder(model.state_dict(), model.cfg, out, {"untrained": True, "seed": seed,
+                                                            "geometry_of": src})
+        return out
+
+    def jobs_for(self, k: str, seed: int) -> list[tuple]:
+        """The runs of one (k, seed): (k, seed, init name, what, run dir, config), with ``what``
+        'finetune' or 'probe' (one probe run gives linear and kNN)."""
         shards = self.data_for(k, seed)
-        for init_name in INITS:
-            init = self.args.encoder if init_name == "pretrained" else ""
+        jobs = []
+        for init_name in self.args.inits:
+            init = {"pretrained": self.args.encoder, "scratch": "",
+                    "untrained": self.untrained_encoder(seed) if init_name == "untrained"
+                    else ""}[init_name]
             base = os.path.join(self.out, "runs", f"k{k}", init_name, f"s{seed}")
-            if "finetune" in self.args.methods:
-                run_dir = os.path.join(base, "finetune")
-                report = _load(os.path.join(run_dir, "report.json"))
-                if report is None:
-                    report = train(self.config(shards, run_dir, init, seed))
-                    if report.get("stopped_by_signal"):
-                        raise KeyboardInterrupt
+            whats = (["finetune"] if "finetune" in self.args.methods else []) + \
+                (["probe"] if {"linear", "knn"} & set(self.args.methods) else [])
+            for what in whats:
+                run_dir = os.path.join(base, what)
+                jobs.append((k, seed, init_name, what, run_dir,
+                             self.config(shards, run_dir, init, seed)))
+        return jobs
+
+    def run(self, jobs: list[tuple]):
+        """Run every job without a report (``--jobs`` at once), then read all the reports."""
+        self._pool([(j[3], j[5]) for j in jobs
+                    if _load(os.path.join(j[4], "report.json")) is None])
+        for k, seed, init_name, what, run_dir, _ in jobs:
+            report = _load(os.path.join(run_dir, "report.json"))
+            if report is None:   # a fine-tune stopped by a signal writes no report
+                raise KeyboardInterrupt
+            if what == "finetune":
                 self._link_tb(run_dir, os.path.join(self.out, "tb", f"k{k}", init_name,
                                                     f"s{seed}"))
                 self.rows.setdefault((k, "finetune", init_name), {})[seed] = \
                     accuracy(report, "finetune")
-            if {"linear", "knn"} & set(self.args.methods):
-                run_dir = os.path.join(base, "probe")
-                report = _load(os.path.join(run_dir, "report.json"))
-                if report is None:
-                    report = run_probe(self.config(shards, run_dir, init, seed))
+            else:
                 for m in ("linear", "knn"):
                     if m in self.args.methods:
                         self.rows.setdefault((k, m, init_name), {})[seed] = accuracy(report, m)
+
+    def _pool(self, todo: list[tuple]):
+        """Run (what, config) jobs, ``--jobs`` at once in spawned processes with cores/jobs
+        threads each, or in this process."""
+        if self.args.jobs > 1 and len(todo) > 1:
+            import concurrent.futures as cf
+            import multiprocessing as mp
+            threads = max(1, (os.cpu_count() or 1) // self.args.jobs)
+            with cf.ProcessPoolExecutor(self.args.jobs, mp_context=mp.get_context("spawn"),
+                                        initializer=_worker_init,
+                                        initargs=(threads,)) as pool:
+                futures = [pool.submit(_execute, what, cfg) for what, cfg in todo]
+                try:
+                    for f in cf.as_completed(futures):
+                        f.result()
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+        else:
+            for what, cfg in todo:
+                _execute(what, cfg)
 
     @staticmethod
     def _link_tb(run_dir: str, where: str):
@@ -124,39 +249,49 @@ class Study:
                 "seeds": {int(s): by_seed[s] for s in sorted(by_seed)}}
         for m in out:
             for k, row in out[m].items():
-                if set(INITS) <= set(row):
-                    a, b = row["pretrained"]["seeds"], row["scratch"]["seeds"]
+                for base in ("scratch", "untrained"):
+                    if "pretrained" not in row or base not in row:
+                        continue
+                    a, b = row["pretrained"]["seeds"], row[base]["seeds"]
                     common = sorted(set(a) & set(b))
-                    row["gain"] = float(np.mean([a[s] - b[s] for s in common]))
-                    row["wins"] = f"{sum(a[s] > b[s] for s in common)}/{len(common)}"
+                    suffix = "" if base == "scratch" else "_untrained"
+                    row["gain" + suffix] = float(np.mean([a[s] - b[s] for s in common]))
+                    row["wins" + suffix] = f"{sum(a[s] > b[s] for s in common)}/{len(common)}"
         return out
 
     def write(self):
         s = self.summary()
         lines = [f"# Label efficiency: {self.args.set}", "",
-                 f"pre-trained encoder `{self.args.encoder}` vs scratch (random init), "
-                 f"seeds {self.args.seeds}; test accuracy, mean +- std over seeds.", ""]
+                 f"pre-trained encoder `{self.args.encoder}` vs scratch (the fine-tuning "
+                 f"model's own random init)" + (" and untrained (the pre-training model at step "
+                                                "0)" if "untrained" in self.args.inits else "") +
+                 f", seeds {self.args.seeds}; test accuracy, mean +- std over seeds.", ""]
         for m in METHODS:
             if m not in s:
                 continue
             title = {"finetune": "Fine-tuning", "linear": "Linear probe (frozen)",
                      "knn": "kNN (frozen)"}[m]
+            inits = [i for i in self.args.inits]
+            bases = [b for b in ("scratch", "untrained") if b in inits]
             lines += [f"## {title}", "",
-                      "| labels per class | pre-trained | scratch | gain | pre-trained wins | "
-                      "per seed (pre-trained / scratch) |", "|---|---|---|---|---|---|"]
+                      "| labels per class | " + " | ".join(LABELS[i] for i in inits) + " | " +
+                      " | ".join(f"gain over {b} | wins over {b}" for b in bases) +
+                      f" | per seed ({' / '.join(inits)}) |",
+                      "|---|" + "---|" * (len(inits) + 2 * len(bases) + 1)]
             for k in self.args.ks:
                 row = s[m].get(k)
                 if not row:
                     continue
-                cell = {i: f"{row[i]['mean']:.3f} +- {row[i]['std']:.3f}" if i in row else "-"
-                        for i in INITS}
-                seeds = " ".join(
-                    f"{row['pretrained']['seeds'].get(sd, float('nan')):.3f}/"
-                    f"{row['scratch']['seeds'].get(sd, float('nan')):.3f}"
-                    for sd in self.args.seeds) if set(INITS) <= set(row) else ""
-                lines.append(f"| {k} | {cell['pretrained']} | {cell['scratch']} | "
-                             f"{row.get('gain', float('nan')):+.3f} | {row.get('wins', '-')} | "
-                             f"{seeds} |")
+                cells = [f"{row[i]['mean']:.3f} +- {row[i]['std']:.3f}" if i in row else "-"
+                         for i in inits]
+                for b in bases:
+                    suffix = "" if b == "scratch" else "_untrained"
+                    cells += [f"{row.get('gain' + suffix, float('nan')):+.3f}",
+                              row.get("wins" + suffix, "-")]
+                cells.append(" ".join("/".join(
+                    f"{row[i]['seeds'].get(sd, float('nan')):.3f}" if i in row else "-"
+                    for i in inits) for sd in self.args.seeds))
+                lines.append(f"| {k} | " + " | ".join(cells) + " |")
             lines.append("")
         os.makedirs(self.out, exist_ok=True)
         with open(os.path.join(self.out, "results.md"), "w") as f:
@@ -167,48 +302,15 @@ class Study:
         self.scalars(s)
         return "\n".join(lines)
 
-    def plot(self, s: dict, path: str, size=(520, 320)):
-        from PIL import Image, ImageDraw
-        w, h = size
-        pad = 44
-        img = Image.new("RGB", (w, h), "white")
-        d = ImageDraw.Draw(img)
-        d.rectangle([pad, 10, w - 10, h - pad], outline=(0, 0, 0))
+    def plot(self, s: dict, path: str):
         ks = self.args.ks
-        xs = {k: pad + (w - pad - 10) * (i + 0.5) / len(ks) for i, k in enumerate(ks)}
-        y = lambda v: 10 + (h - pad - 10) * (1 - min(max(v, 0.0), 1.0))  # noqa: E731
-        for k in ks:
-            d.text((xs[k] - 8, h - pad + 4), str(k), fill=(0, 0, 0))
-        d.text((pad, h - pad + 18), "labels per class; test accuracy (0-1); solid fine-tune, "
-                                    "- - linear, .. kNN", fill=(0, 0, 0))
-        for v in (0.25, 0.5, 0.75, 1.0):
-            d.text((4, y(v) - 6), f"{v:.2f}", fill=(0, 0, 0))
-        for m in METHODS:
-            for init in INITS:
-                pts = [(xs[k], y(s[m][k][init]["mean"])) for k in ks
-                       if m in s and k in s[m] and init in s[m][k]]
-                for a, b in zip(pts, pts[1:]):
-                    self._segment(d, a, b, COLOURS[init], DASH[m])
-                for (px, py), k in zip(pts, ks):
-                    sd = s[m][k][init]["std"] * (h - pad - 10)
-                    d.line([(px, py - sd), (px, py + sd)], fill=COLOURS[init])
-                    d.ellipse([px - 3, py - 3, px + 3, py + 3], fill=COLOURS[init])
-        d.text((pad + 6, 14), "pre-trained", fill=COLOURS["pretrained"])
-        d.text((pad + 6, 28), "scratch", fill=COLOURS["scratch"])
-        img.save(path)
-
-    @staticmethod
-    def _segment(d, a, b, colour, dash: int):
-        if dash == 0:
-            d.line([a, b], fill=colour, width=2)
-            return
-        n = 24
-        for i in range(n):
-            if (i % 2) if dash == 1 else (i % 3):
-                continue
-            p = (a[0] + (b[0] - a[0]) * i / n, a[1] + (b[1] - a[1]) * i / n)
-            q = (a[0] + (b[0] - a[0]) * (i + 1) / n, a[1] + (b[1] - a[1]) * (i + 1) / n)
-            d.line([p, q], fill=colour, width=2)
+        lines = [(COLOURS[init], DASH[m], [(i, s[m][k][init]["mean"], s[m][k][init]["std"])
+                                          for i, k in enumerate(ks)
+                                          if m in s and k in s[m] and init in s[m][k]])
+                 for m in METHODS for init in self.args.inits]
+        line_plot(path, [str(k) for k in ks], lines, "labels per class; test accuracy (0-1); "
+                  "solid fine-tune, - - linear, .. kNN",
+                  [(LABELS[i], COLOURS[i]) for i in self.args.inits])
 
     def scalars(self, s: dict):
         from torch.utils.tensorboard import SummaryWriter
@@ -217,44 +319,76 @@ class Study:
             for m in s:
                 for k, row in s[m].items():
                     step = full if k == "all" else int(k)
-                    for init in INITS:
+                    for init in self.args.inits:
                         if init in row:
                             tb.add_scalar(f"study/{m}/{init}", row[init]["mean"], step)
 
     def budget(self) -> str:
-        """Probe accuracy of the pre-training run's checkpoints (and a random encoder)."""
+        """Probe accuracy of the pre-training run's checkpoints (and a random encoder, step 0)
+        at k = --budget-k for every seed: the mean +- std over seeds against steps."""
         from pretrain.export import main as export
-        from .probe import run_probe
         ckpts = os.path.join(self.args.budget_run, "checkpoints")
         tags = sorted((t for t in os.listdir(ckpts) if os.path.isfile(
             os.path.join(ckpts, t, "COMPLETE"))), key=lambda t: int("".join(
                 c for c in t if c.isdigit()) or 0)) if os.path.isdir(ckpts) else []
         if not tags:
             raise FileNotFoundError(f"{ckpts} holds no finished checkpoints to probe")
-        shards = self.data_for(self.args.budget_k, 0)
-        rows = []
+        if self.args.budget_steps:
+            by_step = {int("".join(c for c in t if c.isdigit())): t for t in tags}
+            missing = [n for n in self.args.budget_steps if n not in by_step]
+            if missing:
+                raise FileNotFoundError(
+                    f"{ckpts} has no finished checkpoint at step(s) {missing}; it has "
+                    f"{sorted(by_step)} (train.ckpt_every and train.keep_last decide which)")
+            tags = [by_step[n] for n in sorted(set(self.args.budget_steps))]
+        jobs, steps = [], []
+        zero = "untrained" if "untrained" in self.args.inits else "random"
         for tag in [None, *tags]:
-            name = tag or "random"
+            name = tag or zero
             enc = ""
             if tag:
                 enc = os.path.join(self.out, "budget", name, "export")
                 if not os.path.isfile(os.path.join(enc, "encoder.safetensors")):
                     if export([self.args.budget_run, "--tag", tag, "--out", enc]) != 0:
                         raise RuntimeError(f"exporting {tag} of {self.args.budget_run} failed")
-            run_dir = os.path.join(self.out, "budget", name, "probe")
-            report = _load(os.path.join(run_dir, "report.json")) or run_probe(
-                self.config(shards, run_dir, enc, 0))
-            step = int("".join(c for c in tag if c.isdigit())) if tag else 0
-            rows.append((step, accuracy(report, "linear"), accuracy(report, "knn")))
+            steps.append(int("".join(c for c in tag if c.isdigit())) if tag else 0)
+            for seed in self.args.seeds:
+                run_dir = os.path.join(self.out, "budget", name, f"s{seed}", "probe")
+                jobs.append((steps[-1], seed, run_dir, self.config(
+                    self.data_for(self.args.budget_k, seed), run_dir,
+                    self.untrained_encoder(seed) if name == "untrained" else enc, seed)))
+        self._pool([("probe", j[3]) for j in jobs
+                    if _load(os.path.join(j[2], "report.json")) is None])
+        rows = []
+        for step in steps:
+            reports = [_load(os.path.join(j[2], "report.json")) for j in jobs if j[0] == step]
+            row = {"step": step, "seeds": self.args.seeds}
+            for m in ("linear", "knn"):
+                v = np.array([accuracy(r, m) for r in reports])
+                row[m] = float(v.mean())
+                row[f"{m}_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+                row[f"{m}_per_seed"] = [float(a) for a in v]
+            rows.append(row)
+        step0 = ("the pre-training model untrained" if zero == "untrained"
+                 else "the fine-tuning model's random init")
         lines = [f"# Probe accuracy vs pre-training steps ({self.args.budget_run}, "
-                 f"k = {self.args.budget_k}, seed 0)", "",
-                 "| pre-training steps | linear probe | kNN |", "|---|---|---|"]
-        lines += [f"| {st} | {lin:.3f} | {knn:.3f} |" for st, lin, knn in rows]
+                 f"k = {self.args.budget_k}, seeds {self.args.seeds}; step 0: {step0})", "",
+                 "| pre-training steps | linear probe | kNN | linear per seed |",
+                 "|---|---|---|---|"]
+        lines += [f"| {r['step']} | {r['linear']:.3f} +- {r['linear_std']:.3f} | "
+                  f"{r['knn']:.3f} +- {r['knn_std']:.3f} | "
+                  f"{' '.join(f'{a:.3f}' for a in r['linear_per_seed'])} |" for r in rows]
         text = "\n".join(lines) + "\n"
         with open(os.path.join(self.out, "budget.md"), "w") as f:
             f.write(text)
         with open(os.path.join(self.out, "budget.json"), "w") as f:
-            json.dump([{"step": st, "linear": lin, "knn": knn} for st, lin, knn in rows], f)
+            json.dump(rows, f, indent=1)
+        line_plot(os.path.join(self.out, "budget.png"), [str(r["step"]) for r in rows],
+                  [(COLOURS["pretrained"], DASH[m], [(i, r[m], r[f"{m}_std"])
+                                                     for i, r in enumerate(rows)])
+                   for m in ("linear", "knn")],
+                  f"pre-training steps (0: {zero}); test accuracy at k = "
+                  f"{self.args.budget_k}; - - linear, .. kNN", [])
         return text
 
 
@@ -269,12 +403,23 @@ def main(argv=None) -> int:
     ap.add_argument("--ks", nargs="+", default=["4", "16", "64", "all"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--inits", nargs="+", default=["pretrained", "scratch"], choices=INITS,
+                    help="pretrained (--encoder), scratch (the fine-tuning model's random init), "
+                         "untrained (the pre-training model's init at step 0, our exports only)")
     ap.add_argument("--clips-per-epoch", type=int, default=256,
                     help="data.repeats is set so each epoch sees about this many clips")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs at once, each in its own process with cores/jobs threads (small "
+                         "models train faster two at a time than one on two threads)")
     ap.add_argument("--budget-run", help="a pre-training run: probe each of its checkpoints")
     ap.add_argument("--budget-k", default="16")
+    ap.add_argument("--budget-steps", nargs="+", type=int,
+                    help="probe only the checkpoints of these steps (default: every one)")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value")
-    args = ap.parse_args(argv)
+    from pretrain.config import parse_args_with_overrides
+    args = parse_args_with_overrides(ap, argv)
+    if args.jobs < 1:
+        ap.error(f"--jobs takes a positive count, not {args.jobs}")
     for k in args.ks:
         if k != "all" and not (k.isdigit() and int(k) > 0):
             ap.error(f"--ks takes positive integers or 'all', not {k!r}")
@@ -282,9 +427,8 @@ def main(argv=None) -> int:
     from pretrain.config import ConfigError
     study = Study(args)
     try:
-        for k in args.ks:
-            for seed in args.seeds:
-                study.run_one(k, seed)
+        study.run([job for k in args.ks for seed in args.seeds
+                   for job in study.jobs_for(k, seed)])
         print(study.write())
         if args.budget_run:
             print(study.budget())

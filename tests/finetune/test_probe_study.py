@@ -86,7 +86,7 @@ def test_probe_cli_writes_a_report_for_an_export_and_a_random_encoder(synthetic_
 
 
 def test_study_runs_resumes_and_writes_tables_plot_and_budget(synthetic_set, ft_recipe,
-                                                              tmp_path):
+                                                              tmp_path, capsys):
     from finetune.study import main as study
     from pretrain.config import load_config
     from pretrain.train import train as pretrain
@@ -100,18 +100,32 @@ def test_study_runs_resumes_and_writes_tables_plot_and_budget(synthetic_set, ft_
             "--out", str(tmp_path / "study"), "--ks", "2", "all", "--seeds", "0", "1",
             "--clips-per-epoch", "16", "--budget-run", str(tmp_path / "pre"),
             "--budget-k", "2", "train.epochs=1"]
-    assert study(args) == 0
+    assert study([*args, "--jobs", "2", "--inits", "pretrained", "scratch", "untrained"]) == 0
     out = tmp_path / "study"
     res = json.load(open(out / "results.json"))
     assert set(res) == {"finetune", "linear", "knn"}
     row = res["finetune"]["2"]
     assert set(row["pretrained"]["seeds"]) == {"0", "1"} and "gain" in row
+    assert "gain_untrained" in row and "wins_untrained" in row
+    # the untrained control: the pre-training model's step-0 encoder in the export's geometry
+    from pretrain.model import ModelConfig, VideoMAE
+    from safetensors.torch import load_file
+    import torch
+    torch.manual_seed(1)
+    export_dir = pre["export"] if os.path.isdir(pre["export"]) else os.path.dirname(pre["export"])
+    meta = json.load(open(os.path.join(export_dir, "encoder.json")))
+    want = VideoMAE(ModelConfig(**meta["model"])).state_dict()
+    got = load_file(str(out / "untrained" / "s1" / "encoder.safetensors"))
+    assert all(torch.equal(got[k], want["encoder." + k]) for k in got)
     assert "| 2 |" in (out / "results.md").read_text()
     assert (out / "accuracy_vs_labels.png").stat().st_size > 1000
     budget = json.load(open(out / "budget.json"))
     assert [b["step"] for b in budget] == [0, 2, 4]
+    assert (out / "budget" / "untrained" / "s0" / "probe" / "report.json").is_file()
+    assert all(len(b["linear_per_seed"]) == 2 for b in budget)      # every seed probed
+    assert (out / "budget.png").stat().st_size > 1000
     assert os.path.islink(out / "tb" / "k2" / "pretrained" / "s0")
-    # everything finished is reused: a second call trains nothing
+    # everything finished is reused: a second call (in this process) trains nothing
     mtime = os.path.getmtime(out / "runs" / "k2" / "scratch" / "s1" / "finetune" /
                              "report.json")
     assert study(args) == 0
@@ -119,3 +133,8 @@ def test_study_runs_resumes_and_writes_tables_plot_and_budget(synthetic_set, ft_
                             "report.json") == mtime
     with pytest.raises(SystemExit):
         study([*args[:10], "--ks", "zero"])
+    # some of the checkpoints only; a step without one is named with those there are
+    assert study([*args, "--budget-steps", "4"]) == 0
+    assert [b["step"] for b in json.load(open(out / "budget.json"))] == [0, 4]
+    assert study([*args, "--budget-steps", "3"]) == 2
+    assert "no finished checkpoint at step(s) [3]; it has [2, 4]" in capsys.readouterr().err

@@ -31,12 +31,26 @@ python -m pretrain --config launch/configs/pretrain/tiny_synthetic.yaml \
   run.dir="$OUT/pretrain" data.shards="$OUT/data/pool" log.progress=false
 
 echo "== 4/4 16 labels per class: pre-trained vs scratch (fine-tuned and frozen), UniFormer head"
+# The 16-shot split (the study's own, seed 0), then three runs at once on one thread each: the
+# study's two (--jobs 2) and the UniFormer head beside them (log: $OUT/uniformer_head.log).
+[ -f "$OUT/study/data/k16_s0/train/manifest.json" ] || python -m data.prep subset "$OUT/data" \
+  --per-class 16 --seed 0 --out "$OUT/study/data/k16_s0"
+OMP_NUM_THREADS=1 python -m finetune --config launch/configs/finetune/synthetic_uniformer_head.yaml \
+  --init "$OUT/pretrain/export" run.dir="$OUT/finetune_uniformer_head" \
+  data.shards="$OUT/study/data/k16_s0" data.repeats=4 > "$OUT/uniformer_head.log" 2>&1 &
+HEAD_PID=$!
+trap 'kill $HEAD_PID 2>/dev/null || true' EXIT
 python -m finetune.study --set "$OUT/data" --encoder "$OUT/pretrain/export" \
   --config launch/configs/finetune/synthetic_vivit.yaml --out "$OUT/study" --ks 16 --seeds 0 \
-  --methods finetune linear
-python -m finetune --config launch/configs/finetune/synthetic_uniformer_head.yaml \
-  --init "$OUT/pretrain/export" run.dir="$OUT/finetune_uniformer_head" \
-  data.shards="$OUT/study/data/k16_s0" data.repeats=4
+  --methods finetune linear --jobs 2
+echo "waiting for the UniFormer head ($OUT/uniformer_head.log)"
+if ! wait $HEAD_PID; then
+  tail -n 20 "$OUT/uniformer_head.log"
+  echo "the UniFormer head run failed: $OUT/uniformer_head.log; re-run to resume" >&2
+  exit 1
+fi
+trap - EXIT
+tail -n 1 "$OUT/uniformer_head.log"
 
 python - "$OUT" <<'PY'
 import json, sys

@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import os
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -223,7 +224,6 @@ def parse_args_with_overrides(ap, argv=None):
     """``ap.parse_args`` where ``section.key=value`` overrides may stand anywhere, also after a
     flag that takes several values (``--ks 4 16 model.patch_size=8``); they land in
     ``args.overrides`` in the order given. ``ap`` declares the positional ``overrides``."""
-    import sys
     argv = sys.argv[1:] if argv is None else list(argv)
     late = [a for a in argv if _OVERRIDE.match(a)]
     args = ap.parse_args([a for a in argv if not _OVERRIDE.match(a)])

@@ -35,6 +35,7 @@ interrupted study resumes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -76,6 +77,24 @@ def _execute(what: str, cfg) -> None:
         run_probe(cfg)
     elif train(cfg).get("stopped_by_signal"):
         raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """Within: SIGTERM raises KeyboardInterrupt in this (main) thread, as SIGINT does."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def line_plot(path: str, xlabels: list, lines: list, caption: str, legend: list,
@@ -212,27 +231,34 @@ class Study:
                     if m in self.args.methods:
                         self.rows.setdefault((k, m, init_name), {})[seed] = accuracy(report, m)
 
-    def _pool(self, todo: list[tuple]):
-        """Run (what, config) jobs, ``--jobs`` at once in spawned processes with cores/jobs
-        threads each, or in this process."""
+    def _pool(self, todo: list[tuple], fn=None):
+        """Run (what, config) jobs through ``fn`` (default: fine-tune or probe), ``--jobs`` at
+        once in spawned processes with cores/jobs threads each, or in this process. A SIGTERM
+        or SIGINT to this process is passed on to the workers (a fine-tune checkpoints and
+        stops; the same command resumes) and raises KeyboardInterrupt here."""
+        fn = fn or _execute
         if self.args.jobs > 1 and len(todo) > 1:
             import concurrent.futures as cf
             import multiprocessing as mp
             threads = max(1, (os.cpu_count() or 1) // self.args.jobs)
             with cf.ProcessPoolExecutor(self.args.jobs, mp_context=mp.get_context("spawn"),
                                         initializer=_worker_init,
-                                        initargs=(threads,)) as pool:
-                futures = [pool.submit(_execute, what, cfg) for what, cfg in todo]
+                                        initargs=(threads,)) as pool, _sigterm_interrupts():
+                futures = []
                 try:
+                    futures = [pool.submit(fn, what, cfg) for what, cfg in todo]
                     for f in cf.as_completed(futures):
                         f.result()
                 except BaseException:
                     for f in futures:
                         f.cancel()
+                    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                        if proc.is_alive():
+                            proc.terminate()
                     raise
         else:
             for what, cfg in todo:
-                _execute(what, cfg)
+                fn(what, cfg)
 
     @staticmethod
     def _link_tb(run_dir: str, where: str):

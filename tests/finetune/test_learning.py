@@ -107,5 +107,7 @@ def test_pretraining_pays_at_16_labels_per_class_fine_tuned_and_probed(tmp_path)
 #   linear      0.565 / 0.305, 0.405 / 0.255, 0.415 / 0.265: gains 0.26, 0.15, 0.15
 # The bars sit 0.07-0.08 below the smallest gain (one standard error of a difference of two
 # accuracies on 200 clips is about 0.045). CPU numerics only: no GPU was at hand to measure
-# the spread there.
+# the spread there. "Scratch" is the fine-tuning model's own init; against the pre-training
+# model at step 0 (`--inits ... untrained`) the probe still gains and fine-tuning does not
+# (README, "Does pre-training pay?").
 GAIN = {"finetune": 0.07, "linear": 0.08}

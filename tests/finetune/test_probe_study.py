@@ -138,3 +138,34 @@ def test_study_runs_resumes_and_writes_tables_plot_and_budget(synthetic_set, ft_
     assert [b["step"] for b in json.load(open(out / "budget.json"))] == [0, 4]
     assert study([*args, "--budget-steps", "3"]) == 2
     assert "no finished checkpoint at step(s) [3]; it has [2, 4]" in capsys.readouterr().err
+
+
+def _sleep_job(what, seconds):
+    import time
+    time.sleep(seconds)
+
+
+def test_a_sigterm_to_the_study_stops_its_pool_workers(tmp_path):
+    """SIGTERM to the study's process (a scheduler, `kill PID`) interrupts it and terminates the
+    workers it spawned, instead of leaving them to finish their runs."""
+    import signal
+    import threading
+    import time
+    from types import SimpleNamespace
+    import psutil
+    from finetune.study import Study
+    study = Study(SimpleNamespace(jobs=2, out=str(tmp_path)))
+    me = psutil.Process()
+    before = signal.getsignal(signal.SIGTERM)
+    timer = threading.Timer(8.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    t0 = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        study._pool([("sleep", 60), ("sleep", 60), ("sleep", 60)], fn=_sleep_job)
+    timer.cancel()
+    assert time.time() - t0 < 30
+    time.sleep(0.5)
+    workers = [c for c in me.children(recursive=True) if c.is_running() and
+               c.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(c.cmdline())]
+    assert workers == []              # (multiprocessing's resource tracker may stay; no worker)
+    assert signal.getsignal(signal.SIGTERM) == before      # the old handler is back

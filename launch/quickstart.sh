@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on the embedded default, end to end, on this machine's CPU (about 15 minutes on
+# The main job on the embedded default, end to end, on this machine's CPU (about 12 minutes on
 # 2 cores):
 #   1. set-up (cached after the first run)
 #   2. generate the synthetic motion set (real H.264 clips): an unlabeled pool for pre-training,

@@ -64,6 +64,11 @@ def accuracy(report: dict, method: str) -> float:
     return float(report[method]["test"]["acc"])
 
 
+def _step(tag: str) -> int:
+    """A checkpoint tag's step: 'step00000200' -> 200."""
+    return int("".join(c for c in tag if c.isdigit()) or 0)
+
+
 def _worker_init(threads: int):
     import torch
     torch.set_num_threads(threads)
@@ -297,7 +302,7 @@ class Study:
                 continue
             title = {"finetune": "Fine-tuning", "linear": "Linear probe (frozen)",
                      "knn": "kNN (frozen)"}[m]
-            inits = [i for i in self.args.inits]
+            inits = self.args.inits
             bases = [b for b in ("scratch", "untrained") if b in inits]
             lines += [f"## {title}", "",
                       "| labels per class | " + " | ".join(LABELS[i] for i in inits) + " | " +
@@ -355,12 +360,11 @@ class Study:
         from pretrain.export import main as export
         ckpts = os.path.join(self.args.budget_run, "checkpoints")
         tags = sorted((t for t in os.listdir(ckpts) if os.path.isfile(
-            os.path.join(ckpts, t, "COMPLETE"))), key=lambda t: int("".join(
-                c for c in t if c.isdigit()) or 0)) if os.path.isdir(ckpts) else []
+            os.path.join(ckpts, t, "COMPLETE"))), key=_step) if os.path.isdir(ckpts) else []
         if not tags:
             raise FileNotFoundError(f"{ckpts} holds no finished checkpoints to probe")
         if self.args.budget_steps:
-            by_step = {int("".join(c for c in t if c.isdigit())): t for t in tags}
+            by_step = {_step(t): t for t in tags}
             missing = [n for n in self.args.budget_steps if n not in by_step]
             if missing:
                 raise FileNotFoundError(
@@ -377,7 +381,7 @@ class Study:
                 if not os.path.isfile(os.path.join(enc, "encoder.safetensors")):
                     if export([self.args.budget_run, "--tag", tag, "--out", enc]) != 0:
                         raise RuntimeError(f"exporting {tag} of {self.args.budget_run} failed")
-            steps.append(int("".join(c for c in tag if c.isdigit())) if tag else 0)
+            steps.append(_step(tag) if tag else 0)
             for seed in self.args.seeds:
                 run_dir = os.path.join(self.out, "budget", name, f"s{seed}", "probe")
                 jobs.append((steps[-1], seed, run_dir, self.config(

@@ -354,10 +354,9 @@ class Study:
                         if init in row:
                             tb.add_scalar(f"study/{m}/{init}", row[init]["mean"], step)
 
-    def budget(self) -> str:
-        """Probe accuracy of the pre-training run's checkpoints (and a random encoder, step 0)
-        at k = --budget-k for every seed: the mean +- std over seeds against steps."""
-        from pretrain.export import main as export
+    def budget_tags(self) -> list[str]:
+        """The finished checkpoints of --budget-run to probe (--budget-steps, or all): checked
+        before the study runs, so a missing step stops it at once."""
         ckpts = os.path.join(self.args.budget_run, "checkpoints")
         tags = sorted((t for t in os.listdir(ckpts) if os.path.isfile(
             os.path.join(ckpts, t, "COMPLETE"))), key=_step) if os.path.isdir(ckpts) else []
@@ -371,6 +370,12 @@ class Study:
                     f"{ckpts} has no finished checkpoint at step(s) {missing}; it has "
                     f"{sorted(by_step)} (train.ckpt_every and train.keep_last decide which)")
             tags = [by_step[n] for n in sorted(set(self.args.budget_steps))]
+        return tags
+
+    def budget(self, tags: list[str]) -> str:
+        """Probe accuracy of the pre-training run's checkpoints ``tags`` (and a random encoder,
+        step 0) at k = --budget-k for every seed: the mean +- std over seeds against steps."""
+        from pretrain.export import main as export
         jobs, steps = [], []
         zero = "untrained" if "untrained" in self.args.inits else "random"
         for tag in [None, *tags]:
@@ -457,11 +462,12 @@ def main(argv=None) -> int:
     from pretrain.config import ConfigError
     study = Study(args)
     try:
+        tags = study.budget_tags() if args.budget_run else []
         study.run([job for k in args.ks for seed in args.seeds
                    for job in study.jobs_for(k, seed)])
         print(study.write())
         if args.budget_run:
-            print(study.budget())
+            print(study.budget(tags))
     except (ConfigError, DataSetError, FileNotFoundError, ValueError) as e:
         print(f"finetune.study: error: {e}", file=sys.stderr)
         return 2

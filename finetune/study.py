@@ -19,9 +19,9 @@ step 0 in the encoder's geometry (its init scheme differs from the fine-tuning m
 control for what pre-training itself added.
 
 ``--budget-run``: the pre-training run's checkpoints are exported and probed at k =
-``--budget-k`` for every seed beside step 0 (the random encoder, or the untrained one with
-``--inits ... untrained``): probe accuracy (mean +- std over seeds) against pre-training steps
-(``--budget-steps`` picks some of them).
+``--budget-k`` for every seed beside step 0 (the run's own initial weights, rebuilt from its
+config and seed: ``pretrain.export --initial``): probe accuracy (mean +- std over seeds) against
+pre-training steps (``--budget-steps`` picks some of them).
 
 ``--jobs N`` runs N fine-tunes or probes at once, each in its own process with cores/N threads:
 small models train faster two at a time on two cores than one at a time on both.
@@ -373,25 +373,22 @@ class Study:
         return tags
 
     def budget(self, tags: list[str]) -> str:
-        """Probe accuracy of the pre-training run's checkpoints ``tags`` (and a random encoder,
-        step 0) at k = --budget-k for every seed: the mean +- std over seeds against steps."""
+        """Probe accuracy of the pre-training run's checkpoints ``tags`` and of its initial
+        weights (step 0, rebuilt from its config and seed) at k = --budget-k for every seed:
+        the mean +- std over seeds against steps."""
         from pretrain.export import main as export
         jobs, steps = [], []
-        zero = "untrained" if "untrained" in self.args.inits else "random"
-        for tag in [None, *tags]:
-            name = tag or zero
-            enc = ""
-            if tag:
-                enc = os.path.join(self.out, "budget", name, "export")
-                if not os.path.isfile(os.path.join(enc, "encoder.safetensors")):
-                    if export([self.args.budget_run, "--tag", tag, "--out", enc]) != 0:
-                        raise RuntimeError(f"exporting {tag} of {self.args.budget_run} failed")
-            steps.append(_step(tag) if tag else 0)
+        for tag in ["initial", *tags]:
+            enc = os.path.join(self.out, "budget", tag, "export")
+            if not os.path.isfile(os.path.join(enc, "encoder.safetensors")):
+                which = ["--initial"] if tag == "initial" else ["--tag", tag]
+                if export([self.args.budget_run, *which, "--out", enc]) != 0:
+                    raise RuntimeError(f"exporting {tag} of {self.args.budget_run} failed")
+            steps.append(0 if tag == "initial" else _step(tag))
             for seed in self.args.seeds:
-                run_dir = os.path.join(self.out, "budget", name, f"s{seed}", "probe")
+                run_dir = os.path.join(self.out, "budget", tag, f"s{seed}", "probe")
                 jobs.append((steps[-1], seed, run_dir, self.config(
-                    self.data_for(self.args.budget_k, seed), run_dir,
-                    self.untrained_encoder(seed) if name == "untrained" else enc, seed)))
+                    self.data_for(self.args.budget_k, seed), run_dir, enc, seed)))
         self._pool([("probe", j[3]) for j in jobs
                     if _load(os.path.join(j[2], "report.json")) is None])
         rows = []
@@ -404,10 +401,9 @@ class Study:
                 row[f"{m}_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
                 row[f"{m}_per_seed"] = [float(a) for a in v]
             rows.append(row)
-        step0 = ("the pre-training model untrained" if zero == "untrained"
-                 else "the fine-tuning model's random init")
         lines = [f"# Probe accuracy vs pre-training steps ({self.args.budget_run}, "
-                 f"k = {self.args.budget_k}, seeds {self.args.seeds}; step 0: {step0})", "",
+                 f"k = {self.args.budget_k}, seeds {self.args.seeds}; step 0: the run's "
+                 f"initial weights)", "",
                  "| pre-training steps | linear probe | kNN | linear per seed |",
                  "|---|---|---|---|"]
         lines += [f"| {r['step']} | {r['linear']:.3f} +- {r['linear_std']:.3f} | "
@@ -422,7 +418,7 @@ class Study:
                   [(COLOURS["pretrained"], DASH[m], [(i, r[m], r[f"{m}_std"])
                                                      for i, r in enumerate(rows)])
                    for m in ("linear", "knn")],
-                  f"pre-training steps (0: {zero}); test accuracy at k = "
+                  f"pre-training steps (0: initial weights); test accuracy at k = "
                   f"{self.args.budget_k}; - - linear, .. kNN", [])
         return text
 

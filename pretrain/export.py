@@ -1,6 +1,8 @@
 """`python -m pretrain.export RUN_DIR`: the encoder of a run's checkpoint as
 ``export/encoder.safetensors`` + ``encoder.json`` (what ``finetune --init`` takes), and
-optionally the whole model in the HuggingFace layout (``--hf DIR``).
+optionally the whole model in the HuggingFace layout (``--hf DIR``). ``--initial`` exports the
+run's weights before its first step instead, rebuilt from its config.yaml and run.seed (what a
+budget curve's step 0 is).
 
 encoder.safetensors holds the encoder's weights under our names without the ``encoder.``
 prefix (``patch_embed.proj.weight``, ``blocks.0.attn.qkv.weight``, ..., ``norm.weight``);
@@ -36,6 +38,12 @@ def export_encoder(weights: dict, model_cfg: ModelConfig, out_dir: str, provenan
             "source": provenance}
     write_text_atomic(os.path.join(out_dir, "encoder.json"), json.dumps(meta, indent=1))
     return path
+
+
+def initial_weights(cfg) -> dict:
+    """The weights a pre-training run with config ``cfg`` starts from."""
+    from .model import initial_model
+    return initial_model(cfg.model, cfg.run.seed).state_dict()
 
 
 def export_hf(weights: dict, model_cfg: ModelConfig, out_dir: str) -> str:
@@ -77,9 +85,14 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir")
     ap.add_argument("--tag", help="checkpoint tag (default: latest)")
+    ap.add_argument("--initial", action="store_true",
+                    help="the run's initial weights (step 0, rebuilt from its config and seed) "
+                         "instead of a checkpoint's")
     ap.add_argument("--out", help="folder for encoder.* (default RUN_DIR/export)")
     ap.add_argument("--hf", help="also write the whole model in the HuggingFace layout here")
     args = ap.parse_args(argv)
+    if args.initial and args.tag:
+        ap.error("--initial and --tag pick different weights; give one")
     from .config import PretrainConfig, load_config
     from .runtime.engine import read_model_weights
 
@@ -88,17 +101,23 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(cfg_path, schema=PretrainConfig)
         tag = args.tag
-        if tag is None:
-            with open(os.path.join(ckpt_dir, "latest")) as f:
-                tag = f.read().strip()
-        weights = read_model_weights(ckpt_dir, tag)
+        if args.initial:
+            weights = initial_weights(cfg)
+        else:
+            if tag is None:
+                with open(os.path.join(ckpt_dir, "latest")) as f:
+                    tag = f.read().strip()
+            weights = read_model_weights(ckpt_dir, tag)
     except (OSError, ValueError) as e:
-        print(f"pretrain.export: error: {e} (is {args.run_dir} a pre-training run folder with "
-              f"a checkpoint?)", file=sys.stderr)
+        what = "" if args.initial else " with a checkpoint"
+        print(f"pretrain.export: error: {e} (is {args.run_dir} a pre-training run folder{what}?)",
+              file=sys.stderr)
         return 2
     out = args.out or os.path.join(args.run_dir, "export")
-    path = export_encoder(weights, cfg.model, out, {"run_dir": os.path.abspath(args.run_dir),
-                                                    "checkpoint": tag})
+    source = {"run_dir": os.path.abspath(args.run_dir), "checkpoint": tag}
+    if args.initial:
+        source.update(checkpoint=None, initial=True, seed=cfg.run.seed)
+    path = export_encoder(weights, cfg.model, out, source)
     print(path)
     if args.hf:
         print(export_hf(weights, cfg.model, args.hf))

@@ -294,6 +294,13 @@ class VideoMAE(nn.Module):
         return unpatchify(patches, grid, cfg.tubelet_size, cfg.patch_size).clamp(0, 1)
 
 
+def initial_model(cfg: ModelConfig, seed: int) -> VideoMAE:
+    """The model a pre-training run with run.seed ``seed`` starts from (the same on every rank,
+    and what ``pretrain.export --initial`` rebuilds)."""
+    torch.manual_seed(seed)
+    return VideoMAE(cfg)
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

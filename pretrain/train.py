@@ -26,7 +26,7 @@ from data.prefetch import Prefetcher
 from data.stream import TrainStream, batch_to_device
 from .config import PretrainConfig, dump_yaml, to_dict
 from .export import export_encoder
-from .model import VideoMAE
+from .model import VideoMAE, initial_model
 from .runtime.checkpoint import Checkpointer, RunDirLock
 from .runtime.distributed import (all_reduce_max, all_reduce_mean, barrier, init_distributed,
                                   shutdown)
@@ -226,8 +226,7 @@ def _train(cfg: PretrainConfig, dist, stop: StopRequested) -> dict:
     cfg.data.shards = resolve_shards(cfg.data.shards, os.path.join(run_dir, "data"),
                                      dist.is_main, lambda: barrier(dist))
     check_resume_config(run_dir, cfg)
-    torch.manual_seed(cfg.run.seed)  # same initial weights on every rank
-    model = VideoMAE(cfg.model)
+    model = initial_model(cfg.model, cfg.run.seed)
     total_batch = cfg.data.batch_size * cfg.runtime.grad_accum * dist.world_size
     peak_lr = cfg.optim.lr if cfg.optim.lr is not None else scaled_lr(cfg.optim.base_lr,
                                                                       total_batch)

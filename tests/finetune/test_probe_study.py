@@ -121,7 +121,7 @@ def test_study_runs_resumes_and_writes_tables_plot_and_budget(synthetic_set, ft_
     assert (out / "accuracy_vs_labels.png").stat().st_size > 1000
     budget = json.load(open(out / "budget.json"))
     assert [b["step"] for b in budget] == [0, 2, 4]
-    assert (out / "budget" / "untrained" / "s0" / "probe" / "report.json").is_file()
+    assert (out / "budget" / "initial" / "s0" / "probe" / "report.json").is_file()
     assert all(len(b["linear_per_seed"]) == 2 for b in budget)      # every seed probed
     assert (out / "budget.png").stat().st_size > 1000
     assert os.path.islink(out / "tb" / "k2" / "pretrained" / "s0")

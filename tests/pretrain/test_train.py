@@ -21,8 +21,13 @@ def run_cli(recipe, *overrides, env=None, **kw):
 
 
 def losses(run_dir):
+    return losses_and(run_dir, "loss")
+
+
+def losses_and(run_dir, field):
+    """``field`` of every logged training step, by step."""
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return {r["step"]: r["loss"] for r in map(json.loads, f)}
+        return {r["step"]: r[field] for r in map(json.loads, f) if field in r}
 
 
 def final_weights(run_dir):
@@ -187,6 +192,32 @@ def test_loss_falls_pictures_and_export(tiny_recipe, tmp_path):
     assert r.returncode == 0, r.stderr
     again = load_file(str(out / "encoder.safetensors"))
     assert all(torch.equal(again[k], enc[k]) for k in enc)
+
+
+def test_export_initial_is_the_weights_the_run_started_from(tiny_recipe, tmp_path):
+    """`pretrain.export --initial` rebuilds step 0 from the run's config and seed: one AdamW
+    step moves no weight by more than that step's lr (plus its weight decay), while another
+    seed's init is far away."""
+    recipe, run_dir = tiny_recipe
+    train(load_config(recipe, ["train.steps=1", "train.ckpt_every=1"]))
+    lr = losses_and(run_dir, "lr")[1]
+    out = tmp_path / "initial"
+    r = subprocess.run([sys.executable, "-m", "pretrain.export", run_dir, "--initial",
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    from safetensors.torch import load_file
+    initial = load_file(str(out / "encoder.safetensors"))
+    step1 = final_weights(run_dir)
+    moved = max((initial[k] - step1["encoder." + k]).abs().max().item() for k in initial)
+    assert 0 < moved <= lr * 1.1, (moved, lr)
+    from pretrain.model import initial_model
+    other = initial_model(load_config(recipe).model, seed=1).state_dict()
+    assert max((initial[k] - other["encoder." + k]).abs().max().item() for k in initial) > 0.05
+    meta = json.load(open(out / "encoder.json"))
+    assert meta["source"]["initial"] is True and meta["source"]["seed"] == 0
+    r = subprocess.run([sys.executable, "-m", "pretrain.export", run_dir, "--initial",
+                        "--tag", "step00000001"], capture_output=True, text=True)
+    assert r.returncode == 2 and "give one" in r.stderr
 
 
 def test_the_medmnist_recipe_trains_on_single_channel_volumes(tmp_path):

@@ -49,6 +49,7 @@ COLOURS = {"pretrained": (31, 119, 180), "scratch": (214, 39, 40), "untrained": 
 LABELS = {"pretrained": "pre-trained", "scratch": "scratch",
           "untrained": "untrained (pre-training's init)"}
 DASH = {"finetune": 0, "linear": 1, "knn": 2}
+BASES = {"scratch": "", "untrained": "_untrained"}   # baseline -> suffix of gain/wins keys
 
 
 def _load(path: str) -> dict | None:
@@ -280,12 +281,11 @@ class Study:
                 "seeds": {int(s): by_seed[s] for s in sorted(by_seed)}}
         for m in out:
             for k, row in out[m].items():
-                for base in ("scratch", "untrained"):
+                for base, suffix in BASES.items():
                     if "pretrained" not in row or base not in row:
                         continue
                     a, b = row["pretrained"]["seeds"], row[base]["seeds"]
                     common = sorted(set(a) & set(b))
-                    suffix = "" if base == "scratch" else "_untrained"
                     row["gain" + suffix] = float(np.mean([a[s] - b[s] for s in common]))
                     row["wins" + suffix] = f"{sum(a[s] > b[s] for s in common)}/{len(common)}"
         return out
@@ -303,7 +303,7 @@ class Study:
             title = {"finetune": "Fine-tuning", "linear": "Linear probe (frozen)",
                      "knn": "kNN (frozen)"}[m]
             inits = self.args.inits
-            bases = [b for b in ("scratch", "untrained") if b in inits]
+            bases = [b for b in BASES if b in inits]
             lines += [f"## {title}", "",
                       "| labels per class | " + " | ".join(LABELS[i] for i in inits) + " | " +
                       " | ".join(f"gain over {b} | wins over {b}" for b in bases) +
@@ -316,9 +316,8 @@ class Study:
                 cells = [f"{row[i]['mean']:.3f} +- {row[i]['std']:.3f}" if i in row else "-"
                          for i in inits]
                 for b in bases:
-                    suffix = "" if b == "scratch" else "_untrained"
-                    cells += [f"{row.get('gain' + suffix, float('nan')):+.3f}",
-                              row.get("wins" + suffix, "-")]
+                    cells += [f"{row.get('gain' + BASES[b], float('nan')):+.3f}",
+                              row.get("wins" + BASES[b], "-")]
                 cells.append(" ".join("/".join(
                     f"{row[i]['seeds'].get(sd, float('nan')):.3f}" if i in row else "-"
                     for i in inits) for sd in self.args.seeds))

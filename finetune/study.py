@@ -182,9 +182,8 @@ class Study:
         """The pre-training model's encoder at step 0 (its own initialisation, seeded by
         ``seed``) in the geometry of --encoder: the control that tells what pre-training added
         beyond the init scheme (the fine-tuning models start new layers differently)."""
-        import torch
         from pretrain.export import export_encoder
-        from pretrain.model import ModelConfig, VideoMAE
+        from pretrain.model import ModelConfig, initial_model
         out = os.path.join(self.out, "untrained", f"s{seed}")
         if os.path.isfile(os.path.join(out, "encoder.safetensors")):
             return out
@@ -195,8 +194,7 @@ class Study:
             raise ValueError(f"--inits untrained builds the pre-training model in the geometry "
                              f"of --encoder, read from its encoder.json; {src} has none (it "
                              f"works with our exports)")
-        torch.manual_seed(seed)
-        model = VideoMAE(ModelConfig(**meta["model"]))
+        model = initial_model(ModelConfig(**meta["model"]), seed)
         export_encoder(model.state_dict(), model.cfg, out, {"untrained": True, "seed": seed,
                                                             "geometry_of": src})
         return out

@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     out = args.out or os.path.join(args.run_dir, "export")
     source = {"run_dir": os.path.abspath(args.run_dir), "checkpoint": tag}
     if args.initial:
-        source.update(checkpoint=None, initial=True, seed=cfg.run.seed)
+        source.update(initial=True, seed=cfg.run.seed)
     path = export_encoder(weights, cfg.model, out, source)
     print(path)
     if args.hf:

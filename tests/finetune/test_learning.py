@@ -128,8 +128,8 @@ def test_pretraining_pays_at_16_labels_per_class_and_the_probe_rises_with_steps(
 #                       0.710 / 0.660 / 0.730 / 0.785 / 0.780
 # Step 30 beats step 0 by 0.135 / 0.09 / 0.075 and step 10 by 0.05 / 0.045 / 0.125 (on the
 # 200-step layout with 400 test clips it beat both by 0.075-0.08); steps 0 -> 10 do not rise
-# in seed 2 and nothing rises after 30 (README,
-# "Does pre-training pay?"). The bars sit at about half the smallest gain (one standard error
-# of a difference on 200 clips is about 0.04, less for probes of the same clips). CPU numerics
-# only: no GPU was at hand to measure the spread there.
+# in seed 2 and nothing rises after 30 (README, "Does pre-training pay?"). The bars sit at
+# about half the smallest gain (one standard error of a difference on 200 clips is about 0.04,
+# less for probes of the same clips). CPU numerics only: no GPU was at hand to measure the
+# spread there.
 GAIN = {"finetune": 0.10, "linear": 0.10, "30 over 0": 0.04, "30 over 10": 0.02}

@@ -12,6 +12,10 @@
 _tubemae_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 _tubemae_venv=$(
   set -euo pipefail
+  # Only the environment's path may reach the captured stdout: everything this subshell runs
+  # (pip, the import check, anything a package prints when imported, such as DeepSpeed's
+  # accelerator warning) writes to stderr; the path alone goes to fd 3, the real stdout.
+  exec 3>&1 1>&2
   root=$_tubemae_root
   python=${PYTHON:-python3}
   key=$( (cat "$root/launch/constraints.txt"; "$python" -c 'import sys; print(sys.version)') \
@@ -62,8 +66,12 @@ _tubemae_venv=$(
       idna==3.20 certifi==2026.10.18 charset_normalizer==3.5.2 || exit 1
     touch "$extra/.complete" || exit 1
   fi
-  echo "$venv"
+  echo "$venv" >&3
 ) || { echo "setup: failed (see above)" >&2; unset _tubemae_root _tubemae_venv; return 1 2>/dev/null || exit 1; }
+if [ ! -x "$_tubemae_venv/bin/python" ]; then
+  echo "setup: expected one environment folder, got: '$_tubemae_venv'" >&2
+  unset _tubemae_root _tubemae_venv; return 1 2>/dev/null || exit 1
+fi
 export VIRTUAL_ENV=$_tubemae_venv
 export PATH="$_tubemae_venv/bin:$PATH"
 case ":${PYTHONPATH:-}:" in

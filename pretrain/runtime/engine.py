@@ -66,25 +66,38 @@ def _compile(module: nn.Module, runtime_cfg):
         else module
 
 
-def cpu_has_fast_bf16() -> bool:
-    """AMX or AVX512-BF16 on this CPU (what makes bf16 matmuls faster than fp32 there)."""
+CPUINFO = "/proc/cpuinfo"
+FAST_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+# Test-only: what ``auto`` resolves to on a CPU, whatever the CPU says (bf16 or fp32). The suite
+# is run once each way to show that no test depends on the CPU it runs on.
+AUTO_PRECISION_ENV = "TUBEMAE_TEST_AUTO_PRECISION"
+
+
+def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
+    """AMX or AVX512-BF16 in the ``flags`` line of ``cpuinfo`` (default: this machine's), what
+    makes bf16 matmuls faster than fp32 on a CPU; False where the file cannot be read."""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo or CPUINFO) as f:
             flags = next((line.split(":", 1)[1].split() for line in f
                           if line.startswith("flags")), [])
     except OSError:
         return False
-    return bool({"amx_bf16", "avx512_bf16"} & set(flags))
+    return bool(FAST_BF16_FLAGS & set(flags))
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: str, device: torch.device, cpuinfo: str | None = None) -> str:
     """``auto`` -> bf16 where the device runs it fast (CUDA with bf16; a CPU with AMX or
     AVX512-BF16), fp32 elsewhere. An explicit bf16 on a CPU without them runs, with a warning."""
     if precision == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        return "bf16" if cpu_has_fast_bf16() else "fp32"
-    if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16() and \
+        forced = os.environ.get(AUTO_PRECISION_ENV)
+        if forced:
+            if forced not in ("bf16", "fp32"):
+                raise ValueError(f"{AUTO_PRECISION_ENV}={forced!r}: use bf16 or fp32 (or unset it)")
+            return forced
+        return "bf16" if cpu_has_fast_bf16(cpuinfo) else "fp32"
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16(cpuinfo) and \
             os.environ.get("RANK", "0") == "0":  # one line per run, not per rank
         print("warning: runtime.precision=bf16 on a CPU without AMX or AVX512-BF16 runs bf16 "
               "in software, many times slower than fp32; use runtime.precision=auto or fp32 "

@@ -13,7 +13,7 @@ def ft_recipe(synthetic_set, tmp_path):
         "model": {"variant": 1, "tokenizer": "tubelet", "preset": "vit_tiny", "img_size": 32,
                   "patch_size": 8, "num_frames": 8, "tubelet_size": 2},
         "optim": {"lr": 1.0e-3, "warmup_epochs": 1},
-        "runtime": {"engine": "plain"},
+        "runtime": {"engine": "plain", "precision": "fp32"},
         "log": {"every": 2, "progress": False},
         "train": {"epochs": 2},
     }

@@ -199,7 +199,7 @@ def _recipe(tmp_path, synthetic_set, model):
                  "test_clips": 1, "test_crops": 1},
         "model": {"img_size": 32, "num_frames": 8, **model},
         "optim": {"lr": 1.0e-3, "warmup_epochs": 1, "layer_decay": 0.75},
-        "runtime": {"engine": "plain"},
+        "runtime": {"engine": "plain", "precision": "fp32"},
         "log": {"every": 1, "progress": False},
         "train": {"epochs": 2},
     }

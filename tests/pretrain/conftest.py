@@ -16,7 +16,7 @@ def tiny_recipe(synthetic_set, tmp_path):
         "model": {"preset": "vit_tiny", "img_size": 32, "patch_size": 8, "num_frames": 8,
                   "tubelet_size": 2, "drop_path": 0.1},
         "optim": {"lr": 1.0e-3, "warmup_steps": 2},
-        "runtime": {"engine": "plain"},
+        "runtime": {"engine": "plain", "precision": "fp32"},
         "log": {"every": 1, "picture_every": 3, "progress": False},
         "train": {"steps": 6, "ckpt_every": 3},
     }

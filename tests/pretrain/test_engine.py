@@ -33,19 +33,54 @@ def test_grad_norm_is_logged_by_every_engine_without_clipping(engine, stage, pre
     assert abs(float(e.grad_norm) - float(want)) < (0.05 if precision == "bf16" else 1e-4)
 
 
-def test_precision_auto_picks_bf16_only_where_it_is_fast(monkeypatch, capsys):
+CPU_FLAGS = {  # the flags lines of three CPUs, cut to what matters here
+    "amx": "fpu sse2 avx2 avx512f amx_bf16 amx_tile amx_int8",
+    "avx512_bf16": "fpu sse2 avx2 avx512f avx512_bf16",
+    "neither": "fpu sse2 avx2 avx512f avx512_vnni",
+}
+
+
+@pytest.mark.parametrize("cpu_kind,want", [("amx", "bf16"), ("avx512_bf16", "bf16"),
+                                           ("neither", "fp32")])
+def test_precision_auto_picks_bf16_only_where_it_is_fast(cpu_kind, want, tmp_path, monkeypatch,
+                                                         capsys):
     from pretrain.runtime import engine
+    monkeypatch.delenv(engine.AUTO_PRECISION_ENV, raising=False)
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: x\nflags\t\t: {CPU_FLAGS[cpu_kind]}\n"
+                       f"bogomips\t: 1\n\nprocessor\t: 1\nflags\t\t: {CPU_FLAGS[cpu_kind]}\n")
     cpu = torch.device("cpu")
-    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: False)
-    assert engine.resolve_precision("auto", cpu) == "fp32"
-    assert engine.resolve_precision("bf16", cpu) == "bf16"      # runs, but says so
-    assert "many times slower" in capsys.readouterr().err
-    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: True)
-    assert engine.resolve_precision("auto", cpu) == "bf16"
-    assert engine.resolve_precision("bf16", cpu) == "bf16"
-    assert capsys.readouterr().err == ""
-    assert engine.resolve_precision("fp32", cpu) == "fp32"
+    assert engine.cpu_has_fast_bf16(str(cpuinfo)) == (want == "bf16")
+    assert engine.resolve_precision("auto", cpu, str(cpuinfo)) == want
+    assert engine.resolve_precision("fp32", cpu, str(cpuinfo)) == "fp32"
+    assert engine.resolve_precision("bf16", cpu, str(cpuinfo)) == "bf16"   # runs either way
+    slow = "many times slower" in capsys.readouterr().err                  # ... and says so
+    assert slow == (want == "fp32")
+    # the engine a run gets follows the same resolution
+    monkeypatch.setattr(engine, "CPUINFO", str(cpuinfo))
     e = build_engine(torch.nn.Linear(2, 2), param_groups(torch.nn.Linear(2, 2), 0.0),
                      OptimConfig(lr=1e-3), RuntimeConfig(engine="plain", precision="auto"),
                      init_distributed("cpu"), 1)
-    assert e.precision == "bf16"
+    assert e.precision == want
+
+
+def test_an_unreadable_cpuinfo_means_no_fast_bf16(tmp_path, monkeypatch):
+    from pretrain.runtime import engine
+    monkeypatch.delenv(engine.AUTO_PRECISION_ENV, raising=False)
+    missing = str(tmp_path / "no-cpuinfo")
+    assert not engine.cpu_has_fast_bf16(missing)
+    assert engine.resolve_precision("auto", torch.device("cpu"), missing) == "fp32"
+
+
+@pytest.mark.parametrize("forced", ["bf16", "fp32"])
+def test_the_test_only_override_decides_auto_on_any_cpu(forced, tmp_path, monkeypatch):
+    from pretrain.runtime import engine
+    monkeypatch.setenv(engine.AUTO_PRECISION_ENV, forced)
+    for kind in CPU_FLAGS:
+        cpuinfo = tmp_path / kind
+        cpuinfo.write_text(f"flags\t\t: {CPU_FLAGS[kind]}\n")
+        assert engine.resolve_precision("auto", torch.device("cpu"), str(cpuinfo)) == forced
+        assert engine.resolve_precision("fp32", torch.device("cpu"), str(cpuinfo)) == "fp32"
+    monkeypatch.setenv(engine.AUTO_PRECISION_ENV, "fp16")
+    with pytest.raises(ValueError, match="use bf16 or fp32"):
+        engine.resolve_precision("auto", torch.device("cpu"))

@@ -11,15 +11,33 @@
 #      blocks; print the table
 # Output goes under runs/quickstart/ (QUICKSTART_DIR to change it). Re-running reuses finished
 # steps and resumes interrupted ones.
+#   QUICKSTART_SCALE  a fraction in (0, 1] (default 1): scales the data set, the pre-training
+#                     steps and the fine-tuning epochs down, to check the whole path quickly (CI
+#                     runs 0.1); its numbers are not the quick start's. Its default output is
+#                     runs/quickstart-s<scale>, so a short run is never resumed as a full one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SCALE=${QUICKSTART_SCALE:-1}
+if ! awk -v s="$SCALE" 'BEGIN { exit !(s + 0 == s && s > 0 && s <= 1) }'; then
+  echo "quickstart: QUICKSTART_SCALE=$SCALE must be a number in (0, 1], for example 0.1" >&2
+  exit 2
+fi
+# n scaled by QUICKSTART_SCALE, rounded up, at least lo
+scaled() { awk -v n="$1" -v lo="$2" -v s="$SCALE" 'BEGIN { v = int(n * s + 0.999999); print (v < lo ? lo : v) }'; }
+POOL=$(scaled 2000 64); TRAIN_PC=$(scaled 64 16); VAL_PC=$(scaled 16 4); TEST_PC=$(scaled 100 8)
+STEPS=$(scaled 300 6); CKPT_EVERY=$(scaled "$STEPS" 1 | awk '{ print int(($1 + 2) / 3) }')
+EPOCHS=$(scaled 8 1); CLIPS=$(scaled 128 16)
 . launch/setup.sh
-OUT=${QUICKSTART_DIR:-runs/quickstart}
+if [ "$SCALE" = 1 ]; then OUT=${QUICKSTART_DIR:-runs/quickstart}; else
+  OUT=${QUICKSTART_DIR:-runs/quickstart-s$SCALE}
+  echo "== short quick start (QUICKSTART_SCALE=$SCALE): pool $POOL, $STEPS pre-training steps," \
+       "$EPOCHS fine-tuning epoch(s) of $CLIPS clips; its numbers are not the quick start's"
+fi
 mkdir -p "$OUT"
 
 echo "== 1/4 synthetic data set -> shards ($OUT/data: pool, train, val, test)"
-python -m data.prep synthetic --out "$OUT/data" --pool 2000 --train-per-class 64 \
-  --val-per-class 16 --test-per-class 100 --num-classes 4 --size 64 --frames 40 \
+python -m data.prep synthetic --out "$OUT/data" --pool "$POOL" --train-per-class "$TRAIN_PC" \
+  --val-per-class "$VAL_PC" --test-per-class "$TEST_PC" --num-classes 4 --size 64 --frames 40 \
   --shard-samples 128
 
 echo "== 2/4 one streamed batch: 16 frames at stride 2, 64x64, tube mask 0.9"
@@ -29,7 +47,8 @@ echo "picture of the batch (hidden tubes shaded): $OUT/preview.png"
 
 echo "== 3/4 pre-train VideoMAE (tiny) on the unlabeled pool -> $OUT/pretrain"
 python -m pretrain --config launch/configs/pretrain/tiny_synthetic.yaml \
-  run.dir="$OUT/pretrain" data.shards="$OUT/data/pool" log.progress=false
+  run.dir="$OUT/pretrain" data.shards="$OUT/data/pool" log.progress=false \
+  train.steps="$STEPS" train.ckpt_every="$CKPT_EVERY"
 
 echo "== 4/4 16 labels per class: pre-trained vs scratch (fine-tuned and frozen), UniFormer head"
 # The 16-shot split (the study's own, seed 0), then three runs at once on one thread each: the
@@ -38,13 +57,13 @@ echo "== 4/4 16 labels per class: pre-trained vs scratch (fine-tuned and frozen)
   --per-class 16 --seed 0 --out "$OUT/study/data/k16_s0"
 OMP_NUM_THREADS=1 python -m finetune --config launch/configs/finetune/synthetic_uniformer_head.yaml \
   --init "$OUT/pretrain/export" run.dir="$OUT/finetune_uniformer_head" \
-  data.shards="$OUT/study/data/k16_s0" data.repeats=2 train.epochs=8 \
+  data.shards="$OUT/study/data/k16_s0" data.repeats=2 train.epochs="$EPOCHS" \
   > "$OUT/uniformer_head.log" 2>&1 &
 HEAD_PID=$!
 trap 'kill $HEAD_PID 2>/dev/null || true' EXIT
 python -m finetune.study --set "$OUT/data" --encoder "$OUT/pretrain/export" \
   --config launch/configs/finetune/synthetic_vivit.yaml --out "$OUT/study" --ks 16 --seeds 0 \
-  --methods finetune linear --jobs 2 --clips-per-epoch 128 train.epochs=8
+  --methods finetune linear --jobs 2 --clips-per-epoch "$CLIPS" train.epochs="$EPOCHS"
 echo "waiting for the UniFormer head ($OUT/uniformer_head.log)"
 if ! wait $HEAD_PID; then
   tail -n 20 "$OUT/uniformer_head.log"
@@ -54,16 +73,16 @@ fi
 trap - EXIT
 tail -n 1 "$OUT/uniformer_head.log"
 
-python - "$OUT" <<'PY'
+python - "$OUT" "$((TEST_PC * 4))" <<'PY'
 import json, sys
-out = sys.argv[1]
+out, test_clips = sys.argv[1], sys.argv[2]
 logged = [json.loads(line) for line in open(f"{out}/pretrain/metrics.jsonl")]
 first, last = logged[0], logged[-1]
 print(f"\npre-training loss {first['loss']:.4f} (step {first['step']}) -> {last['loss']:.4f} "
       f"(step {last['step']}); encoder: {out}/pretrain/export/")
 res = json.load(open(f"{out}/study/results.json"))
 head = json.load(open(f"{out}/finetune_uniformer_head/report.json"))["test"]["acc"]
-print(f"\n{'16 labels per class, 400 test clips':<40} {'pre-trained':>12} {'scratch':>9}")
+print(f"\n{f'16 labels per class, {test_clips} test clips':<40} {'pre-trained':>12} {'scratch':>9}")
 for method, name in (("finetune", "ViViT fine-tuned"), ("linear", "linear probe (frozen)")):
     row = res[method]["16"]
     print(f"{name:<40} {row['pretrained']['mean']:12.3f} {row['scratch']['mean']:9.3f}")

@@ -6,7 +6,7 @@
 #   TUBEMAE_VENV  use this folder instead of the cache (on a cluster: a shared folder, built once
 #                 before a multi-node job; nodes that set up at the same time wait for each
 #                 other on a lock instead of installing over each other)
-#   PYTHON        the interpreter to build the environment from (default python3)
+#   PYTHON        the interpreter to build the environment from (default python3; 3.11-3.13)
 # One environment serves every clone: activation puts this clone first on PYTHONPATH, so its
 # code (and the console scripts, which import by module name) run whichever clone built it.
 _tubemae_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -18,6 +18,17 @@ _tubemae_venv=$(
   exec 3>&1 1>&2
   root=$_tubemae_root
   python=${PYTHON:-python3}
+  # The interpreter must be one pyproject.toml's requires-python admits (">=3.11,<3.14"): the
+  # pins have no wheels for older ones. Said here, before anything is built.
+  "$python" - "$root/pyproject.toml" <<'PY' || exit 1
+import re, sys
+spec = re.search(r'^requires-python\s*=\s*"([^"]+)"', open(sys.argv[1]).read(), re.M).group(1)
+lo = tuple(map(int, re.search(r">=\s*([\d.]+)", spec).group(1).split(".")))
+hi = tuple(map(int, re.search(r"<\s*([\d.]+)", spec).group(1).split(".")))
+if not lo <= sys.version_info[:2] < hi:
+    sys.exit(f"setup: {sys.executable} is Python {sys.version.split()[0]}; tubemae needs "
+             f"{spec} (pyproject.toml). Choose another interpreter: PYTHON=python3.11 ...")
+PY
   key=$( (cat "$root/launch/constraints.txt"; "$python" -c 'import sys; print(sys.version)') \
          | sha256sum | cut -c1-12)
   venv=${TUBEMAE_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/tubemae/venv-$key}

@@ -7,7 +7,6 @@ A run.dir that already holds a checkpoint is resumed.
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def main(argv=None) -> int:
@@ -19,16 +18,11 @@ def main(argv=None) -> int:
     ap.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     from pretrain.config import parse_args_with_overrides
     args = parse_args_with_overrides(ap, argv)
-    from data.manifest import DataSetError
-    from pretrain.config import ConfigError
+    from pretrain.runtime.cli import run_command
     from .train import config_from_cli, train
 
-    try:
-        report = train(config_from_cli(args.config, args.init, args.overrides))
-    except (ConfigError, DataSetError, FileNotFoundError, ValueError) as e:
-        print(f"finetune: error: {e}", file=sys.stderr)
-        return 2
-    return 143 if report.get("stopped_by_signal") else 0
+    return run_command("finetune", lambda: train(config_from_cli(args.config, args.init,
+                                                                 args.overrides)))
 
 
 if __name__ == "__main__":

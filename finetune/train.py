@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -27,14 +26,15 @@ from data.nvdec import resolve_decode
 from data.stream import EvalStream, StreamConfig, TrainStream, batch_to_device
 from pretrain.config import (LogConfig, OptimConfig, RunConfig, RuntimeConfig, dump_yaml,
                              to_dict)
-from pretrain.runtime.checkpoint import Checkpointer, RunDirLock
-from pretrain.runtime.distributed import (all_gather_objects, all_reduce_max, all_reduce_mean,
-                                          barrier, init_distributed, shutdown)
+from pretrain.runtime.checkpoint import Checkpointer
+from pretrain.runtime.distributed import (all_gather_objects, barrier, init_distributed,
+                                          shutdown)
 from pretrain.runtime.engine import build_engine
 from pretrain.runtime.logger import MetricsLogger
+from pretrain.runtime.loop import (Loop, Stage, StopRequested, open_feed, run_locked,
+                                   train_loop)
 from pretrain.runtime.optim import cosine_lr, param_groups, scaled_lr
-from pretrain.train import (KILL_AFTER_STEP, StepStats, StopRequested, as_scalar,
-                            check_resume_config, duration, memory_mb)
+from pretrain.runtime.resume import check_resume_config
 from .evaluate import confusion_picture, per_class, summarize
 from .init import init_from, report_counts, resolve_norm_layout
 from .models import build_model, describe, layer_decay_scale
@@ -146,14 +146,69 @@ def _mixup(cfg: FinetuneConfig, num_classes: int):
 def train(cfg: FinetuneConfig) -> dict:
     """Fine-tune (or resume), evaluate, test the best checkpoint; returns the report."""
     dist = init_distributed(cfg.runtime.device)
-    lock = RunDirLock(cfg.run.dir, dist.is_main)  # one command per run folder
-    try:
-        return _train(cfg, dist)
-    finally:
-        lock.release()
+    return run_locked(cfg.run.dir, dist, lambda stop: _train(cfg, dist, stop))
 
 
-def _train(cfg: FinetuneConfig, dist) -> dict:
+class FinetuneStage(Stage):
+    """Fine-tuning's part of the loop: cross-entropy (with mixup/cutmix when set); at each
+    epoch's end, validation, the history, the best epoch and that epoch's checkpoint."""
+
+    def __init__(self, cfg: FinetuneConfig, engine, dist, logger, ckpt, classes: list[str],
+                 kind: str, steps_per_epoch: int, mixup, client: dict | None):
+        self.cfg, self.engine, self.dist, self.logger, self.ckpt = cfg, engine, dist, logger, \
+            ckpt
+        self.classes, self.kind, self.steps_per_epoch, self.mixup = classes, kind, \
+            steps_per_epoch, mixup
+        self.history, self.best = (client["history"], client["best"]) if client else ([], None)
+        self._protect_best()
+        self.t_epoch = time.time()
+
+    def _protect_best(self):
+        """The best epoch's checkpoint is never rotated away (kept besides keep_last)."""
+        self.ckpt.protect = {self.best["tag"]} if self.best else set()
+
+    def forward(self, batch: dict):
+        x, y = batch["video"], batch["label"]
+        if self.mixup is not None:
+            x, y = self.mixup(self.engine.module.normalize(x).float(), y)
+        logits = self.engine(x)
+        if self.mixup is not None:
+            loss = torch.sum(-y * F.log_softmax(logits.float(), -1), -1).mean()
+        else:
+            loss = F.cross_entropy(logits.float(), y,
+                                   label_smoothing=self.cfg.optim.label_smoothing)
+        return loss, loss, batch["video"].shape[0]
+
+    def end_of_step(self, step: int):
+        if step % self.steps_per_epoch:
+            return None, False
+        cfg, dist = self.cfg, self.dist
+        epoch = step // self.steps_per_epoch
+        val = evaluate(self.engine, cfg, "val", dist, 1, 1, self.kind)
+        row = {"epoch": epoch, "step": step, "wall_s": round(time.time() - self.t_epoch, 2),
+               **{k: v for k, v in val.items() if k != "confusion"}}
+        self.history.append(row)
+        self.t_epoch = time.time()
+        tag = f"epoch{epoch:04d}"
+        if self.best is None or val["primary"] > self.best["primary"]:
+            self.best = {**row, "tag": tag}
+        self._protect_best()
+        self.logger.scalars(step, {k: v for k, v in row.items()
+                                   if isinstance(v, (int, float))}, prefix="val")
+        self.logger.image("val/confusion", step, confusion_picture(
+            np.array(val["confusion"]), self.classes,
+            f"validation, epoch {epoch}: rows true, columns predicted"))
+        if dist.is_main:
+            print(f"finetune: epoch {epoch}/{cfg.train.epochs} val acc {val['acc']:.4f} "
+                  f"auc {val['auc']:.4f} top1 {val['top1']:.4f} "
+                  f"(best epoch {self.best['epoch']})", file=sys.stderr)
+        return tag, True
+
+    def client_state(self) -> dict:
+        return {"history": self.history, "best": self.best}
+
+
+def _train(cfg: FinetuneConfig, dist, stop: StopRequested) -> dict:
     t_start = time.time()
     cfg.data = replace(cfg.data, mask="none")
     cfg.data.check()
@@ -166,7 +221,7 @@ def _train(cfg: FinetuneConfig, dist) -> dict:
         cfg.model = replace(cfg.model, num_classes=train_set.num_classes)
     cfg.model = resolve_norm_layout(cfg.model, cfg.run.init)
     run_dir = cfg.run.dir
-    check_resume_config(run_dir, cfg)
+    check_resume_config(run_dir, to_dict(cfg))
     torch.manual_seed(cfg.run.seed)
     model = build_model(cfg.model)
     init_report = None
@@ -183,17 +238,16 @@ def _train(cfg: FinetuneConfig, dist) -> dict:
     warmup = int(cfg.optim.warmup_epochs * steps_per_epoch) or cfg.optim.warmup_steps
     engine = build_engine(model, param_groups(model, cfg.optim.weight_decay, decay), cfg.optim,
                           cfg.runtime, dist, cfg.data.batch_size)
-    stream = TrainStream(replace(cfg.data, decode=resolve_decode(cfg.data.decode, dist.device)),
-                         dist.rank, dist.world_size, shard_set=train_set,
-                         pin_memory=dist.device.type == "cuda")
+    decode = resolve_decode(cfg.data.decode, dist.device)
+    stream = TrainStream(replace(cfg.data, decode=decode), dist.rank, dist.world_size,
+                         shard_set=train_set, pin_memory=dist.device.type == "cuda")
     ckpt = Checkpointer(run_dir, dist, cfg.train.keep_last)
-    mixup = _mixup(cfg, train_set.num_classes)
-    kind = train_set.kind
     client, batches = ckpt.resume(engine, stream,
                                   lambda: dump_yaml(cfg, os.path.join(run_dir, "config.yaml")))
-    step, history, best = (client["step"], client["history"], client["best"]) if client \
-        else (0, [], None)
-    ckpt.protect = {best["tag"]} if best else set()
+    feed, position = open_feed(batches, stream,
+                               lambda raw: batch_to_device(raw, dist.device, cfg.data.size),
+                               dist.device, decode == "nvdec" or dist.device.type == "cuda")
+    step = client["step"] if client else 0
     logger = MetricsLogger(run_dir, dist.is_main, resume_step=step if client else None)
     if dist.is_main:
         what = f"resuming at step {step}" if client else "new run"
@@ -202,115 +256,44 @@ def _train(cfg: FinetuneConfig, dist) -> dict:
               f"{engine.precision}, {train_set.num_samples} training samples, "
               f"{steps_per_epoch} steps/epoch x {cfg.train.epochs} epochs, peak lr "
               f"{peak_lr:.3g}, init {cfg.run.init or 'none (from scratch)'}", file=sys.stderr)
-    stats, t_epoch = StepStats(dist.device, client.get("nonfinite_total", 0) if client
-                               else 0), time.time()
-    stats.load_window(client and client.get("log_window"))
-    t_window, wait_window, clips_window, t_run, step0 = time.time(), 0.0, 0, time.time(), step
-    stopped = None
-    engine.train(True)
-    with StopRequested() as stop:
-        while step < total_steps:
-            engine.set_lr(cosine_lr(step, total_steps, peak_lr, warmup, cfg.optim.min_lr))
-            for _ in range(cfg.runtime.grad_accum):
-                t0 = time.time()
-                batch = batch_to_device(next(batches), dist.device, cfg.data.size)
-                wait_window += time.time() - t0
-                clips_window += batch["video"].shape[0] * dist.world_size
-                x, y = batch["video"], batch["label"]
-                if mixup is not None:
-                    x, y = mixup(engine.module.normalize(x).float(), y)
-                logits = engine(x)
-                if mixup is not None:
-                    loss = torch.sum(-y * F.log_softmax(logits.float(), -1), -1).mean()
-                else:
-                    loss = F.cross_entropy(logits.float(), y,
-                                           label_smoothing=cfg.optim.label_smoothing)
-                # A non-finite loss is not waited for: the engine skips that step's update on
-                # the device, and the count is read at the next log step.
-                engine.backward(loss)
-                engine.step()
-                stats.add_loss(loss)
-            stats.add_step(engine.nonfinite.skipped)
-            step += 1
-            if step % cfg.log.every == 0:
-                mean_loss, nonfinite_total, in_row = stats.read()
-                if in_row >= cfg.train.max_nonfinite:
-                    raise RuntimeError(f"the loss was NaN or inf {in_row} times in a row (up to "
-                                       f"step {step}); stopping (last checkpoint "
-                                       f"{ckpt.latest_tag()} is intact). Lower optim.base_lr")
-                dt = max(time.time() - t_window, 1e-9)
-                row = {"loss": all_reduce_mean(mean_loss, dist),
-                       "nonfinite_total": nonfinite_total,
-                       "lr": max(g["lr"] for g in engine.optimizer.param_groups),
-                       "grad_norm": as_scalar(engine.grad_norm),
-                       "clips_per_s": clips_window / dt, "data_wait": wait_window / dt,
-                       "memory_mb": memory_mb(dist.device),
-                       "skipped_samples": sum(stream.skipped)}
-                logger.scalars(step, row)
-                if dist.is_main:
-                    eta = (time.time() - t_run) / (step - step0) * (total_steps - step)
-                    print(f"step {step}/{total_steps} loss {row['loss']:.4f} lr "
-                          f"{row['lr']:.3g} clips/s {row['clips_per_s']:.1f} data-wait "
-                          f"{100 * row['data_wait']:.0f}% eta {duration(eta)}",
-                          file=sys.stderr)
-                t_window, wait_window, clips_window = time.time(), 0.0, 0
-            if all_reduce_max([float(stop.signum is not None)], dist)[0] > 0:
-                stopped = stop.signum
-                break
-            if step % steps_per_epoch == 0:
-                epoch = step // steps_per_epoch
-                val = evaluate(engine, cfg, "val", dist, 1, 1, kind)
-                row = {"epoch": epoch, "step": step, "wall_s": round(time.time() - t_epoch, 2),
-                       **{k: v for k, v in val.items() if k != "confusion"}}
-                history.append(row)
-                t_epoch = t_window = time.time()  # the evaluation is not training time
-                tag = f"epoch{epoch:04d}"
-                if best is None or val["primary"] > best["primary"]:
-                    best = {**row, "tag": tag}
-                ckpt.protect = {best["tag"]}
-                ckpt.save_run(engine, tag, {"step": step, "history": history, "best": best,
-                                            "log_window": stats.window(),
-                                            "nonfinite_total": stats.total}, stream)
-                logger.scalars(step, {k: v for k, v in row.items()
-                                      if isinstance(v, (int, float))}, prefix="val")
-                logger.image("val/confusion", step, confusion_picture(
-                    np.array(val["confusion"]), train_set.classes,
-                    f"validation, epoch {epoch}: rows true, columns predicted"))
-                if dist.is_main:
-                    print(f"finetune: epoch {epoch}/{cfg.train.epochs} val acc {val['acc']:.4f} "
-                          f"auc {val['auc']:.4f} top1 {val['top1']:.4f} "
-                          f"(best epoch {best['epoch']})", file=sys.stderr)
-            if os.environ.get(KILL_AFTER_STEP) == str(step):  # fault injection (tests)
-                logger.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
-    if stopped:
-        if step % steps_per_epoch:  # mid-epoch: save where we are
-            ckpt.save_run(engine, f"step{step:08d}", {"step": step, "history": history,
-                                                      "best": best, "log_window": stats.window(),
-                                                      "nonfinite_total": stats.total}, stream)
+    stage = FinetuneStage(cfg, engine, dist, logger, ckpt, train_set.classes, train_set.kind,
+                          steps_per_epoch, _mixup(cfg, train_set.num_classes), client)
+    loop = Loop("finetune", total_steps,
+                lambda s: cosine_lr(s, total_steps, peak_lr, warmup, cfg.optim.min_lr),
+                cfg.runtime.grad_accum, cfg.log.every, cfg.train.max_nonfinite,
+                cfg.log.progress, "lower optim.base_lr or optim.lr, or check the data")
+    result = train_loop(loop, stage, engine, feed, position, batches, ckpt, logger, dist, stop,
+                        client, stream)
+    step, best = result.step, stage.best
+    if result.stopped:
         logger.close()
         if dist.is_main:
-            print(f"finetune: stopped by signal {stopped} at step {step}; run the same command "
-                  f"to resume", file=sys.stderr)
+            print(result.totals.summary(step, os.path.join(ckpt.dir, ckpt.latest_tag() or "")),
+                  file=sys.stderr)
+            print(f"finetune: stopped by signal {result.stopped} at step {step}; run the same "
+                  f"command to resume", file=sys.stderr)
         shutdown()
         return {"stopped_by_signal": True, "step": step}
     engine.load(ckpt.dir, best["tag"])
-    test = evaluate(engine, cfg, "test", dist, cfg.data.test_clips, cfg.data.test_crops, kind)
+    test = evaluate(engine, cfg, "test", dist, cfg.data.test_clips, cfg.data.test_crops,
+                    train_set.kind)
     logger.image("test/confusion", step, confusion_picture(
         np.array(test["confusion"]), train_set.classes,
         f"test ({test['samples']} samples, best epoch {best['epoch']}): rows true, columns "
         f"predicted"))
     test["per_class"] = per_class(np.array(test["confusion"]), train_set.classes)
     logger.close()
-    report = {"run_dir": os.path.abspath(run_dir), "task": kind,
+    report = {"run_dir": os.path.abspath(run_dir), "task": train_set.kind,
               "classes": train_set.classes, "init": cfg.run.init or None,
               "init_report": report_counts(init_report),
-              "model": dataclasses.asdict(model.cfg), "best": best, "history": history,
+              "model": dataclasses.asdict(model.cfg), "best": best, "history": stage.history,
               "test": test, "wall_s": round(time.time() - t_start, 2),
               "config": to_dict(cfg)}
     if dist.is_main:
         write_text_atomic(os.path.join(run_dir, "report.json"),
                           json.dumps(report, indent=1, default=json_default))
+        print(result.totals.summary(step, os.path.join(ckpt.dir, best["tag"])),
+              file=sys.stderr)
         print(f"finetune: best epoch {best['epoch']} (val {best['primary']:.4f}); test acc "
               f"{test['acc']:.4f} auc {test['auc']:.4f} top1 {test['top1']:.4f} top5 "
               f"{test['top5']:.4f}; report in {run_dir}/report.json", file=sys.stderr)

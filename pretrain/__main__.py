@@ -6,8 +6,6 @@ already holds a checkpoint is resumed.
 from __future__ import annotations
 
 import argparse
-import signal
-import sys
 
 
 def main(argv=None) -> int:
@@ -18,23 +16,11 @@ def main(argv=None) -> int:
     ap.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     from pretrain.config import parse_args_with_overrides
     args = parse_args_with_overrides(ap, argv)
-    from data.manifest import DataSetError
-    from .config import ConfigError, load_config
-    from .train import NonFiniteLoss, exit_code, train
+    from .config import load_config
+    from .runtime.cli import run_command
+    from .train import train
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-        code = exit_code(train(cfg))
-        # The run is finished and saved: a signal now must not turn a clean exit into a kill.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        return code
-    except (ConfigError, DataSetError, FileNotFoundError, ValueError) as e:
-        print(f"pretrain: error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLoss as e:
-        print(f"pretrain: error: {e}", file=sys.stderr)
-        return 3
+    return run_command("pretrain", lambda: train(load_config(args.config, args.overrides)))
 
 
 if __name__ == "__main__":

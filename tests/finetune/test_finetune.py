@@ -71,14 +71,21 @@ def test_killed_and_resumed_finetune_equals_the_straight_run(ft_recipe, tmp_path
 
     def run(run_dir, **env):
         return subprocess.run([sys.executable, "-m", "finetune", "--config", recipe, "--init",
-                               "none", f"run.dir={run_dir}", "data.num_workers=2"],
+                               "none", f"run.dir={run_dir}", "data.num_workers=2",
+                               "log.every=5"],
                               capture_output=True, text=True, env=subprocess_env(**env))
     straight, cut = tmp_path / "a", tmp_path / "b"
-    assert run(straight).returncode == 0
+    r = run(straight)
+    assert r.returncode == 0, r.stderr
+    # the loop both stages share: step lines at every log step and at the last one, an ETA,
+    # and the closing summary
+    assert "step 5/12 loss" in r.stderr and "step 12/12 loss" in r.stderr and "eta" in r.stderr
+    assert "finetune: summary: steps 0->12" in r.stderr
     # 45 samples / batch 8 = 6 steps per epoch: killed mid-epoch 2, resumed from epoch 1
     assert run(cut, TUBEMAE_KILL_AFTER_STEP="8").returncode != 0
     r = run(cut)
     assert r.returncode == 0 and "resuming at step 6" in r.stderr
+    assert "finetune: summary: steps 6->12" in r.stderr
     a = json.load(open(straight / "report.json"))
     b = json.load(open(cut / "report.json"))
     strip = lambda h: [{k: v for k, v in row.items() if k != "wall_s"} for row in h]
@@ -128,3 +135,27 @@ def test_a_nan_step_is_skipped_and_counted_without_waiting_and_a_streak_stops(ft
     with pytest.raises(RuntimeError, match="NaN or inf 5 times in a row"):
         train(load_config(recipe, ["train.epochs=2", "log.every=1",
                                    f"run.dir={run_dir}_nan"], schema=FinetuneConfig))
+
+
+def test_a_nan_streak_in_finetuning_exits_3_in_one_line_and_stops_the_loader_workers(
+        ft_recipe, monkeypatch, capsys):
+    """The NaN policy is the loop's, so fine-tuning ends as pre-training does: exit 3 and one
+    line naming the intact checkpoint, no traceback, and no loader worker left running."""
+    import time
+    import psutil
+    from finetune.__main__ import main
+    from finetune.vivit import ViViT
+    recipe, run_dir = ft_recipe
+    real = ViViT.forward
+    monkeypatch.setattr(ViViT, "forward",
+                        lambda self, x: real(self, x) * (float("nan") if self.training else 1.0))
+    rc = main(["--config", recipe, "--init", "none", "train.epochs=2", "log.every=1",
+               "data.num_workers=2"])
+    err = capsys.readouterr().err
+    assert rc == 3, err
+    assert "finetune: error: the loss was NaN or inf 5 times in a row (up to step 5)" in err
+    assert "(none yet) is intact" in err and "Traceback" not in err
+    time.sleep(0.5)
+    alive = [c for c in psutil.Process().children(recursive=True)
+             if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], [c.cmdline() for c in alive]

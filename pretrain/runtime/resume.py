@@ -1,0 +1,47 @@
+"""Whether a run folder may be resumed with the settings given now."""
+from __future__ import annotations
+
+import os
+
+import yaml
+
+# Sections a resumed run may change; anything else must match the run's config.yaml.
+RESUMABLE_SECTIONS = ("train", "log")
+# Keys a resumed run may change: where videos are decoded changes no clip's frames or crop.
+RESUMABLE_KEYS = ("data.decode",)
+# Paths compared by what they point at (a relative path, a/../b, a trailing slash, ~); run.dir
+# is not compared at all: the folder holding config.yaml is the run, moved or copied.
+PATH_KEYS = ("data.shards", "run.init")
+
+
+def check_resume_config(run_dir: str, now: dict, sections=RESUMABLE_SECTIONS,
+                        keys=RESUMABLE_KEYS, path_keys=PATH_KEYS):
+    """Refuse to resume the run in ``run_dir`` with settings (``now``, the config as nested
+    dicts) that would make it a different run; names every changed key."""
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        saved = yaml.safe_load(f) or {}
+    diffs = []
+    for section, values in now.items():
+        if section in sections or not isinstance(values, dict):
+            continue
+        for k, v in values.items():
+            old = saved.get(section, {}).get(k)
+            if f"{section}.{k}" == "run.dir" or f"{section}.{k}" in keys:
+                continue
+            if f"{section}.{k}" in path_keys and isinstance(v, str) and isinstance(old, str) \
+                    and _same_path(old, v):
+                continue
+            if old != v:
+                diffs.append(f"{section}.{k}: {old!r} -> {v!r}")
+    if diffs:
+        raise ValueError(f"{run_dir} holds a run with other settings ({'; '.join(diffs)}); "
+                         f"resume with the settings of {path}, or choose a new run.dir")
+
+
+def _same_path(a: str, b: str) -> bool:
+    if not a or not b:
+        return a == b
+    return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))

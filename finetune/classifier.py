@@ -1,4 +1,5 @@
-"""What every fine-tuning model shares: normalising its input and initialising its weights."""
+"""What every fine-tuning model shares: normalising its input, initialising its weights, and the
+interface a model family gives the registry (``finetune/families.py``)."""
 from __future__ import annotations
 
 import torch
@@ -18,7 +19,56 @@ def init_linear_and_norm(module: nn.Module):
 
 
 class ClipClassifier(nn.Module):
-    """A model ending in ``self.head`` that takes uint8 clips or already normalised floats."""
+    """A model ending in ``self.head`` that takes uint8 clips or already normalised floats.
+
+    A family (one registry entry) provides:
+      ``family``             its name in ``model.family``;
+      ``build(cfg)``         the model from the ``model`` section;
+      ``pooled(x)``          (B, C, T, H, W) -> (B, D), the feature the head part takes;
+      ``classify(f)``        that head part, so ``forward(x) == classify(pooled(x))``;
+      ``layer_id(name)``, ``num_layers``   depths for layer-wise lr decay (0 = embeddings,
+                             ``num_layers + 1`` = the head);
+      ``describe()``         one line for the logs;
+      ``load_init(...)``     its init from a checkpoint, returning the load report;
+      ``resolve_config(cfg)``  its checks of the ``model`` section, defaults filled in;
+      ``default_kernel_init``, ``takes_vit_encoder``  what ``run.kernel_init: auto`` means
+                             for it, and whether a ViT encoder's norm layout applies.
+    """
+    family: str = ""
+    default_kernel_init: str = "central"
+    takes_vit_encoder: bool = True    # initialised from a ViT encoder (norm layouts apply)
+
+    @staticmethod
+    def resolve_config(cfg):
+        """The ``model`` section checked for this family, with defaults filled in."""
+        raise NotImplementedError
+
+    @classmethod
+    def build(cls, cfg) -> "ClipClassifier":
+        return cls(cfg)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def classify(self, f: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.pooled(x))
+
+    @property
+    def num_layers(self) -> int:
+        raise NotImplementedError
+
+    def layer_id(self, name: str) -> int:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def load_init(self, path: str, kernel_init: str, verbose: bool,
+                  allow_partial: bool) -> dict:
+        raise NotImplementedError
 
     def set_input_stats(self, mean, std, spatial_dims: int = 3):
         """Per-channel mean/std buffers for inputs (B, C, [T,] H, W) (not in the state dict)."""

@@ -84,7 +84,9 @@ def resolve_norm_layout(model_cfg, init: str):
     from dataclasses import replace
     if model_cfg.norm_layout != "auto":
         return model_cfg
-    layout = norm_layout_of(init) if model_cfg.family != "uniformer" else "tokens"
+    from .models import family_class
+    layout = norm_layout_of(init) if family_class(model_cfg.family).takes_vit_encoder \
+        else "tokens"
     return replace(model_cfg, norm_layout=layout)
 
 
@@ -132,19 +134,25 @@ def geometry(sd: dict) -> str:
     return f"width {width}, depth {len(blocks)}, token kernel {kernel}, {chans} channel(s)"
 
 
-def init_from(model: ViViT, path: str, kernel_init: str = "central", verbose: bool = True,
+def init_from(model, path: str, kernel_init: str = "auto", verbose: bool = True,
               allow_partial: bool = False) -> dict:
-    """Load ``path`` into ``model`` and return the report {source, loaded, new, unused,
-    mismatched, notes}; prints it when verbose. A UniFormer goes to ``init_uniformer``; the
-    armed encoder (family uniformer_head) loads like ViViT Model 1, its added blocks new.
+    """Load ``path`` into ``model`` through its family's ``load_init`` and return the report
+    {source, loaded, new, unused, mismatched, notes}; prints it when verbose. ``auto`` is the
+    family's kernel init (central for a ViT, average for an image UniFormer).
 
     Raises InitMismatch when less than half of the encoder weights the model can take load
     (another preset or geometry: training would silently start from scratch), unless
     ``allow_partial``."""
-    if getattr(model, "family", "vivit") == "uniformer":
-        return init_uniformer(model, path, "average" if kernel_init == "auto" else kernel_init,
-                              verbose, allow_partial)
-    kernel_init = "central" if kernel_init == "auto" else kernel_init
+    if kernel_init == "auto":
+        kernel_init = model.default_kernel_init
+    return model.load_init(path, kernel_init, verbose, allow_partial)
+
+
+def init_vit(model: ViViT, path: str, kernel_init: str = "central", verbose: bool = True,
+             allow_partial: bool = False) -> dict:
+    """A ViViT (or the armed encoder, whose added blocks start new) from a ViT: our export, an
+    official or HuggingFace VideoMAE checkpoint (pre-trained or fine-tuned), or an image ViT
+    (2D kernels inflated with ``kernel_init``)."""
     sd, kind, dropped = read_source(path)
     report = {"source": path, "kind": kind, "loaded": [], "new": [],
               "unused": [f"{k} (not part of the encoder)" for k in sorted(dropped)],

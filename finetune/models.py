@@ -1,44 +1,47 @@
-"""One entry for the fine-tuning families: ``model.family`` -> the model, its layer-wise lr
-decay and a one-line description."""
+"""The fine-tuning model families: one table, ``model.family`` -> its class.
+
+Each class gives the interface of ``classifier.ClipClassifier``: how to build it from the
+``model`` section, ``pooled``/``classify``, its layer depths for lr decay, a description and its
+init from a checkpoint. Adding a family is one file with its class plus one entry below; the
+training loop, the probe, the init and the registry test (tests/finetune/test_families.py) reach
+it only through this table.
+"""
 from __future__ import annotations
 
 from torch import nn
 
-from . import uniformer, uniformer_head, vivit
+from .classifier import ClipClassifier
+from .uniformer import UniFormer
+from .uniformer_head import UniFormerHead
+from .vivit import ViViT
+
+FAMILIES: dict[str, type[ClipClassifier]] = {cls.family: cls for cls in (
+    ViViT,           # finetune/vivit.py: ViViT models 1-4 over three tokenisers
+    UniFormer,       # finetune/uniformer.py: the convolution-attention hybrid
+    UniFormerHead,   # finetune/uniformer_head.py: a ViT encoder armed with UniFormer blocks
+)}
 
 
-def build_model(cfg: vivit.VivitConfig) -> nn.Module:
-    """The model of ``cfg.family``: vivit, uniformer or uniformer_head."""
-    family = cfg.family
-    if family == "uniformer":
-        return uniformer.UniFormer(cfg)
-    if family == "uniformer_head":
-        return uniformer_head.UniFormerHead(cfg)
-    if family == "vivit":
-        return vivit.ViViT(cfg)
-    raise ValueError(f"model.family must be one of {vivit.FAMILIES}, not {family!r}")
+def family_class(name: str) -> type[ClipClassifier]:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"model.family must be one of {', '.join(FAMILIES)}, not {name!r}") \
+            from None
 
 
-def layer_decay_scale(model: nn.Module, decay: float):
-    """name -> lr scale, decay^(layers above the parameter), for the model's family."""
-    cfg = model.cfg
-    if cfg.family == "uniformer":
-        return uniformer.layer_decay_scale(cfg, decay)
-    if cfg.family == "uniformer_head":
-        return uniformer_head.layer_decay_scale(cfg, decay)
-    return vivit.layer_decay_scale(cfg, decay)
+def build_model(cfg) -> ClipClassifier:
+    """The model of ``cfg.family`` built from the ``model`` section ``cfg``."""
+    return family_class(cfg.family).build(cfg)
+
+
+def layer_decay_scale(model: ClipClassifier, decay: float):
+    """name -> lr scale, decay^(layers above the parameter): the head 1, embeddings the
+    smallest."""
+    top = model.num_layers + 1
+    return lambda name: decay ** (top - model.layer_id(name))
 
 
 def describe(model: nn.Module) -> str:
-    cfg = model.cfg
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    if cfg.family == "uniformer":
-        u = cfg.uniformer
-        what = f"UniFormer {cfg.preset} (dims {list(u.dims)}, depths {list(u.depths)})"
-    elif cfg.family == "uniformer_head":
-        a = cfg.arm
-        what = (f"{cfg.preset} encoder armed with UniFormer blocks (local MHRA "
-                f"{'on' if a.local else 'off'}, {a.global_layers} global)")
-    else:
-        what = f"ViViT model {cfg.variant}, {cfg.tokenizer} tokens"
-    return f"{what}, {params:.1f}M parameters"
+    return f"{model.describe()}, {params:.1f}M parameters"

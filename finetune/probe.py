@@ -33,17 +33,6 @@ KNN_GRID = (1, 5, 10, 20)
 KNN_TEMPERATURE = 0.07
 
 
-def pooled(model, x: torch.Tensor) -> torch.Tensor:
-    """(B, ...) -> (B, D): the feature the head would take (before fc_norm / head)."""
-    family = getattr(model.cfg, "family", "vivit")
-    if family == "uniformer":
-        return model.forward_features(x).flatten(2).mean(-1)
-    if family == "uniformer_head":
-        return model.pooled_feature(x)
-    f = model.forward_features(x)
-    return f[:, 0] if model.cfg.pool == "cls" else f.mean(1)
-
-
 @torch.no_grad()
 def extract(model, data_cfg, split: str, device) -> tuple[np.ndarray, np.ndarray]:
     """(features (S, D) averaged over views, labels (S,)), ordered by sample index."""
@@ -51,7 +40,7 @@ def extract(model, data_cfg, split: str, device) -> tuple[np.ndarray, np.ndarray
     model.eval()
     idx, feats, labels = [], [], []
     for batch in EvalStream(data_cfg, split):
-        feats.append(pooled(model, batch["video"].to(device)).float().cpu().numpy())
+        feats.append(model.pooled(batch["video"].to(device)).float().cpu().numpy())
         idx.append(batch["index"].numpy())
         labels.append(batch["label"].numpy())
     from .evaluate import mean_per_sample

@@ -213,6 +213,18 @@ class UniFormer(ClipClassifier):
     ``spatial_dims=2`` builds the image model of the same widths (the 2D checkpoint layout)."""
 
     family = "uniformer"
+    default_kernel_init = "average"   # an image UniFormer's kernels, averaged over time
+    takes_vit_encoder = False
+
+    @staticmethod
+    def resolve_config(cfg):
+        """The ``uniformer`` subsection resolved from the preset, and the input statistics."""
+        from pretrain.model import channel_stats
+        if cfg.head_norm != "layer":
+            raise ValueError("model.head_norm=batch is for families vivit and uniformer_head; "
+                             "UniFormer pools its own normed features")
+        mean, std = channel_stats(cfg.in_chans, cfg.mean, cfg.std)
+        return replace(cfg, uniformer=resolve_uniformer(cfg), mean=mean, std=std)
 
     def __init__(self, cfg, spatial_dims: int = 3):
         super().__init__()
@@ -256,9 +268,28 @@ class UniFormer(ClipClassifier):
                 x = blk(x)
         return self.norm(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.forward_features(x).flatten(2).mean(-1)
-        return self.head(self.head_drop(pooled))
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, [T,] H, W) -> (B, D): the last stage's normed map, averaged over positions."""
+        return self.forward_features(x).flatten(2).mean(-1)
+
+    def classify(self, f: torch.Tensor) -> torch.Tensor:
+        return self.head(self.head_drop(f))
+
+    @property
+    def num_layers(self) -> int:
+        return sum(self.cfg.uniformer.depths)
+
+    def layer_id(self, name: str) -> int:
+        return layer_id(name, self.cfg.uniformer)
+
+    def describe(self) -> str:
+        u = self.cfg.uniformer
+        return f"UniFormer {self.cfg.preset} (dims {list(u.dims)}, depths {list(u.depths)})"
+
+    def load_init(self, path: str, kernel_init: str, verbose: bool,
+                  allow_partial: bool) -> dict:
+        from .init import init_uniformer
+        return init_uniformer(self, path, kernel_init, verbose, allow_partial)
 
 
 def layer_id(name: str, spec: UniformerSpec) -> int:
@@ -276,11 +307,6 @@ def layer_id(name: str, spec: UniformerSpec) -> int:
     if parts[0].startswith("blocks"):
         return starts[int(parts[0][-1]) - 1] + int(parts[1]) + 1
     return starts[-1] + 1
-
-
-def layer_decay_scale(cfg, decay: float):
-    n = sum(cfg.uniformer.depths)
-    return lambda name: decay ** (n + 1 - layer_id(name, cfg.uniformer))
 
 
 def inflate(sd2d: dict, model: UniFormer, how: str = "average") -> tuple[dict, list]:

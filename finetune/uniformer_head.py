@@ -90,6 +90,13 @@ class UniFormerHead(ViViT):
 
     family = "uniformer_head"
 
+    @staticmethod
+    def resolve_config(cfg):
+        if cfg.variant != 1 or cfg.tokenizer != "tubelet" or cfg.pool != "mean":
+            raise ValueError("model.family=uniformer_head arms a VideoMAE-style encoder: it needs "
+                             "model.variant=1, model.tokenizer=tubelet and model.pool=mean")
+        return ViViT.resolve_config(cfg)
+
     def __init__(self, cfg):
         super().__init__(cfg)
         cfg, arm = self.cfg, self.cfg.arm
@@ -124,7 +131,7 @@ class UniFormerHead(ViViT):
             nn.init.zeros_(m.up.bias)
         nn.init.zeros_(self.gate)
 
-    def pooled_feature(self, x: torch.Tensor) -> torch.Tensor:
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, T, H, W) -> (B, D): the fused feature that ``fc_norm`` and the head take; at
         initialisation the plain encoder's ``forward_features(x).mean(1)``."""
         x = self.tokens(x)
@@ -138,8 +145,17 @@ class UniFormerHead(ViViT):
         pooled = self.norm(x).mean(1)
         return pooled + self.gate.to(x.dtype) * (self.query_norm(query[:, 0]) - pooled)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.head_drop(self.fc_norm(self.pooled_feature(x))))
+    @property
+    def num_layers(self) -> int:
+        return self.cfg.depth
+
+    def layer_id(self, name: str) -> int:
+        return layer_id(name, self.cfg)
+
+    def describe(self) -> str:
+        a = self.cfg.arm
+        return (f"{self.cfg.preset} encoder armed with UniFormer blocks (local MHRA "
+                f"{'on' if a.local else 'off'}, {a.global_layers} global)")
 
 
 def layer_id(name: str, cfg) -> int:
@@ -153,7 +169,3 @@ def layer_id(name: str, cfg) -> int:
     if parts[0] == "global_blocks":
         return cfg.depth - cfg.arm.global_layers + int(parts[1]) + 1
     return cfg.depth + 1
-
-
-def layer_decay_scale(cfg, decay: float):
-    return lambda name: decay ** (cfg.depth + 1 - layer_id(name, cfg))

@@ -31,11 +31,10 @@ from torch import nn
 from pretrain.layers import Attention, Block, TubeletEmbed, sincos_table
 from pretrain.model import PRESETS, channel_stats
 from .classifier import ClipClassifier, init_linear_and_norm
-from .uniformer import ArmSpec, UniformerSpec, resolve_uniformer
+from .uniformer import ArmSpec, UniformerSpec
 
 TOKENIZERS = ("tubelet", "uniform", "t2t")
 VARIANTS = (1, 2, 3, 4)
-FAMILIES = ("vivit", "uniformer", "uniformer_head")
 
 
 @dataclass
@@ -84,44 +83,14 @@ class VivitConfig:
     arm: ArmSpec = field(default_factory=ArmSpec)
 
     def resolved(self) -> "VivitConfig":
-        if self.family not in FAMILIES:
-            raise ValueError(f"model.family must be one of {FAMILIES}, not {self.family!r}")
+        from .models import family_class
+        family_class(self.family)    # a known family, or an error naming them
         if self.num_classes < 1:
             raise ValueError("model.num_classes must be set (the fine-tuning loop takes it from "
                              "the data when it is 0)")
         if self.head_norm not in ("layer", "batch"):
             raise ValueError(f"model.head_norm must be layer or batch, not {self.head_norm!r}")
-        if self.family == "uniformer":
-            if self.head_norm != "layer":
-                raise ValueError("model.head_norm=batch is for families vivit and "
-                                 "uniformer_head; UniFormer pools its own normed features")
-            mean, std = channel_stats(self.in_chans, self.mean, self.std)
-            return replace(self, uniformer=resolve_uniformer(self), mean=mean, std=std)
-        if self.family == "uniformer_head" and (self.variant != 1 or self.tokenizer != "tubelet"
-                                                or self.pool != "mean"):
-            raise ValueError("model.family=uniformer_head arms a VideoMAE-style encoder: it needs "
-                             "model.variant=1, model.tokenizer=tubelet and model.pool=mean")
-        if self.preset not in PRESETS:
-            raise ValueError(f"model.preset {self.preset!r} is not one of {sorted(PRESETS)}")
-        if self.variant not in VARIANTS:
-            raise ValueError(f"model.variant must be 1, 2, 3 or 4, not {self.variant}")
-        if self.tokenizer not in TOKENIZERS:
-            raise ValueError(f"model.tokenizer must be one of {TOKENIZERS}")
-        if self.pool not in ("mean", "cls"):
-            raise ValueError("model.pool must be mean or cls")
-        if self.norm_layout not in ("auto", "tokens", "pooled"):
-            raise ValueError("model.norm_layout must be auto, tokens or pooled")
-        if self.norm_layout == "pooled" and self.pool != "mean":
-            raise ValueError("model.norm_layout=pooled is the mean-pooling layout; use pool=mean")
-        if self.pool == "cls" and self.variant in (3, 4):
-            raise ValueError("model.pool=cls is for models 1 and 2: the factorised attention of "
-                             "models 3 and 4 runs over the token grid; use pool=mean")
-        d, depth, heads = PRESETS[self.preset][:3]
-        mean, std = channel_stats(self.in_chans, self.mean, self.std)
-        kernels = self.t2t_kernels or default_t2t_kernels(self)
-        return replace(self, embed_dim=self.embed_dim or d, depth=self.depth or depth,
-                       num_heads=self.num_heads or heads, mean=mean, std=std,
-                       t2t_kernels=tuple(tuple(_triple(v) for v in k) for k in kernels))
+        return family_class(self.family).resolve_config(self)
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -263,6 +232,33 @@ class FactorisedSelfAttentionBlock(Block):
 
 
 class ViViT(ClipClassifier):
+    family = "vivit"
+
+    @staticmethod
+    def resolve_config(cfg: VivitConfig) -> VivitConfig:
+        """The ViT fields checked, and widths and input statistics filled in from the preset."""
+        if cfg.preset not in PRESETS:
+            raise ValueError(f"model.preset {cfg.preset!r} is not one of {sorted(PRESETS)}")
+        if cfg.variant not in VARIANTS:
+            raise ValueError(f"model.variant must be 1, 2, 3 or 4, not {cfg.variant}")
+        if cfg.tokenizer not in TOKENIZERS:
+            raise ValueError(f"model.tokenizer must be one of {TOKENIZERS}")
+        if cfg.pool not in ("mean", "cls"):
+            raise ValueError("model.pool must be mean or cls")
+        if cfg.norm_layout not in ("auto", "tokens", "pooled"):
+            raise ValueError("model.norm_layout must be auto, tokens or pooled")
+        if cfg.norm_layout == "pooled" and cfg.pool != "mean":
+            raise ValueError("model.norm_layout=pooled is the mean-pooling layout; use pool=mean")
+        if cfg.pool == "cls" and cfg.variant in (3, 4):
+            raise ValueError("model.pool=cls is for models 1 and 2: the factorised attention of "
+                             "models 3 and 4 runs over the token grid; use pool=mean")
+        d, depth, heads = PRESETS[cfg.preset][:3]
+        mean, std = channel_stats(cfg.in_chans, cfg.mean, cfg.std)
+        kernels = cfg.t2t_kernels or default_t2t_kernels(cfg)
+        return replace(cfg, embed_dim=cfg.embed_dim or d, depth=cfg.depth or depth,
+                       num_heads=cfg.num_heads or heads, mean=mean, std=std,
+                       t2t_kernels=tuple(tuple(_triple(v) for v in k) for k in kernels))
+
     def __init__(self, cfg: VivitConfig):
         super().__init__()
         cfg = cfg.resolved()
@@ -358,10 +354,28 @@ class ViViT(ClipClassifier):
             x = blk(x)
         return x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, T, H, W) -> (B, D): the class token or the mean token, before ``fc_norm``."""
         f = self.forward_features(x)
-        pooled = f[:, 0] if self.cfg.pool == "cls" else f.mean(1)
-        return self.head(self.head_drop(self.fc_norm(pooled)))
+        return f[:, 0] if self.cfg.pool == "cls" else f.mean(1)
+
+    def classify(self, f: torch.Tensor) -> torch.Tensor:
+        return self.head(self.head_drop(self.fc_norm(f)))
+
+    @property
+    def num_layers(self) -> int:
+        return self.cfg.depth + (self.cfg.temporal_depth if self.cfg.variant == 2 else 0)
+
+    def layer_id(self, name: str) -> int:
+        return layer_id(name, self.cfg)
+
+    def describe(self) -> str:
+        return f"ViViT model {self.cfg.variant}, {self.cfg.tokenizer} tokens"
+
+    def load_init(self, path: str, kernel_init: str, verbose: bool,
+                  allow_partial: bool) -> dict:
+        from .init import init_vit
+        return init_vit(self, path, kernel_init, verbose, allow_partial)
 
 
 def init_temporal_attention(blk: FactorisedSelfAttentionBlock, how: str):
@@ -390,9 +404,3 @@ def layer_id(name: str, cfg: VivitConfig) -> int:
     if name.startswith("temporal_cls"):
         return cfg.depth + 1
     return n_layers + 1
-
-
-def layer_decay_scale(cfg: VivitConfig, decay: float):
-    n_layers = cfg.depth + (cfg.temporal_depth if cfg.variant == 2 else 0)
-    return lambda name: decay ** (n_layers + 1 - layer_id(name, cfg))
-

@@ -167,7 +167,7 @@ def test_the_armed_encoder_starts_as_the_plain_encoder_exactly(encoder, source):
     x = torch.randint(0, 256, (2, 3, 8, 32, 32), dtype=torch.uint8)
     with torch.no_grad():
         want = plain.forward_features(x).mean(1)
-        got = armed.pooled_feature(x)
+        got = armed.pooled(x)
     assert (got - want).abs().max() < 1e-6
     # the branches are live: one step moves the gate and opens them
     armed.train()
@@ -178,7 +178,7 @@ def test_the_armed_encoder_starts_as_the_plain_encoder_exactly(encoder, source):
     opt.step()
     armed.eval()
     with torch.no_grad():
-        assert (armed.pooled_feature(x) - want).abs().max() > 1e-6
+        assert (armed.pooled(x) - want).abs().max() > 1e-6
 
 
 def test_armed_layer_decay_follows_the_encoder_layers():

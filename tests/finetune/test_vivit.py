@@ -3,7 +3,8 @@ import itertools
 import pytest
 import torch
 
-from finetune.vivit import T2TEmbed, ViViT, VivitConfig, layer_decay_scale
+from finetune.models import layer_decay_scale
+from finetune.vivit import T2TEmbed, ViViT, VivitConfig
 
 
 def tiny(**kw):
@@ -80,7 +81,7 @@ def test_cls_pooling_where_it_is_defined():
 
 def test_layer_decay_scales_from_embeddings_to_head():
     m = tiny(variant=2)
-    scale = layer_decay_scale(m.cfg, 0.5)
+    scale = layer_decay_scale(m, 0.5)
     n = m.cfg.depth + m.cfg.temporal_depth
     assert scale("head.weight") == 1.0
     assert scale("patch_embed.proj.weight") == 0.5 ** (n + 1)

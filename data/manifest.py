@@ -57,20 +57,6 @@ class ShardSet:
         return len(self.classes)
 
 
-def resolve_shards(path: str, cache_dir: str, is_main: bool = True, barrier=lambda: None
-                   ) -> str:
-    """``data.shards`` as a prepared folder: an official MedMNIST npz file is sharded once into
-    ``cache_dir/<file stem>`` (by rank 0; the others wait at ``barrier``) and that folder used."""
-    if not path.endswith(".npz"):
-        return path
-    from .prep.medmnist import shards_from_npz
-    out = os.path.join(cache_dir, os.path.splitext(os.path.basename(path))[0])
-    if is_main:
-        shards_from_npz(path, out)
-    barrier()
-    return out
-
-
 def has_splits(path: str) -> bool:
     return not os.path.isfile(os.path.join(path, "manifest.json")) and any(
         os.path.isfile(os.path.join(path, s, "manifest.json")) for s in SPLITS)

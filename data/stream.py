@@ -1,4 +1,6 @@
-"""Streams of training and evaluation batches over a prepared shard set.
+"""Streams of training and evaluation batches over a prepared shard set: the ``data`` section
+(``StreamConfig``), the loader workers and the two streams. The plan is ``data/plan.py``, shard
+reading ``data/shard_reader.py``, sample-to-clips ``data/clips.py``.
 
 Training order is a pure function of (seed, epoch, rank, worker): the shard order of an epoch
 comes from a seeded RNG, shards are dealt to the ``world_size x num_workers`` loader workers,
@@ -18,27 +20,21 @@ add ``view`` int64 (B,).
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
-import math
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from typing import Iterator
 
 import numpy as np
 import torch
-import webdataset as wds
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from .decode import VIDEO_EXTS, VideoDecodeError, decode_frames
-from .manifest import DataSetError, Shard, ShardSet, file_sha256, load_shard_set
-from .masks import make_mask, running_cell_mask
-from .nvdec import worker_decoder
-from .sampling import (SHORT_MODES, eval_clip_indices, resample_depth_indices,
-                       sample_frame_indices)
-from .transforms import (MULTISCALE, apply_crop, crop_batch, eval_crops, train_crop_params,
-                         volume_transform)
+from .clips import SampleMaker, SkipCounter, collate
+from .manifest import DataSetError, ShardSet, load_shard_set
+from .plan import Unit, buffer_order, first_sample_numbers, plan_units, worker_units
+from .sampling import SHORT_MODES
+from .shard_reader import ShardReader, numbered_samples, shard_intact
+from .transforms import MULTISCALE, crop_batch
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -51,18 +47,20 @@ class StreamConfig:
     split: str | None = None          # which split to read; None = train when splits exist
     batch_size: int = 8               # clips per batch on one rank
     num_workers: int = 2              # loader processes per rank (0 = in the training process)
-    num_frames: int = 16              # frames per clip (volumes: slices, resampled)
+    # The clip's geometry is the model's (model.num_frames, img_size, patch_size, tubelet_size):
+    # these four are filled from the model section when a recipe is loaded, never stated here.
+    num_frames: int = field(default=16, metadata={"from_model": "num_frames"})  # frames (slices)
     stride: int = 4                   # source frames between sampled frames (also on shards
                                       # prepared with --frame-step: it must divide this)
-    size: int | None = 224            # output side; None keeps a volume's own size
+    size: int | None = field(default=224, metadata={"from_model": "img_size"})  # output side
     scales: tuple = MULTISCALE        # multi-scale crop scales of the short side
     flip: bool = False                # random left-right flip (off in VideoMAE pre-training)
     repeats: int = 1                  # clips drawn from each decoded video (repeated sampling)
     mask: str = "tube"                # tube | random | none
     mask_ratio: float = 0.9
     decoder_mask_ratio: float = 0.0   # >0: VideoMAEv2 running-cell decoder masking
-    tubelet: int = 2                  # frames per token, for the mask grid
-    patch: int = 16                   # pixels per token side, for the mask grid
+    tubelet: int = field(default=2, metadata={"from_model": "tubelet_size"})  # the mask grid's
+    patch: int = field(default=16, metadata={"from_model": "patch_size"})     # token shape
     shuffle_buffer: int = 256         # samples per worker shuffle buffer (1 = no shuffle)
     seed: int = 0
     short_video: str = "clamp"        # clamp | loop: indices past the end of a short video
@@ -86,8 +84,8 @@ class StreamConfig:
         if self.short_video not in SHORT_MODES:
             raise ValueError(f"data.short_video must be one of {SHORT_MODES}")
         if self.num_frames % self.tubelet:
-            raise ValueError(f"data.num_frames ({self.num_frames}) must be a multiple of "
-                             f"data.tubelet ({self.tubelet})")
+            raise ValueError(f"model.num_frames ({self.num_frames}) must be a multiple of "
+                             f"model.tubelet_size ({self.tubelet})")
         if not 0.0 <= self.decoder_mask_ratio < 1.0:
             raise ValueError("data.decoder_mask_ratio must be in [0, 1)")
         if self.augment not in ("cpu", "device"):
@@ -99,274 +97,19 @@ class StreamConfig:
                              "the GPU are cropped there)")
         if self.augment == "device" and self.size is None:
             raise ValueError("data.augment=device needs data.size (the side of the clips)")
-        if self.size is not None and self.size % self.patch:
-            raise ValueError(f"data.size ({self.size}) must be a multiple of data.patch "
-                             f"({self.patch})")
+        if self.mask != "none" and self.size is not None and self.size % self.patch:
+            raise ValueError(f"model.img_size ({self.size}) must be a multiple of "
+                             f"model.patch_size ({self.patch})")
+
+    def with_geometry(self, model) -> "StreamConfig":
+        """This section with the clip geometry of the ``model`` section (frames, side, token
+        shape): the model states it, the stream follows."""
+        return replace(self, **{f.name: getattr(model, f.metadata["from_model"])
+                                for f in fields(self) if "from_model" in f.metadata})
 
     def token_grid(self, height: int | None = None) -> tuple[int, int, int]:
         side = self.size if self.size is not None else height
         return (self.num_frames // self.tubelet, side // self.patch, side // self.patch)
-
-
-def stored_stride(cfg: StreamConfig, shard_set: ShardSet) -> int:
-    """``data.stride`` (source frames) in the frames stored in ``shard_set``: prep's
-    ``--frame-step k`` kept every k-th frame, so the stride there is stride / k and a clip
-    covers the same time span."""
-    step = int(shard_set.options.get("frame_step", 1) or 1)
-    if cfg.stride % step:
-        raise ValueError(f"data.stride={cfg.stride} is not a multiple of the frame step "
-                         f"{step} that {shard_set.root} was prepared with (--frame-step): use a "
-                         f"stride of {step}, {2 * step}, ...")
-    return cfg.stride // step
-
-
-@dataclass(frozen=True)
-class Unit:
-    """What one worker reads: every ``parts``-th sample of a shard starting at ``part``."""
-    shard: int
-    part: int
-    parts: int
-    count: int
-
-
-def plan_units(counts: list[int], total_workers: int) -> list[Unit]:
-    """Cut shards into units so that there are at least as many units as workers.
-
-    With enough shards a unit is a whole shard; with fewer, each shard is split by sample
-    number, and each worker reads the whole tar but keeps only its part.
-    """
-    parts = max(1, math.ceil(total_workers / max(len(counts), 1)))
-    return [Unit(s, p, parts, len(range(p, n, parts)))
-            for s, n in enumerate(counts) for p in range(parts)]
-
-
-def worker_units(units: list[Unit], epoch: int, seed: int, worker: int, total: int,
-                 shuffle: bool) -> list[Unit]:
-    """The units global worker ``worker`` of ``total`` reads in ``epoch``, in reading order."""
-    order = (np.random.default_rng([seed, epoch, 7919]).permutation(len(units)) if shuffle
-             else np.arange(len(units)))
-    return [units[i] for i in order[worker::total]]
-
-
-def buffer_order(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Emission order (a permutation of 0..n-1) of a shuffle buffer of ``size`` fed 0..n-1.
-
-    The buffer fills up, then each new item replaces a random slot whose item is emitted; at the
-    end the rest comes out in random order. Only positions are shuffled, never bytes.
-    """
-    if size <= 1 or n <= 1:
-        return np.arange(n)
-    fill = min(size, n)
-    buf = list(range(fill))
-    draws = rng.integers(0, fill, max(n - fill, 0))
-    out = np.empty(n, np.int64)
-    for k, item in enumerate(range(fill, n)):
-        j = draws[k]
-        out[k] = buf[j]
-        buf[j] = item
-    tail = rng.permutation(fill)
-    out[n - fill:] = np.asarray(buf)[tail]
-    return out
-
-
-_VERIFIED: dict = {}  # shard path -> its bytes match the manifest's sha256 (per process)
-
-
-def shard_intact(shard: Shard, strict: bool = False) -> bool:
-    """Whether a local shard's bytes have the sha256 its manifest recorded, hashed the first
-    time this process opens it (one read, small next to decoding its videos). A damaged shard
-    is skipped with a warning, or stops the run under ``data.strict``."""
-    if not shard.sha256 or "://" in shard.url:
-        return True
-    ok = _VERIFIED.get(shard.url)
-    if ok is None:
-        ok = _VERIFIED[shard.url] = file_sha256(shard.url) == shard.sha256
-    if not ok:
-        msg = (f"shard {shard.url} does not match the sha256 in its manifest (damaged after "
-               f"prep); repair it by running the same prep command with --verify")
-        if strict:
-            raise DataSetError(msg)
-        log.warning("%s; its samples are skipped", msg)
-    return ok
-
-
-class _Reader:
-    """Reads the samples of one worker's units, in order, keeping only wanted positions."""
-
-    def __init__(self, shards: list[Shard], units: list[Unit], wanted: np.ndarray,
-                 strict: bool = False):
-        self.shards, self.units, self.strict = shards, units, strict
-        self.wanted = np.sort(wanted)
-        self.offsets = np.concatenate([[0], np.cumsum([u.count for u in units])]).astype(int)
-
-    def __iter__(self) -> Iterator[tuple[int, int, dict]]:
-        """(stream position, member number in its shard, raw sample)."""
-        # each unit's wanted positions are one slice of the sorted array
-        bounds = np.searchsorted(self.wanted, self.offsets)
-        for ui, unit in enumerate(self.units):
-            base = int(self.offsets[ui])
-            local = set((self.wanted[bounds[ui]:bounds[ui + 1]] - base).tolist())
-            if not local or not shard_intact(self.shards[unit.shard], self.strict):
-                continue
-            for j, sample in _numbered_samples(self.shards[unit.shard].url, unit, local):
-                yield base + j // unit.parts, j, sample
-
-
-def _numbered_samples(url: str, unit: Unit, local: set) -> Iterator[tuple[int, dict]]:
-    """(member number j in the shard, raw sample) for the unit's samples in ``local``."""
-    counter = {"key": None, "j": -1}
-    numbers: dict = {}
-
-    def select(fname: str) -> bool:
-        key = fname.split(".", 1)[0]
-        if key != counter["key"]:
-            counter["key"], counter["j"] = key, counter["j"] + 1
-            numbers[key] = counter["j"]
-        j = counter["j"]
-        return j % unit.parts == unit.part and (j // unit.parts) in local
-
-    try:
-        with wds.gopen(url, "rb") as stream:
-            files = ({**f, "__url__": url} for f in tar_file_iterator(stream, select_files=select))
-            for sample in group_by_keys(files):
-                yield numbers.pop(sample["__key__"]), sample
-                for k in [k for k, v in numbers.items() if v < counter["j"] - 1]:
-                    del numbers[k]
-    except Exception as e:  # a truncated or unreadable shard: keep what was read
-        log.warning("shard %s is damaged (%s); its remaining samples are skipped", url, e)
-
-
-def decode_sample(raw: dict) -> tuple[str, object, int]:
-    """Raw tar sample -> ('video', bytes, label) or ('volume', ndarray, label).
-
-    Only explicit decoders: video bytes, npy (no pickle), json, cls.
-    """
-    label = int(raw["cls"]) if "cls" in raw else int(json.loads(raw["json"])["label"])
-    if "npy" in raw:
-        return "volume", np.load(io.BytesIO(raw["npy"]), allow_pickle=False), label
-    for ext in VIDEO_EXTS:
-        if ext in raw:
-            return "video", raw[ext], label
-    raise VideoDecodeError(f"sample {raw.get('__key__')} holds no video or npy payload")
-
-
-def _clip_seed(seed: int, epoch: int, shard: int, member: int, repeat: int) -> list[int]:
-    return [seed, epoch, shard, member, repeat]
-
-
-class _SampleMaker:
-    """Turns one raw sample into training clips (and masks), or evaluation views.
-
-    With ``augment: device`` a video's training clips are not cropped here: ``train_clips``
-    returns, per clip, its frame positions in the decoded video and its crop parameters, and
-    the decoded frames once (as ``frames``)."""
-
-    def __init__(self, cfg: StreamConfig, shard_set: ShardSet):
-        self.cfg, self.stride = cfg, stored_stride(cfg, shard_set)
-        self.num_classes = shard_set.num_classes
-
-    def decode(self, raw: dict) -> tuple[str, object, int]:
-        kind, payload, label = decode_sample(raw)
-        if self.num_classes and not 0 <= label < self.num_classes:
-            raise ValueError(f"label {label} is outside the {self.num_classes} classes of the "
-                             f"manifest")
-        return kind, payload, label
-
-    def train_clips(self, raw: dict, epoch: int, shard: int, member: int):
-        cfg, stride = self.cfg, self.stride
-        kind, payload, label = self.decode(raw)
-        rngs = [np.random.default_rng(_clip_seed(cfg.seed, epoch, shard, member, r))
-                for r in range(cfg.repeats)]
-        if kind == "video":
-            picked = {}
-
-            def pick(n: int) -> np.ndarray:
-                # repeat 0 draws its start from its own stream; later repeats from a fresh
-                # copy of theirs
-                picked["clips"] = [sample_frame_indices(
-                    n, cfg.num_frames, stride,
-                    rngs[0] if r == 0 else np.random.default_rng(
-                        _clip_seed(cfg.seed, epoch, shard, member, r)),
-                    cfg.short_video) for r in range(cfg.repeats)]
-                picked["union"] = np.unique(np.concatenate(picked["clips"]))
-                return picked["union"]
-            # one open, one decode for every repeat
-            frames = torch.from_numpy(worker_decoder().frames(payload, pick)
-                                      if cfg.decode == "nvdec" else
-                                      decode_frames(payload, pick))
-            height, width = frames.shape[1:3]
-        clips, masks, decode = [], [], []
-        on_device = kind == "video" and cfg.augment == "device"
-        for r, rng in enumerate(rngs):
-            if kind == "video":
-                idx = np.searchsorted(picked["union"], picked["clips"][r])
-                params = train_crop_params(height, width, rng, cfg.scales, cfg.flip)
-                clip = ((torch.from_numpy(idx), params) if on_device
-                        else apply_crop(frames[idx], params, cfg.size))
-            else:
-                depth = resample_depth_indices(payload.shape[0], cfg.num_frames)
-                clip = volume_transform(payload, depth, cfg.size, rng, cfg.flip)
-            clips.append(clip)
-            if cfg.mask != "none":
-                g = torch.Generator().manual_seed(int(rng.integers(2**62)))
-                grid = cfg.token_grid(None if on_device else clip.shape[-1])
-                m = make_mask(cfg.mask, 1, grid, cfg.mask_ratio, g)
-                masks.append(m[0])
-                if cfg.decoder_mask_ratio > 0:
-                    decode.append(running_cell_mask(m, grid, cfg.decoder_mask_ratio, g)[0])
-        return clips, masks, decode, label, (frames if on_device else None)
-
-    def eval_views(self, raw: dict):
-        cfg = self.cfg
-        kind, payload, label = self.decode(raw)
-        if kind == "volume":
-            depth = resample_depth_indices(payload.shape[0], cfg.num_frames)
-            return [volume_transform(payload, depth, cfg.size)], label
-        picked = {}
-
-        def pick(n: int) -> np.ndarray:
-            picked["clips"] = eval_clip_indices(n, cfg.num_frames, self.stride, cfg.test_clips,
-                                                cfg.short_video)
-            picked["union"] = np.unique(picked["clips"])
-            return picked["union"]
-        frames = decode_frames(payload, pick)
-        where = np.searchsorted(picked["union"], picked["clips"])
-        views = []
-        for c in range(cfg.test_clips):
-            views.extend(eval_crops(frames[where[c]], cfg.size, cfg.test_crops))
-        return views, label
-
-
-class _Counter:
-    def __init__(self):
-        self.skipped = 0
-
-    def skip(self, where: str, err: Exception):
-        self.skipped += 1
-        log.warning("skipping corrupt sample %s (%s); %d skipped so far", where, err,
-                    self.skipped)
-
-
-def _collate(clips, masks, labels, index, decode=(), videos=()) -> dict:
-    batch = {"label": torch.tensor(labels, dtype=torch.int64),
-             "index": torch.tensor(index, dtype=torch.int64)}
-    if videos:  # device augmentation: clips are (video number, positions, crop parameters)
-        batch["frames"] = list(videos)
-        batch["clip_source"] = torch.tensor([c[0] for c in clips], dtype=torch.int64)
-        batch["clip_frames"] = torch.stack([c[1] for c in clips])
-        batch["clip_crop"] = torch.tensor([c[2] for c in clips], dtype=torch.int64)
-    else:
-        batch["video"] = torch.stack(clips)
-    if masks:
-        batch["mask"] = torch.stack(masks)
-    if decode:
-        batch["decode_mask"] = torch.stack(decode)
-    return batch
-
-
-def _first_sample_numbers(shard_set: ShardSet) -> np.ndarray:
-    """Global number of each shard's first sample (manifest order)."""
-    return np.concatenate([[0], np.cumsum([s.samples for s in shard_set.shards])]).astype(int)
 
 
 def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, units: list[Unit], worker: int,
@@ -376,8 +119,8 @@ def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, units: list[Unit], w
     ``pos`` counts the samples of that epoch's planned order already consumed. Each batch
     carries ``_state``: where this worker continues after it.
     """
-    maker, counter = _SampleMaker(cfg, shard_set), _Counter()
-    first_number = _first_sample_numbers(shard_set)
+    maker, counter = SampleMaker(cfg, shard_set), SkipCounter()
+    first_number = first_sample_numbers([s.samples for s in shard_set.shards])
     clips, masks, decode, labels, index, videos = [], [], [], [], [], []
     while True:
         mine = worker_units(units, epoch, cfg.seed, worker, total, cfg.shuffle_buffer > 1)
@@ -389,7 +132,7 @@ def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, units: list[Unit], w
         order = buffer_order(n, cfg.shuffle_buffer,
                              np.random.default_rng([cfg.seed, epoch, worker, 104729]))
         remaining = order[pos:]
-        reader = iter(_Reader(shard_set.shards, mine, remaining, cfg.strict))
+        reader = iter(ShardReader(shard_set.shards, mine, remaining, cfg.strict))
         cache, read_upto, usable = {}, -1, 0
         for k, p in enumerate(remaining.tolist(), start=pos):
             while p not in cache and read_upto < p:
@@ -421,7 +164,7 @@ def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, units: list[Unit], w
                     index += [int(first_number[shard]) + member] * len(c)
                     usable += 1
             if len(clips) >= cfg.batch_size:
-                batch = _collate(clips, masks, labels, index, decode, videos)
+                batch = collate(clips, masks, labels, index, decode, videos)
                 nxt = (epoch, k + 1) if k + 1 < n else (epoch + 1, 0)
                 batch["_state"] = {"worker": worker, "epoch": nxt[0], "pos": nxt[1],
                                    "skipped": counter.skipped}
@@ -589,15 +332,15 @@ class _EvalSplit(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         w, nw = (info.id, info.num_workers) if info else (0, 1)
-        maker, counter = _SampleMaker(self.cfg, self.shard_set), _Counter()
+        maker, counter = SampleMaker(self.cfg, self.shard_set), SkipCounter()
         urls = [s.url for s in self.shard_set.shards]
-        first_number = _first_sample_numbers(self.shard_set)
+        first_number = first_sample_numbers([s.samples for s in self.shard_set.shards])
         views, labels, index, view_ids = [], [], [], []
         for unit in self.units[w::nw]:
             if not shard_intact(self.shard_set.shards[unit.shard], self.cfg.strict):
                 counter.skipped += unit.count
                 continue
-            for j, raw in _numbered_samples(urls[unit.shard], unit, set(range(unit.count))):
+            for j, raw in numbered_samples(urls[unit.shard], unit, set(range(unit.count))):
                 try:
                     vs, label = maker.eval_views(raw)
                 except Exception as e:
@@ -609,11 +352,11 @@ class _EvalSplit(torch.utils.data.IterableDataset):
                     index.append(int(first_number[unit.shard]) + j)
                     view_ids.append(v_id)
                     if len(views) == self.cfg.batch_size:
-                        yield {**_collate(views, [], labels, index),
+                        yield {**collate(views, [], labels, index),
                                "view": torch.tensor(view_ids)}
                         views, labels, index, view_ids = [], [], [], []
         if views:
-            yield {**_collate(views, [], labels, index), "view": torch.tensor(view_ids)}
+            yield {**collate(views, [], labels, index), "view": torch.tensor(view_ids)}
 
 
 def batch_to_device(batch: dict, device: torch.device, size: int | None) -> dict:

@@ -161,7 +161,7 @@ def volume_transform(volume: np.ndarray, depth_indices: np.ndarray, size: int | 
     if vol.ndim == 3:
         vol = vol.unsqueeze(-1)
     vol = rearrange(vol, "t h w c -> t c h w")
-    if size is not None:
+    if size is not None and vol.shape[-2:] != (size, size):
         vol = resize_frames(vol, (size, size))
     if flip and rng is not None and rng.random() < 0.5:
         vol = vol.flip(-1)

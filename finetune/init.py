@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -293,14 +294,57 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+# The clip geometry an encoder was trained with: the model section's keys, as in encoder.json.
+GEOMETRY = ("num_frames", "img_size", "patch_size", "tubelet_size", "in_chans")
+
+
+def export_folder(path: str) -> str | None:
+    """The folder of our export that ``path`` names (the folder, its encoder.safetensors, or a
+    pre-training run holding export/), or None for any other source."""
+    if not path:
+        return None
+    for folder in (path, os.path.join(path, "export"), os.path.dirname(path)):
+        if os.path.isfile(os.path.join(folder, "encoder.json")) and (
+                folder != os.path.dirname(path) or path.endswith(".safetensors")):
+            return folder
+    return None
+
+
 def encoder_geometry(path: str) -> dict:
-    """Model fields stored beside our export (encoder.json), for building a matching ViViT."""
-    folder = path if os.path.isdir(path) else os.path.dirname(path)
-    meta = os.path.join(folder, "encoder.json")
-    if not os.path.isfile(meta):
+    """The geometry keys stored beside our export (encoder.json); {} for other sources."""
+    folder = export_folder(path)
+    if folder is None:
         return {}
-    with open(meta) as f:
+    with open(os.path.join(folder, "encoder.json")) as f:
         m = json.load(f)["model"]
-    keys = ("img_size", "patch_size", "num_frames", "tubelet_size", "in_chans", "embed_dim",
-            "depth", "num_heads", "mlp_ratio", "norm_eps", "mean", "std")
-    return {k: m[k] for k in keys if k in m}
+    return {k: m[k] for k in GEOMETRY if k in m}
+
+
+def take_export_geometry(cfg, stated=(), verbose: bool = True):
+    """``cfg`` with the clip geometry of the export in ``run.init`` over the recipe's: an encoder
+    is fine-tuned at the geometry it was trained at. A key in ``stated`` (``model.KEY`` given on
+    the command line) that differs from the export's is an InitMismatch naming both, unless
+    ``run.init_partial`` (then the stated value stays, and only what fits loads)."""
+    from dataclasses import replace
+    from .models import family_class
+    geo = encoder_geometry(cfg.run.init)
+    if not geo or not family_class(cfg.model.family).takes_vit_encoder:
+        return cfg
+    diffs = {k: v for k, v in geo.items() if getattr(cfg.model, k) != v}
+    explicit = [k for k in diffs if f"model.{k}" in stated]
+    if explicit and not cfg.run.init_partial:
+        given = ", ".join(f"model.{k}={getattr(cfg.model, k)}" for k in explicit)
+        want = ", ".join(f"{k} {geo[k]}" for k in explicit)
+        raise InitMismatch(f"{given} on the command line, but the encoder {cfg.run.init} was "
+                           f"trained at {want} (encoder.json): drop the override to fine-tune "
+                           f"at the encoder's geometry, or set run.init_partial=true to load "
+                           f"what fits the geometry you gave")
+    take = {k: v for k, v in diffs.items() if k not in explicit}
+    if not take:
+        return cfg
+    if verbose:
+        print(f"finetune: clip geometry from {export_folder(cfg.run.init)}/encoder.json: "
+              + ", ".join(f"model.{k} {v} (the recipe says {getattr(cfg.model, k)})"
+                          for k, v in take.items()), file=sys.stderr)
+    model = replace(cfg.model, **take)
+    return replace(cfg, model=model, data=cfg.data.with_geometry(model))

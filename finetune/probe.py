@@ -128,12 +128,14 @@ def _without_confusion(m: dict) -> dict:
 def run_probe(cfg) -> dict:
     """Probe ``cfg.run.init`` (or a random encoder) on cfg.data.shards; writes the report."""
     from data.atomic import write_text_atomic
-    from data.manifest import load_shard_set, resolve_shards
+    from data.manifest import load_shard_set
+    from data.prep.medmnist import resolve_shards
     from pretrain.config import to_dict
-    from .init import init_from, report_counts, resolve_norm_layout
+    from .init import init_from, report_counts, resolve_norm_layout, take_export_geometry
     from .models import build_model
     from .train import _check, _check_splits, json_default
     t0 = time.time()
+    cfg = take_export_geometry(cfg)
     cfg.data = replace(cfg.data, mask="none")
     cfg.data.shards = resolve_shards(cfg.data.shards, os.path.join(cfg.run.dir, "data"))
     _check_splits(cfg.data.shards)

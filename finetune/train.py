@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from data.atomic import write_text_atomic
-from data.manifest import DataSetError, has_splits, load_shard_set, resolve_shards
+from data.manifest import DataSetError, has_splits, load_shard_set
+from data.prep.medmnist import resolve_shards
 from data.nvdec import resolve_decode
 from data.stream import EvalStream, StreamConfig, TrainStream, batch_to_device
 from pretrain.config import (LogConfig, OptimConfig, RunConfig, RuntimeConfig, dump_yaml,
@@ -36,7 +37,7 @@ from pretrain.runtime.loop import (Loop, Stage, StopRequested, open_feed, run_lo
 from pretrain.runtime.optim import cosine_lr, param_groups, scaled_lr
 from pretrain.runtime.resume import check_resume_config
 from .evaluate import confusion_picture, per_class, summarize
-from .init import init_from, report_counts, resolve_norm_layout
+from .init import init_from, report_counts, resolve_norm_layout, take_export_geometry
 from .models import build_model, describe, layer_decay_scale
 from .vivit import VivitConfig
 
@@ -85,7 +86,9 @@ def config_from_cli(config: str, init: str | None, overrides) -> "FinetuneConfig
     overrides = list(overrides)
     if init is not None:
         overrides.append(f"run.init={'' if init.lower() == 'none' else init}")
-    return load_config(config, overrides, schema=FinetuneConfig)
+    cfg = load_config(config, overrides, schema=FinetuneConfig)
+    stated = {o.split("=", 1)[0].strip() for o in overrides}
+    return take_export_geometry(cfg, stated)
 
 
 def _check_splits(shards: str):
@@ -96,11 +99,6 @@ def _check_splits(shards: str):
 
 
 def _check(cfg: FinetuneConfig, classes: int):
-    if cfg.data.num_frames != cfg.model.num_frames:
-        raise ValueError(f"data.num_frames={cfg.data.num_frames} but model.num_frames="
-                         f"{cfg.model.num_frames}; set both to the same value")
-    if cfg.data.size is not None and cfg.data.size != cfg.model.img_size:
-        raise ValueError(f"data.size={cfg.data.size} but model.img_size={cfg.model.img_size}")
     if (cfg.optim.mixup > 0 or cfg.optim.cutmix > 0) and cfg.data.batch_size % 2:
         raise ValueError("mixup/cutmix pair samples within a batch: data.batch_size must be even")
     if cfg.model.head_norm == "batch" and cfg.data.batch_size < 2:
@@ -210,6 +208,7 @@ class FinetuneStage(Stage):
 
 def _train(cfg: FinetuneConfig, dist, stop: StopRequested) -> dict:
     t_start = time.time()
+    cfg = take_export_geometry(cfg, verbose=dist.is_main)
     cfg.data = replace(cfg.data, mask="none")
     cfg.data.check()
     cfg.data.shards = resolve_shards(cfg.data.shards, os.path.join(cfg.run.dir, "data"),

@@ -5,7 +5,6 @@ command line go through the same checks. Each component receives only its own se
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import os
 import re
@@ -174,9 +173,8 @@ def _set(tree: dict, dotted: str, value):
 # Numeric fields a recipe can get wrong, and their valid ranges: (minimum, minimum is allowed).
 # A key a schema does not have is passed over (pre-training and fine-tuning share this table).
 RANGES = {
-    "data.batch_size": (1, True), "data.num_workers": (0, True), "data.num_frames": (1, True),
-    "data.stride": (1, True), "data.size": (1, True), "data.repeats": (1, True),
-    "data.tubelet": (1, True), "data.patch": (1, True), "data.shuffle_buffer": (1, True),
+    "data.batch_size": (1, True), "data.num_workers": (0, True),
+    "data.stride": (1, True), "data.repeats": (1, True), "data.shuffle_buffer": (1, True),
     "data.test_clips": (1, True), "data.test_crops": (1, True),
     "train.steps": (1, True), "train.ckpt_every": (1, True), "train.keep_last": (1, True),
     "train.max_nonfinite": (1, True), "train.epochs": (1, True),
@@ -247,19 +245,47 @@ def load_config(path: str | None, overrides: typing.Sequence[str] = (), schema=P
         _set(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
     where = source + (" + overrides" if overrides else "")
     cfg = _build(schema, tree, "", where)
+    _geometry_from_model(cfg, tree, where)
     check_values(cfg, where)
     return cfg
+
+
+def _geometry_from_model(cfg, tree: dict, where: str):
+    """The clip geometry is stated once, in the ``model`` section; the ``data`` section's copy
+    (the fields marked ``from_model``) is filled from it. A recipe that still states one of
+    those keys gets one line naming the model's key when the values agree, and an error naming
+    both when they do not."""
+    data, model = getattr(cfg, "data", None), getattr(cfg, "model", None)
+    if data is None or model is None or not hasattr(data, "with_geometry"):
+        return
+    given = tree.get("data") if isinstance(tree.get("data"), dict) else {}
+    for f in fields(data):
+        new = f.metadata.get("from_model")
+        if not new or f.name not in given:
+            continue
+        old_value, value = getattr(data, f.name), getattr(model, new)
+        # data.size: null meant "a volume's own size", which is the model's img_size
+        if old_value != value and not (f.name == "size" and old_value is None):
+            raise ConfigError(f"'data.{f.name}' in {where} is {old_value!r} but 'model.{new}' is "
+                              f"{value!r}: the clip's geometry is stated once, in the model "
+                              f"section; drop data.{f.name} and set model.{new}")
+        print(f"config: 'data.{f.name}' in {where} is the model's now ('model.{new}', "
+              f"{value!r}); drop it", file=sys.stderr)
+    cfg.data = data.with_geometry(model)
 
 
 def to_dict(cfg) -> dict:
     """A config as plain data (tuples as lists), ready for YAML or JSON."""
     def plain(v):
+        if is_dataclass(v):  # without the fields another section states (from_model)
+            return {f.name: plain(getattr(v, f.name)) for f in fields(v)
+                    if "from_model" not in f.metadata}
         if isinstance(v, (tuple, list)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         return v
-    return plain(dataclasses.asdict(cfg))
+    return plain(cfg)
 
 
 def dump_yaml(cfg, path: str):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from data.manifest import resolve_shards
+from data.prep.medmnist import resolve_shards
 from data.masks import token_ids
 from data.nvdec import resolve_decode
 from data.stream import TrainStream, batch_to_device
@@ -30,19 +30,6 @@ from .runtime.loop import (Loop, NonFiniteLoss, Stage, StopRequested,  # noqa: F
                            open_feed, run_locked, train_loop)
 from .runtime.optim import cosine_lr, param_groups, scaled_lr
 from .runtime.resume import check_resume_config
-
-
-def check_geometry(cfg: PretrainConfig):
-    """The data section and the model section must describe the same clip and token grid."""
-    pairs = [("data.num_frames", cfg.data.num_frames, "model.num_frames", cfg.model.num_frames),
-             ("data.tubelet", cfg.data.tubelet, "model.tubelet_size", cfg.model.tubelet_size),
-             ("data.patch", cfg.data.patch, "model.patch_size", cfg.model.patch_size)]
-    if cfg.data.size is not None:
-        pairs.append(("data.size", cfg.data.size, "model.img_size", cfg.model.img_size))
-    for a, va, b, vb in pairs:
-        if va != vb:
-            raise ValueError(f"{a}={va} but {b}={vb}: the clips and the model disagree; set both "
-                             f"to the same value")
 
 
 def picture(model: VideoMAE, video: torch.Tensor, mask: torch.Tensor, out: dict,
@@ -82,7 +69,6 @@ def _to_device(batch: dict, device: torch.device, size: int | None) -> dict:
 def train(cfg: PretrainConfig) -> dict:
     """Run (or resume) pre-training; returns a summary dict (rank 0's view)."""
     cfg.data.check()
-    check_geometry(cfg)
     dist = init_distributed(cfg.runtime.device)
     return run_locked(cfg.run.dir, dist, lambda stop: _train(cfg, dist, stop))
 

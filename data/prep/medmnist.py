@@ -134,3 +134,17 @@ def shards_from_npz(npz_path: str, out_dir: str, max_samples: int = 1000,
 
 def volume_work(item) -> dict:
     return {"ok": True, "sample": volume_sample(*item)}
+
+
+def resolve_shards(path: str, cache_dir: str, is_main: bool = True, barrier=lambda: None
+                   ) -> str:
+    """``data.shards`` as a prepared folder: an official MedMNIST npz file is sharded once into
+    ``cache_dir/<file stem>`` (by rank 0; the others wait at ``barrier``) and that folder used;
+    anything else is returned as it is."""
+    if not path.endswith(".npz"):
+        return path
+    out = os.path.join(cache_dir, os.path.splitext(os.path.basename(path))[0])
+    if is_main:
+        shards_from_npz(path, out)
+    barrier()
+    return out

@@ -45,7 +45,9 @@ from data.manifest import load_shard_set  # noqa: E402
 from data.masks import make_mask  # noqa: E402
 from data.sampling import sample_frame_indices  # noqa: E402
 import data.stream as stream_module  # noqa: E402
-from data.stream import StreamConfig, TrainStream, _numbered_samples, plan_units  # noqa: E402
+from data.plan import plan_units  # noqa: E402
+from data.shard_reader import numbered_samples  # noqa: E402
+from data.stream import StreamConfig, TrainStream  # noqa: E402
 from data.transforms import train_transform  # noqa: E402
 from data.nvdec import NvdecDecoder, nvdec_unavailable, resolve_decode  # noqa: E402
 from data.prefetch import Prefetcher  # noqa: E402
@@ -155,7 +157,7 @@ def decoder_rate(shards: str, repeats: int, nvdec: bool, seconds: float = 10.0):
     units = plan_units([s.samples for s in ss.shards], 1)
     items = []
     for s, u in zip(ss.shards, units):
-        items += [raw["mp4"] for _, raw in _numbered_samples(s.url, u, set(range(u.count)))]
+        items += [raw["mp4"] for _, raw in numbered_samples(s.url, u, set(range(u.count)))]
     rng = np.random.default_rng(0)
 
     def pick(n):
@@ -189,7 +191,7 @@ def breakdown(shards: str, clips: int) -> dict:
     while n < clips:
         for s, u in zip(ss.shards, units):
             t0 = time.perf_counter()
-            for _, raw in _numbered_samples(s.url, u, set(range(u.count))):
+            for _, raw in numbered_samples(s.url, u, set(range(u.count))):
                 t1 = time.perf_counter()
                 t["read"] += t1 - t0
                 data = raw["mp4"]

@@ -34,8 +34,8 @@ def env() -> dict:
 
 def recipe(work: str, data: str, steps: int) -> str:
     r = {"run": {"dir": os.path.join(work, "run"), "seed": 0},
-         "data": {"shards": data, "batch_size": 4, "num_workers": 2, "num_frames": 8,
-                  "stride": 2, "size": 32, "patch": 8, "tubelet": 2, "mask_ratio": 0.75,
+         "data": {"shards": data, "batch_size": 4, "num_workers": 2,
+                  "stride": 2, "mask_ratio": 0.75,
                   "shuffle_buffer": 8, "repeats": 2},
          "model": {"preset": "vit_tiny", "img_size": 32, "patch_size": 8, "num_frames": 8,
                    "tubelet_size": 2},

@@ -10,7 +10,9 @@ from data.manifest import DataSetError, load_shard_set
 from data.prep import runner
 from data.prep.cli import main as prep
 from data.prep.medmnist import CLASSES as MED_CLASSES
-from data.stream import StreamConfig, _numbered_samples, decode_sample, plan_units
+from data.plan import plan_units
+from data.shard_reader import decode_sample, numbered_samples
+from data.stream import StreamConfig
 from tests.conftest import make_medmnist_npz, moving_frames, write_video
 
 
@@ -29,7 +31,7 @@ def read_all(shard_dir):
     ss = load_shard_set(shard_dir)
     samples = []
     for s, unit in zip(ss.shards, plan_units([s.samples for s in ss.shards], 1)):
-        samples += [raw for _, raw in _numbered_samples(s.url, unit, set(range(unit.count)))]
+        samples += [raw for _, raw in numbered_samples(s.url, unit, set(range(unit.count)))]
     return ss, samples
 
 
@@ -295,7 +297,8 @@ def test_frame_step_keeps_every_kth_frame_and_the_stream_strides_in_source_frame
 
 
 def test_verify_rebuilds_a_damaged_shard_byte_for_byte_and_streams_skip_it(tmp_path, caplog):
-    from data.stream import TrainStream, _VERIFIED
+    from data.shard_reader import _VERIFIED
+    from data.stream import TrainStream
     out = str(tmp_path / "set")
     args = ["synthetic", "--out", out, "--count", "24", "--size", "32", "--frames", "8",
             "--shard-samples", "4", "--workers", "0"]

@@ -8,8 +8,8 @@ import torch
 import webdataset as wds
 
 from data.manifest import DataSetError, load_shard_set
-from data.stream import (EvalStream, StreamConfig, TrainStream, _worker_batches,
-                         buffer_order, plan_units, worker_units)
+from data.plan import buffer_order, plan_units, worker_units
+from data.stream import EvalStream, StreamConfig, TrainStream, _worker_batches
 
 
 def cfg_for(path, **kw):
@@ -116,9 +116,9 @@ def test_corrupt_sample_inside_a_shard_is_skipped_and_counted(tmp_path, syntheti
     src = load_shard_set(synthetic_set, "val")
     out = tmp_path / "bad"
     os.makedirs(out)
-    from data.stream import _numbered_samples
+    from data.shard_reader import numbered_samples
     samples = [raw for s, u in zip(src.shards, plan_units([s.samples for s in src.shards], 1))
-               for _, raw in _numbered_samples(s.url, u, set(range(u.count)))]
+               for _, raw in numbered_samples(s.url, u, set(range(u.count)))]
     with wds.TarWriter(str(out / "shard-000000.tar"), encoder=False) as w:
         for i, raw in enumerate(samples):
             raw = {k: v for k, v in raw.items() if not k.startswith("__url")}

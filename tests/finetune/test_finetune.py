@@ -149,6 +149,8 @@ def test_a_nan_streak_in_finetuning_exits_3_in_one_line_and_stops_the_loader_wor
     real = ViViT.forward
     monkeypatch.setattr(ViViT, "forward",
                         lambda self, x: real(self, x) * (float("nan") if self.training else 1.0))
+    me = psutil.Process()
+    before = {c.pid for c in me.children(recursive=True)}    # e.g. a resource tracker
     rc = main(["--config", recipe, "--init", "none", "train.epochs=2", "log.every=1",
                "data.num_workers=2"])
     err = capsys.readouterr().err
@@ -156,6 +158,6 @@ def test_a_nan_streak_in_finetuning_exits_3_in_one_line_and_stops_the_loader_wor
     assert "finetune: error: the loss was NaN or inf 5 times in a row (up to step 5)" in err
     assert "(none yet) is intact" in err and "Traceback" not in err
     time.sleep(0.5)
-    alive = [c for c in psutil.Process().children(recursive=True)
-             if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    alive = [c for c in me.children(recursive=True) if c.pid not in before and
+             c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert alive == [], [c.cmdline() for c in alive]

@@ -225,3 +225,37 @@ def test_head_norm_batch_standardises_the_pooled_feature_and_takes_no_layernorm(
     with pytest.raises(ValueError, match="head_norm=batch is for families vivit"):
         VivitConfig(family="uniformer", preset="uniformer_tiny", num_classes=3,
                     head_norm="batch").resolved()
+
+
+def test_finetuning_from_an_export_takes_its_geometry_and_refuses_a_conflicting_override(
+        tmp_path, capsys):
+    """An encoder trained at 32 px, 16-px patches and 4 frames is fine-tuned at that geometry
+    with the stock 64 px / 8 px / 16-frame recipe; a command-line override that differs is one
+    error naming both (exit 2), unless run.init_partial=true."""
+    from finetune.__main__ import main
+    from finetune.init import InitMismatch
+    from finetune.train import config_from_cli
+    from pretrain.export import export_encoder
+    from pretrain.model import ModelConfig, initial_model
+    mcfg = ModelConfig(preset="vit_tiny", img_size=32, patch_size=16, num_frames=4,
+                       tubelet_size=2)
+    export = str(tmp_path / "run" / "export")
+    export_encoder(initial_model(mcfg, 0).state_dict(), mcfg, export, {"step": 0})
+    recipe = "launch/configs/finetune/synthetic_vivit.yaml"
+    for init in (export, str(tmp_path / "run")):           # the export, or the run holding it
+        cfg = config_from_cli(recipe, init, [])
+        m, d = cfg.model, cfg.data
+        assert (m.img_size, m.patch_size, m.num_frames, m.tubelet_size) == (32, 16, 4, 2)
+        assert (d.size, d.patch, d.num_frames) == (32, 16, 4)
+    assert "model.img_size 32 (the recipe says 64)" in capsys.readouterr().err
+    with pytest.raises(InitMismatch, match=r"model.num_frames=8 on the command line, but the "
+                                           r"encoder .* was trained at num_frames 4"):
+        config_from_cli(recipe, export, ["model.num_frames=8"])
+    cfg = config_from_cli(recipe, export, ["model.num_frames=8", "run.init_partial=true"])
+    assert (cfg.model.num_frames, cfg.model.img_size, cfg.data.num_frames) == (8, 32, 8)
+    capsys.readouterr()
+    assert main(["--config", recipe, "--init", export, "model.img_size=64",
+                 f"run.dir={tmp_path / 'ft'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("finetune: error: model.img_size=64 on the command")
+    assert not (tmp_path / "ft").exists()                  # refused before the run folder exists

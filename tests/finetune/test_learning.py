@@ -31,7 +31,6 @@ def motion(tmp_path_factory):
     common = [f"data.shards={data}", *COMMON]
     summary = pretrain(load_config("launch/configs/pretrain/tiny_synthetic.yaml",
                                    common + [f"run.dir={tmp / 'pre'}", "train.steps=100",
-                                             "data.patch=16",
                                              "train.ckpt_every=100", "log.picture_every=0"]))
     return tmp, common + ["model.head_norm=layer"], summary["export"]
 

@@ -93,7 +93,7 @@ def test_study_runs_resumes_and_writes_tables_plot_and_budget(synthetic_set, ft_
     recipe, _ = ft_recipe
     pre = pretrain(load_config("launch/configs/pretrain/tiny_synthetic.yaml", [
         f"data.shards={synthetic_set}/train", f"run.dir={tmp_path / 'pre'}",
-        "data.num_frames=8", "data.size=32", "data.patch=8", "model.num_frames=8",
+        "model.num_frames=8",
         "model.img_size=32", "model.patch_size=8", "train.steps=4", "train.ckpt_every=2",
         "data.num_workers=0", "log.progress=false", "log.picture_every=0"]))
     args = ["--set", synthetic_set, "--encoder", pre["export"], "--config", recipe,

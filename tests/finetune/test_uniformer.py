@@ -194,8 +194,8 @@ def _recipe(tmp_path, synthetic_set, model):
     import yaml
     recipe = {
         "run": {"dir": str(tmp_path / "ft"), "seed": 0},
-        "data": {"shards": synthetic_set, "batch_size": 8, "num_workers": 0, "num_frames": 8,
-                 "stride": 2, "size": 32, "flip": False, "mask": "none", "shuffle_buffer": 8,
+        "data": {"shards": synthetic_set, "batch_size": 8, "num_workers": 0,
+                 "stride": 2, "flip": False, "mask": "none", "shuffle_buffer": 8,
                  "test_clips": 1, "test_crops": 1},
         "model": {"img_size": 32, "num_frames": 8, **model},
         "optim": {"lr": 1.0e-3, "warmup_epochs": 1, "layer_decay": 0.75},

@@ -10,8 +10,8 @@ def tiny_recipe(synthetic_set, tmp_path):
     run_dir = str(tmp_path / "run")
     recipe = {
         "run": {"dir": run_dir, "seed": 0},
-        "data": {"shards": synthetic_set, "batch_size": 4, "num_workers": 0, "num_frames": 8,
-                 "stride": 2, "size": 32, "patch": 8, "tubelet": 2, "mask_ratio": 0.75,
+        "data": {"shards": synthetic_set, "batch_size": 4, "num_workers": 0,
+                 "stride": 2, "mask_ratio": 0.75,
                  "shuffle_buffer": 8, "repeats": 2},
         "model": {"preset": "vit_tiny", "img_size": 32, "patch_size": 8, "num_frames": 8,
                   "tubelet_size": 2, "drop_path": 0.1},

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from pretrain.config import ConfigError, load_config
+from pretrain.config import ConfigError, load_config, to_dict
 
 
 def test_unknown_and_mistyped_keys_name_the_key_and_the_file(tmp_path):
@@ -21,9 +21,9 @@ def test_unknown_and_mistyped_keys_name_the_key_and_the_file(tmp_path):
 
 
 def test_overrides_are_typed(tmp_path):
-    cfg = load_config(None, ["optim.base_lr=1e-3", "data.size=null", "train.steps=7",
+    cfg = load_config(None, ["optim.base_lr=1e-3", "optim.lr=null", "train.steps=7",
                              "data.scales=[1, 0.5]", "runtime.precision=bf16"])
-    assert cfg.optim.base_lr == 1e-3 and cfg.data.size is None and cfg.train.steps == 7
+    assert cfg.optim.base_lr == 1e-3 and cfg.optim.lr is None and cfg.train.steps == 7
     assert cfg.data.scales == (1, 0.5) and cfg.runtime.precision == "bf16"
 
 
@@ -33,7 +33,9 @@ def test_every_shipped_recipe_loads():
     assert len(recipes) >= 5
     for r in recipes:
         cfg = load_config(r)
-        assert cfg.model.num_frames == cfg.data.num_frames, r
+        assert (cfg.data.num_frames, cfg.data.size, cfg.data.patch, cfg.data.tubelet) == \
+            (cfg.model.num_frames, cfg.model.img_size, cfg.model.patch_size,
+             cfg.model.tubelet_size), r
 
 
 def test_every_shipped_finetune_recipe_builds_its_model():
@@ -100,3 +102,28 @@ def test_overrides_may_follow_flags_that_take_several_values():
                                           "--out", "runs/x=y", "c.d=[1, 2]"])
     assert args.ks == ["4", "16"] and args.out == "runs/x=y"
     assert args.overrides == ["a.b=1", "model.patch_size=8", "c.d=[1, 2]"]
+
+
+def test_the_clip_geometry_is_stated_once_in_the_model_section(capsys):
+    import glob
+    cfg = load_config("launch/configs/pretrain/tiny_synthetic.yaml",
+                      ["model.img_size=112", "model.patch_size=16", "model.num_frames=8"])
+    d = cfg.data
+    assert (d.size, d.patch, d.num_frames, d.tubelet) == (112, 16, 8, 2)   # the stream follows
+    assert d.token_grid() == (4, 7, 7)
+    saved = to_dict(cfg)["data"]
+    assert not {"num_frames", "size", "patch", "tubelet"} & set(saved)    # not written twice
+    # no shipped recipe states it in the data section
+    import yaml
+    for recipe in glob.glob("launch/configs/*/*.yaml"):
+        data = yaml.safe_load(open(recipe)).get("data", {})
+        assert not {"num_frames", "size", "patch", "tubelet"} & set(data), recipe
+    # an old key: one line naming the new key when it agrees, an error naming both when not
+    capsys.readouterr()
+    cfg = load_config("launch/configs/pretrain/tiny_synthetic.yaml", ["data.num_frames=16"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["config: 'data.num_frames' in launch/configs/pretrain/tiny_synthetic.yaml + "
+                   "overrides is the model's now ('model.num_frames', 16); drop it"]
+    with pytest.raises(ConfigError, match=r"'data.patch' in .* is 16 but 'model.patch_size' is "
+                                          r"8: .* drop data.patch and set model.patch_size"):
+        load_config("launch/configs/pretrain/tiny_synthetic.yaml", ["data.patch=16"])

@@ -1,0 +1,145 @@
+"""From one raw sample to what a batch holds: training clips (strided frames, a multi-scale crop,
+a mask) or evaluation views, then the batch itself."""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .decode import decode_frames
+from .manifest import ShardSet
+from .masks import make_mask, running_cell_mask
+from .nvdec import worker_decoder
+from .plan import clip_seed
+from .sampling import eval_clip_indices, resample_depth_indices, sample_frame_indices
+from .shard_reader import decode_sample
+from .transforms import apply_crop, eval_crops, train_crop_params, volume_transform
+
+if TYPE_CHECKING:
+    from .stream import StreamConfig
+
+log = logging.getLogger("data.stream")
+
+
+def stored_stride(cfg: StreamConfig, shard_set: ShardSet) -> int:
+    """``data.stride`` (source frames) in the frames stored in ``shard_set``: prep's
+    ``--frame-step k`` kept every k-th frame, so the stride there is stride / k and a clip
+    covers the same time span."""
+    step = int(shard_set.options.get("frame_step", 1) or 1)
+    if cfg.stride % step:
+        raise ValueError(f"data.stride={cfg.stride} is not a multiple of the frame step "
+                         f"{step} that {shard_set.root} was prepared with (--frame-step): use a "
+                         f"stride of {step}, {2 * step}, ...")
+    return cfg.stride // step
+
+
+class SampleMaker:
+    """Turns one raw sample into training clips (and masks), or evaluation views.
+
+    With ``augment: device`` a video's training clips are not cropped here: ``train_clips``
+    returns, per clip, its frame positions in the decoded video and its crop parameters, and
+    the decoded frames once (as ``frames``)."""
+
+    def __init__(self, cfg: StreamConfig, shard_set: ShardSet):
+        self.cfg, self.stride = cfg, stored_stride(cfg, shard_set)
+        self.num_classes = shard_set.num_classes
+
+    def decode(self, raw: dict) -> tuple[str, object, int]:
+        kind, payload, label = decode_sample(raw)
+        if self.num_classes and not 0 <= label < self.num_classes:
+            raise ValueError(f"label {label} is outside the {self.num_classes} classes of the "
+                             f"manifest")
+        return kind, payload, label
+
+    def train_clips(self, raw: dict, epoch: int, shard: int, member: int):
+        cfg, stride = self.cfg, self.stride
+        kind, payload, label = self.decode(raw)
+        rngs = [np.random.default_rng(clip_seed(cfg.seed, epoch, shard, member, r))
+                for r in range(cfg.repeats)]
+        if kind == "video":
+            picked = {}
+
+            def pick(n: int) -> np.ndarray:
+                # repeat 0 draws its start from its own stream; later repeats from a fresh
+                # copy of theirs
+                picked["clips"] = [sample_frame_indices(
+                    n, cfg.num_frames, stride,
+                    rngs[0] if r == 0 else np.random.default_rng(
+                        clip_seed(cfg.seed, epoch, shard, member, r)),
+                    cfg.short_video) for r in range(cfg.repeats)]
+                picked["union"] = np.unique(np.concatenate(picked["clips"]))
+                return picked["union"]
+            # one open, one decode for every repeat
+            frames = torch.from_numpy(worker_decoder().frames(payload, pick)
+                                      if cfg.decode == "nvdec" else
+                                      decode_frames(payload, pick))
+            height, width = frames.shape[1:3]
+        clips, masks, decode = [], [], []
+        on_device = kind == "video" and cfg.augment == "device"
+        for r, rng in enumerate(rngs):
+            if kind == "video":
+                idx = np.searchsorted(picked["union"], picked["clips"][r])
+                params = train_crop_params(height, width, rng, cfg.scales, cfg.flip)
+                clip = ((torch.from_numpy(idx), params) if on_device
+                        else apply_crop(frames[idx], params, cfg.size))
+            else:
+                depth = resample_depth_indices(payload.shape[0], cfg.num_frames)
+                clip = volume_transform(payload, depth, cfg.size, rng, cfg.flip)
+            clips.append(clip)
+            if cfg.mask != "none":
+                g = torch.Generator().manual_seed(int(rng.integers(2**62)))
+                grid = cfg.token_grid(None if on_device else clip.shape[-1])
+                m = make_mask(cfg.mask, 1, grid, cfg.mask_ratio, g)
+                masks.append(m[0])
+                if cfg.decoder_mask_ratio > 0:
+                    decode.append(running_cell_mask(m, grid, cfg.decoder_mask_ratio, g)[0])
+        return clips, masks, decode, label, (frames if on_device else None)
+
+    def eval_views(self, raw: dict):
+        cfg = self.cfg
+        kind, payload, label = self.decode(raw)
+        if kind == "volume":
+            depth = resample_depth_indices(payload.shape[0], cfg.num_frames)
+            return [volume_transform(payload, depth, cfg.size)], label
+        picked = {}
+
+        def pick(n: int) -> np.ndarray:
+            picked["clips"] = eval_clip_indices(n, cfg.num_frames, self.stride, cfg.test_clips,
+                                                cfg.short_video)
+            picked["union"] = np.unique(picked["clips"])
+            return picked["union"]
+        frames = decode_frames(payload, pick)
+        where = np.searchsorted(picked["union"], picked["clips"])
+        views = []
+        for c in range(cfg.test_clips):
+            views.extend(eval_crops(frames[where[c]], cfg.size, cfg.test_crops))
+        return views, label
+
+
+class SkipCounter:
+    def __init__(self):
+        self.skipped = 0
+
+    def skip(self, where: str, err: Exception):
+        self.skipped += 1
+        log.warning("skipping corrupt sample %s (%s); %d skipped so far", where, err,
+                    self.skipped)
+
+
+def collate(clips, masks, labels, index, decode=(), videos=()) -> dict:
+    batch = {"label": torch.tensor(labels, dtype=torch.int64),
+             "index": torch.tensor(index, dtype=torch.int64)}
+    if videos:  # device augmentation: clips are (video number, positions, crop parameters)
+        batch["frames"] = list(videos)
+        batch["clip_source"] = torch.tensor([c[0] for c in clips], dtype=torch.int64)
+        batch["clip_frames"] = torch.stack([c[1] for c in clips])
+        batch["clip_crop"] = torch.tensor([c[2] for c in clips], dtype=torch.int64)
+    else:
+        batch["video"] = torch.stack(clips)
+    if masks:
+        batch["mask"] = torch.stack(masks)
+    if decode:
+        batch["decode_mask"] = torch.stack(decode)
+    return batch

@@ -1,0 +1,99 @@
+"""Reading shards: the sha256 check against the manifest, one worker's units read in order
+keeping only the planned positions, and a raw tar sample decoded by explicit decoders."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import Iterator
+
+import numpy as np
+import webdataset as wds
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+from .decode import VIDEO_EXTS, VideoDecodeError
+from .manifest import DataSetError, Shard, file_sha256
+from .plan import Unit
+
+log = logging.getLogger("data.stream")
+
+
+_VERIFIED: dict = {}  # shard path -> its bytes match the manifest's sha256 (per process)
+
+
+def shard_intact(shard: Shard, strict: bool = False) -> bool:
+    """Whether a local shard's bytes have the sha256 its manifest recorded, hashed the first
+    time this process opens it (one read, small next to decoding its videos). A damaged shard
+    is skipped with a warning, or stops the run under ``data.strict``."""
+    if not shard.sha256 or "://" in shard.url:
+        return True
+    ok = _VERIFIED.get(shard.url)
+    if ok is None:
+        ok = _VERIFIED[shard.url] = file_sha256(shard.url) == shard.sha256
+    if not ok:
+        msg = (f"shard {shard.url} does not match the sha256 in its manifest (damaged after "
+               f"prep); repair it by running the same prep command with --verify")
+        if strict:
+            raise DataSetError(msg)
+        log.warning("%s; its samples are skipped", msg)
+    return ok
+
+
+class ShardReader:
+    """Reads the samples of one worker's units, in order, keeping only wanted positions."""
+
+    def __init__(self, shards: list[Shard], units: list[Unit], wanted: np.ndarray,
+                 strict: bool = False):
+        self.shards, self.units, self.strict = shards, units, strict
+        self.wanted = np.sort(wanted)
+        self.offsets = np.concatenate([[0], np.cumsum([u.count for u in units])]).astype(int)
+
+    def __iter__(self) -> Iterator[tuple[int, int, dict]]:
+        """(stream position, member number in its shard, raw sample)."""
+        # each unit's wanted positions are one slice of the sorted array
+        bounds = np.searchsorted(self.wanted, self.offsets)
+        for ui, unit in enumerate(self.units):
+            base = int(self.offsets[ui])
+            local = set((self.wanted[bounds[ui]:bounds[ui + 1]] - base).tolist())
+            if not local or not shard_intact(self.shards[unit.shard], self.strict):
+                continue
+            for j, sample in numbered_samples(self.shards[unit.shard].url, unit, local):
+                yield base + j // unit.parts, j, sample
+
+
+def numbered_samples(url: str, unit: Unit, local: set) -> Iterator[tuple[int, dict]]:
+    """(member number j in the shard, raw sample) for the unit's samples in ``local``."""
+    counter = {"key": None, "j": -1}
+    numbers: dict = {}
+
+    def select(fname: str) -> bool:
+        key = fname.split(".", 1)[0]
+        if key != counter["key"]:
+            counter["key"], counter["j"] = key, counter["j"] + 1
+            numbers[key] = counter["j"]
+        j = counter["j"]
+        return j % unit.parts == unit.part and (j // unit.parts) in local
+
+    try:
+        with wds.gopen(url, "rb") as stream:
+            files = ({**f, "__url__": url} for f in tar_file_iterator(stream, select_files=select))
+            for sample in group_by_keys(files):
+                yield numbers.pop(sample["__key__"]), sample
+                for k in [k for k, v in numbers.items() if v < counter["j"] - 1]:
+                    del numbers[k]
+    except Exception as e:  # a truncated or unreadable shard: keep what was read
+        log.warning("shard %s is damaged (%s); its remaining samples are skipped", url, e)
+
+
+def decode_sample(raw: dict) -> tuple[str, object, int]:
+    """Raw tar sample -> ('video', bytes, label) or ('volume', ndarray, label).
+
+    Only explicit decoders: video bytes, npy (no pickle), json, cls.
+    """
+    label = int(raw["cls"]) if "cls" in raw else int(json.loads(raw["json"])["label"])
+    if "npy" in raw:
+        return "volume", np.load(io.BytesIO(raw["npy"]), allow_pickle=False), label
+    for ext in VIDEO_EXTS:
+        if ext in raw:
+            return "video", raw[ext], label
+    raise VideoDecodeError(f"sample {raw.get('__key__')} holds no video or npy payload")

@@ -25,6 +25,7 @@ import json
 import os
 import sys
 
+from .plot import link_tb, panels_plot
 
 TOKENIZERS = ("uniform", "tubelet", "t2t")
 ROWS = (*TOKENIZERS, "uniformer", "uniformer_head")
@@ -39,27 +40,15 @@ def epochs_to_converge(history: list, key: str = "auc", within: float = 0.01) ->
 
 
 def draw_curves(results: dict, path: str, key: str = "auc", size=(360, 240)):
-    """One panel per data set: validation ``key`` per epoch for each tokeniser (PNG)."""
-    from PIL import Image, ImageDraw
-    w, h = size
-    sets = list(results)
-    img = Image.new("RGB", (w * len(sets), h + 20), "white")
-    d = ImageDraw.Draw(img)
-    for i, name in enumerate(sets):
-        x0, pad = i * w, 30
-        d.rectangle([x0 + pad, 10, x0 + w - 10, h - pad], outline=(0, 0, 0))
-        d.text((x0 + pad, h - pad + 4), f"{name}: val {key} / epoch", fill=(0, 0, 0))
-        for ti, (tok, rep) in enumerate(results[name].items()):
-            hist = rep["history"]
-            ys = [r[key] for r in hist]
-            n = max(len(hist) - 1, 1)
-            pts = [(x0 + pad + (w - pad - 10) * j / n,
-                    10 + (h - pad - 10) * (1 - (min(max(y, 0.0), 1.0)))) for j, y in enumerate(ys)]
-            d.line(pts, fill=COLOURS[tok], width=2)
-            d.text((x0 + w - 100, 14 + 12 * ti), tok, fill=COLOURS[tok])
-        d.text((x0 + 2, 6), "1.0", fill=(0, 0, 0))
-        d.text((x0 + 2, h - pad - 10), "0.0", fill=(0, 0, 0))
-    img.save(path)
+    """One panel per data set: validation ``key`` per epoch for each model (PNG)."""
+    panels = []
+    for name, runs in results.items():
+        epochs = max((len(rep["history"]) for rep in runs.values()), default=0)
+        lines = [(COLOURS[tok], 0, [(j, r[key], 0.0) for j, r in enumerate(rep["history"])])
+                 for tok, rep in runs.items()]
+        panels.append((list(range(1, epochs + 1)), lines, f"{name}: val {key} / epoch",
+                       [(tok, COLOURS[tok]) for tok in runs]))
+    panels_plot(path, panels, size)
 
 
 def table(results: dict) -> str:
@@ -118,7 +107,7 @@ def main(argv=None) -> int:
                     results[name][tok] = json.load(f)
                 continue
             results[name][tok] = train(cfg)
-            _link_tb(run_dir, os.path.join(args.out, "tb", name, tok))
+            link_tb(run_dir, os.path.join(args.out, "tb", name, tok))
     os.makedirs(args.out, exist_ok=True)
     md = table(results)
     with open(os.path.join(args.out, "results.md"), "w") as f:
@@ -128,13 +117,6 @@ def main(argv=None) -> int:
     print(f"curves: {os.path.join(args.out, 'curves.png')}; TensorBoard: "
           f"tensorboard --logdir {os.path.join(args.out, 'tb')}")
     return 0
-
-
-def _link_tb(run_dir: str, where: str):
-    """All runs under one TensorBoard folder: link each run's tb/ there."""
-    os.makedirs(os.path.dirname(where), exist_ok=True)
-    if not os.path.lexists(where):
-        os.symlink(os.path.abspath(os.path.join(run_dir, "tb")), where)
 
 
 if __name__ == "__main__":

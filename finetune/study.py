@@ -43,6 +43,8 @@ import sys
 
 import numpy as np
 
+from .plot import line_plot, link_tb
+
 INITS = ("pretrained", "scratch", "untrained")
 METHODS = ("finetune", "linear", "knn")
 COLOURS = {"pretrained": (31, 119, 180), "scratch": (214, 39, 40), "untrained": (44, 160, 44)}
@@ -101,49 +103,6 @@ def _sigterm_interrupts():
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
-
-
-def line_plot(path: str, xlabels: list, lines: list, caption: str, legend: list,
-              size=(520, 320)):
-    """A small PNG: ``lines`` = [(colour, dash 0/1/2, [(x index, mean, std), ...])] over the
-    evenly spaced ``xlabels``, y in [0, 1], std as a bar; ``legend`` = [(text, colour)]."""
-    from PIL import Image, ImageDraw
-    w, h = size
-    pad = 44
-    img = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(img)
-    d.rectangle([pad, 10, w - 10, h - pad], outline=(0, 0, 0))
-    x = lambda i: pad + (w - pad - 10) * (i + 0.5) / len(xlabels)  # noqa: E731
-    y = lambda v: 10 + (h - pad - 10) * (1 - min(max(v, 0.0), 1.0))  # noqa: E731
-    for i, label in enumerate(xlabels):
-        d.text((x(i) - 8, h - pad + 4), label, fill=(0, 0, 0))
-    d.text((pad, h - pad + 18), caption, fill=(0, 0, 0))
-    for v in (0.25, 0.5, 0.75, 1.0):
-        d.text((4, y(v) - 6), f"{v:.2f}", fill=(0, 0, 0))
-    for colour, dash, pts in lines:
-        xy = [(x(i), y(m)) for i, m, _ in pts]
-        for a, b in zip(xy, xy[1:]):
-            _segment(d, a, b, colour, dash)
-        for (px, py), (_, _, sd) in zip(xy, pts):
-            sd *= h - pad - 10
-            d.line([(px, py - sd), (px, py + sd)], fill=colour)
-            d.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
-    for j, (text, colour) in enumerate(legend):
-        d.text((pad + 6, 14 + 14 * j), text, fill=colour)
-    img.save(path)
-
-
-def _segment(d, a, b, colour, dash: int):
-    if dash == 0:
-        d.line([a, b], fill=colour, width=2)
-        return
-    n = 24
-    for i in range(n):
-        if (i % 2) if dash == 1 else (i % 3):
-            continue
-        p = (a[0] + (b[0] - a[0]) * i / n, a[1] + (b[1] - a[1]) * i / n)
-        q = (a[0] + (b[0] - a[0]) * (i + 1) / n, a[1] + (b[1] - a[1]) * (i + 1) / n)
-        d.line([p, q], fill=colour, width=2)
 
 
 def per_class_count(shards: str) -> int:
@@ -226,7 +185,7 @@ class Study:
             if report is None:   # a fine-tune stopped by a signal writes no report
                 raise KeyboardInterrupt
             if what == "finetune":
-                self._link_tb(run_dir, os.path.join(self.out, "tb", f"k{k}", init_name,
+                link_tb(run_dir, os.path.join(self.out, "tb", f"k{k}", init_name,
                                                     f"s{seed}"))
                 self.rows.setdefault((k, "finetune", init_name), {})[seed] = \
                     accuracy(report, "finetune")
@@ -263,12 +222,6 @@ class Study:
         else:
             for what, cfg in todo:
                 fn(what, cfg)
-
-    @staticmethod
-    def _link_tb(run_dir: str, where: str):
-        os.makedirs(os.path.dirname(where), exist_ok=True)
-        if not os.path.lexists(where):
-            os.symlink(os.path.abspath(os.path.join(run_dir, "tb")), where)
 
     def summary(self) -> dict:
         out = {}

@@ -16,7 +16,7 @@ def main(argv=None) -> int:
     ap.add_argument("--init", help="weights to start from, or 'none'")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value")
     ap.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
-    from pretrain.config import parse_args_with_overrides
+    from pretrain.runtime.config import parse_args_with_overrides
     args = parse_args_with_overrides(ap, argv)
     from pretrain.runtime.cli import run_command
     from .train import config_from_cli, train

@@ -77,9 +77,9 @@ def main(argv=None) -> int:
     ap.add_argument("--init", default="", help="optional ViT encoder (ViViT, uniformer_head)")
     ap.add_argument("--uniformer-init", default="", help="optional UniFormer checkpoint")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value")
-    from pretrain.config import parse_args_with_overrides
+    from pretrain.runtime.config import parse_args_with_overrides
     args = parse_args_with_overrides(ap, argv)
-    from pretrain.config import ConfigError, load_config
+    from pretrain.runtime.config import ConfigError, load_config
     from .train import FinetuneConfig, train
 
     results = {}

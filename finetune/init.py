@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from einops import repeat
 
-from pretrain.convert import (inflate_kernel, load_published, load_safetensors,
-                              read_state_dict, split_qkv_bias)
+from pretrain.convert import load_published, load_safetensors, read_state_dict
+from .convert import inflate_kernel, split_qkv_bias
 from .vivit import FactorisedSelfAttentionBlock, ViViT, init_temporal_attention
 
 

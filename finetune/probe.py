@@ -130,7 +130,7 @@ def run_probe(cfg) -> dict:
     from data.atomic import write_text_atomic
     from data.manifest import load_shard_set
     from data.prep.medmnist import resolve_shards
-    from pretrain.config import to_dict
+    from pretrain.runtime.config import to_dict
     from .init import init_from, report_counts, resolve_norm_layout, take_export_geometry
     from .models import build_model
     from .train import _check, _check_splits, json_default
@@ -178,17 +178,15 @@ def main(argv=None) -> int:
     ap.add_argument("--config", required=True)
     ap.add_argument("--init", help="encoder to probe, or 'none' for a random one")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value")
-    from pretrain.config import parse_args_with_overrides
+    from pretrain.runtime.config import parse_args_with_overrides
     args = parse_args_with_overrides(ap, argv)
-    from data.manifest import DataSetError
-    from pretrain.config import ConfigError
+    from pretrain.runtime.cli import run_command
     from .train import config_from_cli
-    try:
+
+    def body() -> int:
         run_probe(config_from_cli(args.config, args.init, args.overrides))
-    except (ConfigError, DataSetError, FileNotFoundError, ValueError) as e:
-        print(f"finetune.probe: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+    return run_command("finetune.probe", body)
 
 
 if __name__ == "__main__":

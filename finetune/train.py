@@ -25,7 +25,7 @@ from data.manifest import DataSetError, has_splits, load_shard_set
 from data.prep.medmnist import resolve_shards
 from data.nvdec import resolve_decode
 from data.stream import EvalStream, StreamConfig, TrainStream, batch_to_device
-from pretrain.config import (LogConfig, OptimConfig, RunConfig, RuntimeConfig, dump_yaml,
+from pretrain.runtime.config import (LogConfig, OptimConfig, RunConfig, RuntimeConfig, dump_yaml,
                              to_dict)
 from pretrain.runtime.checkpoint import Checkpointer
 from pretrain.runtime.distributed import (all_gather_objects, barrier, init_distributed,
@@ -82,7 +82,7 @@ class FinetuneConfig:
 def config_from_cli(config: str, init: str | None, overrides) -> "FinetuneConfig":
     """A fine-tuning config from ``--config``, ``--init`` (``none`` = from scratch) and
     ``section.key=value`` overrides: what ``python -m finetune`` and ``finetune.probe`` take."""
-    from pretrain.config import load_config
+    from pretrain.runtime.config import load_config
     overrides = list(overrides)
     if init is not None:
         overrides.append(f"run.init={'' if init.lower() == 'none' else init}")

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.convert import inflate_kernel, split_qkv_bias
+from .convert import inflate_kernel, split_qkv_bias
 from pretrain.layers import BatchNorm2d, BatchNorm3d, Block, DropPath
 from .classifier import ClipClassifier, init_linear_and_norm
 

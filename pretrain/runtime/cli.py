@@ -15,22 +15,31 @@ EXIT_USER_ERROR = 2
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that carry a message naming the thing and the fix: shown as one line."""
     from data.manifest import DataSetError
-    from pretrain.config import ConfigError
+    from .config import ConfigError
     return ConfigError, DataSetError, FileNotFoundError, ValueError
 
 
-def run_command(prog: str, body: Callable[[], dict]) -> int:
-    """Run ``body()`` (a run; returns its summary or report) and map how it ended to an exit
-    code, printing one ``prog: error: ...`` line for the errors a user causes."""
+EXIT_INTERRUPTED = 130
+
+
+def run_command(prog: str, body: Callable[[], dict | int]) -> int:
+    """Run ``body()`` and map how it ended to an exit code: a run's summary or report (exit 0,
+    or 143 when a signal stopped it after a checkpoint), or an exit code. Errors a user causes
+    and an interrupt each end in one ``prog: ...`` line, never a traceback."""
     try:
-        summary = body()
+        result = body()
     except NonFiniteLoss as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_NONFINITE
     except user_errors() as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; run the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if isinstance(result, int):
+        return result
     # The run is finished and saved: a signal now must not turn a clean exit into a kill.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return EXIT_STOPPED if summary.get("stopped_by_signal") else 0
+    return EXIT_STOPPED if result.get("stopped_by_signal") else 0

@@ -151,17 +151,15 @@ def test_a_sigterm_to_the_study_stops_its_pool_workers(tmp_path):
     import signal
     import threading
     import time
-    from types import SimpleNamespace
     import psutil
-    from finetune.study import Study
-    study = Study(SimpleNamespace(jobs=2, out=str(tmp_path)))
+    from finetune.study_run import run_pool
     me = psutil.Process()
     before = signal.getsignal(signal.SIGTERM)
     timer = threading.Timer(8.0, os.kill, (os.getpid(), signal.SIGTERM))
     timer.start()
     t0 = time.time()
     with pytest.raises(KeyboardInterrupt):
-        study._pool([("sleep", 60), ("sleep", 60), ("sleep", 60)], fn=_sleep_job)
+        run_pool([("sleep", 60), ("sleep", 60), ("sleep", 60)], jobs=2, fn=_sleep_job)
     timer.cancel()
     assert time.time() - t0 < 30
     time.sleep(0.5)
@@ -169,3 +167,31 @@ def test_a_sigterm_to_the_study_stops_its_pool_workers(tmp_path):
                c.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(c.cmdline())]
     assert workers == []              # (multiprocessing's resource tracker may stay; no worker)
     assert signal.getsignal(signal.SIGTERM) == before      # the old handler is back
+
+
+def test_the_study_plan_and_summary_are_pure_functions_of_the_spec():
+    from finetune.study import StudySpec
+    from finetune.study_plan import budget_tags, plan_jobs
+    from finetune.study_report import summarize
+    spec = StudySpec(set="s", encoder="e", config="c", out="o", ks=("4", "all"), seeds=(0, 1),
+                     methods=("finetune", "linear"), inits=("pretrained", "scratch"))
+    jobs = plan_jobs(spec)
+    assert len(jobs) == 2 * 2 * 2 * 2 and jobs == plan_jobs(spec)
+    assert [(j.k, j.seed, j.init, j.what) for j in jobs[:4]] == [
+        ("4", 0, "pretrained", "finetune"), ("4", 0, "pretrained", "probe"),
+        ("4", 0, "scratch", "finetune"), ("4", 0, "scratch", "probe")]
+    assert jobs[0].run_dir == os.path.join("o", "runs", "k4", "pretrained", "s0", "finetune")
+    assert [j.what for j in plan_jobs(StudySpec("s", "e", "c", "o", methods=("knn",)))][:1] == \
+        ["probe"]
+    tags = ["step00000020", "step00000010", "step00000030"]
+    assert budget_tags(tags, (), "ck") == ["step00000010", "step00000020", "step00000030"]
+    assert budget_tags(tags, (30, 10), "ck") == ["step00000010", "step00000030"]
+    with pytest.raises(FileNotFoundError, match=r"no finished checkpoint at step\(s\) \[15\]; "
+                                                r"it has \[10, 20, 30\]"):
+        budget_tags(tags, (15,), "ck")
+    s = summarize({("4", "finetune", "pretrained"): {0: 0.75, 1: 0.5},
+                   ("4", "finetune", "scratch"): {0: 0.25, 1: 0.5}})
+    row = s["finetune"]["4"]
+    assert row["pretrained"]["mean"] == 0.625 and row["scratch"]["mean"] == 0.375
+    assert row["gain"] == 0.25 and row["wins"] == "1/2"
+    assert abs(row["pretrained"]["std"] - 0.1767766952966369) < 1e-12

@@ -1,0 +1,131 @@
+"""Running the study's plan: the k-shot subsets and encoders it needs made on disk, a config per
+run, and the runs themselves, ``--jobs`` at once in spawned processes."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+
+
+def load_report(path: str) -> dict | None:
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    return None
+
+
+def subset_for(spec, k: str, seed: int) -> str:
+    """The k-shot copy of the set for ``seed`` (nested over k), made once; ``all`` is the set."""
+    if k == "all":
+        return spec.set
+    from data.prep.subset import make_subset
+    out = os.path.join(spec.out, "data", f"k{k}_s{seed}")
+    if not load_report(os.path.join(out, "train", "manifest.json")):
+        make_subset(spec.set, out, int(k), seed)
+    return out
+
+
+def untrained_encoder(spec, seed: int) -> str:
+    """The pre-training model's encoder at step 0 (its own initialisation, seeded by ``seed``)
+    in the geometry of the study's encoder: the control that tells what pre-training added
+    beyond the init scheme (the fine-tuning models start new layers differently)."""
+    from pretrain.export import export_encoder
+    from pretrain.model import ModelConfig, initial_model
+    out = os.path.join(spec.out, "untrained", f"s{seed}")
+    if os.path.isfile(os.path.join(out, "encoder.safetensors")):
+        return out
+    src = spec.encoder
+    meta = load_report(os.path.join(src if os.path.isdir(src) else os.path.dirname(src),
+                                    "encoder.json"))
+    if not meta or meta.get("format") != "tubemae-encoder":
+        raise ValueError(f"--inits untrained builds the pre-training model in the geometry of "
+                         f"--encoder, read from its encoder.json; {src} has none (it works "
+                         f"with our exports)")
+    model = initial_model(ModelConfig(**meta["model"]), seed)
+    export_encoder(model.state_dict(), model.cfg, out, {"untrained": True, "seed": seed,
+                                                        "geometry_of": src})
+    return out
+
+
+def init_for(spec, init: str, seed: int) -> str:
+    """``run.init`` of an init: the study's encoder, none (scratch), or the untrained one."""
+    if init == "pretrained":
+        return spec.encoder
+    if init == "scratch":
+        return ""
+    return untrained_encoder(spec, seed)
+
+
+def config_for(spec, shards: str, run_dir: str, init: str, seed: int):
+    """The fine-tuning config of one run: the recipe, the study's overrides, and
+    ``data.repeats`` set so an epoch sees about ``clips_per_epoch`` clips."""
+    from data.manifest import load_shard_set
+    from pretrain.runtime.config import load_config
+    from .train import FinetuneConfig
+    n = load_shard_set(shards, "train").num_samples
+    repeats = max(1, round(spec.clips_per_epoch / max(1, n)))
+    return load_config(spec.config, [
+        f"data.repeats={repeats}", *spec.overrides, f"data.shards={shards}",
+        f"run.dir={run_dir}", f"run.init={init}", f"run.seed={seed}"], schema=FinetuneConfig)
+
+
+def _worker_init(threads: int):
+    import torch
+    torch.set_num_threads(threads)
+
+
+def execute(what: str, cfg) -> None:
+    """One fine-tune or probe run (in the study's process or a pool worker)."""
+    from .probe import run_probe
+    from .train import train
+    if what == "probe":
+        run_probe(cfg)
+    elif train(cfg).get("stopped_by_signal"):
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """Within: SIGTERM raises KeyboardInterrupt in this (main) thread, as SIGINT does."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def run_pool(todo: list[tuple], jobs: int, fn=execute):
+    """Run (what, config) jobs through ``fn``, ``jobs`` at once in spawned processes with
+    cores/jobs threads each, or in this process. A SIGTERM or SIGINT to this process is passed
+    on to the workers (a fine-tune checkpoints and stops; the same command resumes) and raises
+    KeyboardInterrupt here."""
+    if jobs > 1 and len(todo) > 1:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"),
+                                    initializer=_worker_init,
+                                    initargs=(threads,)) as pool, sigterm_interrupts():
+            futures = []
+            try:
+                futures = [pool.submit(fn, what, cfg) for what, cfg in todo]
+                for f in cf.as_completed(futures):
+                    f.result()
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                    if proc.is_alive():
+                        proc.terminate()
+                raise
+    else:
+        for what, cfg in todo:
+            fn(what, cfg)

@@ -6,21 +6,12 @@ A run.dir that already holds a checkpoint is resumed.
 """
 from __future__ import annotations
 
-import argparse
-
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m finetune", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--init", help="weights to start from, or 'none'")
-    ap.add_argument("overrides", nargs="*", metavar="section.key=value")
-    ap.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
-    from pretrain.runtime.config import parse_args_with_overrides
-    args = parse_args_with_overrides(ap, argv)
-    from pretrain.runtime.cli import run_command
+    from pretrain.runtime.cli import recipe_args, run_command
+    args = recipe_args("python -m finetune", __doc__, argv,
+                       init_help="weights to start from, or 'none'", launcher=True)
     from .train import config_from_cli, train
-
     return run_command("finetune", lambda: train(config_from_cli(args.config, args.init,
                                                                  args.overrides)))
 

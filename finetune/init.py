@@ -23,6 +23,7 @@ row, which softmax ignores.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from einops import repeat
 
 from pretrain.convert import load_published, load_safetensors, read_state_dict
+from pretrain.model import ClipGeometry
 from .convert import inflate_kernel, split_qkv_bias
 from .vivit import FactorisedSelfAttentionBlock, ViViT, init_temporal_attention
 
@@ -295,7 +297,7 @@ def format_report(r: dict) -> str:
 
 
 # The clip geometry an encoder was trained with: the model section's keys, as in encoder.json.
-GEOMETRY = ("num_frames", "img_size", "patch_size", "tubelet_size", "in_chans")
+GEOMETRY = tuple(f.name for f in dataclasses.fields(ClipGeometry))
 
 
 def export_folder(path: str) -> str | None:

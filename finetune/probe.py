@@ -16,7 +16,6 @@ Writes run.dir/report.json (test ACC/AUC/top-1 of both, the choices made) and pr
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -173,14 +172,9 @@ def run_probe(cfg) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m finetune.probe", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--init", help="encoder to probe, or 'none' for a random one")
-    ap.add_argument("overrides", nargs="*", metavar="section.key=value")
-    from pretrain.runtime.config import parse_args_with_overrides
-    args = parse_args_with_overrides(ap, argv)
-    from pretrain.runtime.cli import run_command
+    from pretrain.runtime.cli import recipe_args, run_command
+    args = recipe_args("python -m finetune.probe", __doc__, argv,
+                       init_help="encoder to probe, or 'none' for a random one")
     from .train import config_from_cli
 
     def body() -> int:

@@ -23,18 +23,13 @@ import torch.nn.functional as F
 from data.atomic import write_text_atomic
 from data.manifest import DataSetError, has_splits, load_shard_set
 from data.prep.medmnist import resolve_shards
-from data.nvdec import resolve_decode
-from data.stream import EvalStream, StreamConfig, TrainStream, batch_to_device
-from pretrain.runtime.config import (LogConfig, OptimConfig, RunConfig, RuntimeConfig, dump_yaml,
-                             to_dict)
-from pretrain.runtime.checkpoint import Checkpointer
+from data.stream import EvalStream, StreamConfig, batch_to_device
+from pretrain.runtime.config import LogConfig, OptimConfig, RunConfig, RuntimeConfig, to_dict
 from pretrain.runtime.distributed import (all_gather_objects, barrier, init_distributed,
                                           shutdown)
-from pretrain.runtime.engine import build_engine
-from pretrain.runtime.logger import MetricsLogger
-from pretrain.runtime.loop import (Loop, Stage, StopRequested, open_feed, run_locked,
-                                   train_loop)
-from pretrain.runtime.optim import cosine_lr, param_groups, scaled_lr
+from pretrain.runtime.loop import (Loop, Stage, StopRequested, open_run, report_stopped,
+                                   run_locked, train_loop)
+from pretrain.runtime.optim import cosine_lr, param_groups, peak_lr
 from pretrain.runtime.resume import check_resume_config
 from .evaluate import confusion_picture, per_class, summarize
 from .init import init_from, report_counts, resolve_norm_layout, take_export_geometry
@@ -232,45 +227,30 @@ def _train(cfg: FinetuneConfig, dist, stop: StopRequested) -> dict:
     total_batch = cfg.data.batch_size * cfg.runtime.grad_accum * dist.world_size
     steps_per_epoch = max(1, math.ceil(train_set.num_samples * cfg.data.repeats / total_batch))
     total_steps = steps_per_epoch * cfg.train.epochs
-    peak_lr = cfg.optim.lr if cfg.optim.lr is not None else scaled_lr(cfg.optim.base_lr,
-                                                                      total_batch)
+    lr = peak_lr(cfg.optim, total_batch)
     warmup = int(cfg.optim.warmup_epochs * steps_per_epoch) or cfg.optim.warmup_steps
-    engine = build_engine(model, param_groups(model, cfg.optim.weight_decay, decay), cfg.optim,
-                          cfg.runtime, dist, cfg.data.batch_size)
-    decode = resolve_decode(cfg.data.decode, dist.device)
-    stream = TrainStream(replace(cfg.data, decode=decode), dist.rank, dist.world_size,
-                         shard_set=train_set, pin_memory=dist.device.type == "cuda")
-    ckpt = Checkpointer(run_dir, dist, cfg.train.keep_last)
-    client, batches = ckpt.resume(engine, stream,
-                                  lambda: dump_yaml(cfg, os.path.join(run_dir, "config.yaml")))
-    feed, position = open_feed(batches, stream,
-                               lambda raw: batch_to_device(raw, dist.device, cfg.data.size),
-                               dist.device, decode == "nvdec" or dist.device.type == "cuda")
-    step = client["step"] if client else 0
-    logger = MetricsLogger(run_dir, dist.is_main, resume_step=step if client else None)
+    run = open_run(cfg, model, param_groups(model, cfg.optim.weight_decay, decay), dist,
+                   lambda raw: batch_to_device(raw, dist.device, cfg.data.size),
+                   shard_set=train_set)
+    engine, ckpt, client, logger, step = run.engine, run.ckpt, run.client, run.logger, run.step
     if dist.is_main:
         what = f"resuming at step {step}" if client else "new run"
         print(f"finetune: {what} in {run_dir}: {describe(model)}, {dist.world_size} "
               f"process(es) on {dist.device.type}, engine {engine.name}, precision "
               f"{engine.precision}, {train_set.num_samples} training samples, "
               f"{steps_per_epoch} steps/epoch x {cfg.train.epochs} epochs, peak lr "
-              f"{peak_lr:.3g}, init {cfg.run.init or 'none (from scratch)'}", file=sys.stderr)
+              f"{lr:.3g}, init {cfg.run.init or 'none (from scratch)'}", file=sys.stderr)
     stage = FinetuneStage(cfg, engine, dist, logger, ckpt, train_set.classes, train_set.kind,
                           steps_per_epoch, _mixup(cfg, train_set.num_classes), client)
     loop = Loop("finetune", total_steps,
-                lambda s: cosine_lr(s, total_steps, peak_lr, warmup, cfg.optim.min_lr),
+                lambda s: cosine_lr(s, total_steps, lr, warmup, cfg.optim.min_lr),
                 cfg.runtime.grad_accum, cfg.log.every, cfg.train.max_nonfinite,
                 cfg.log.progress, "lower optim.base_lr or optim.lr, or check the data")
-    result = train_loop(loop, stage, engine, feed, position, batches, ckpt, logger, dist, stop,
-                        client, stream)
+    result = train_loop(loop, stage, run, dist, stop)
     step, best = result.step, stage.best
     if result.stopped:
         logger.close()
-        if dist.is_main:
-            print(result.totals.summary(step, os.path.join(ckpt.dir, ckpt.latest_tag() or "")),
-                  file=sys.stderr)
-            print(f"finetune: stopped by signal {result.stopped} at step {step}; run the same "
-                  f"command to resume", file=sys.stderr)
+        report_stopped("finetune", result, ckpt, dist)
         shutdown()
         return {"stopped_by_signal": True, "step": step}
     engine.load(ckpt.dir, best["tag"])

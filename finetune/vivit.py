@@ -29,7 +29,7 @@ from einops import rearrange
 from torch import nn
 
 from pretrain.layers import Attention, Block, TubeletEmbed, sincos_table
-from pretrain.model import PRESETS, channel_stats
+from pretrain.model import PRESETS, ClipGeometry, channel_stats
 from .classifier import ClipClassifier, init_linear_and_norm
 from .uniformer import ArmSpec, UniformerSpec
 
@@ -38,7 +38,7 @@ VARIANTS = (1, 2, 3, 4)
 
 
 @dataclass
-class VivitConfig:
+class VivitConfig(ClipGeometry):
     """The `model` section of a fine-tuning recipe. Widths left at None come from ``preset``.
 
     ``family`` picks the model: ``vivit`` (this file), ``uniformer`` (the convolution-attention
@@ -49,11 +49,6 @@ class VivitConfig:
     variant: int = 1                 # ViViT model 1-4
     tokenizer: str = "tubelet"       # tubelet | uniform | t2t
     preset: str = "vit_b"
-    img_size: int = 224
-    patch_size: int = 16
-    num_frames: int = 16
-    tubelet_size: int = 2
-    in_chans: int = 3
     embed_dim: int | None = None
     depth: int | None = None
     num_heads: int | None = None

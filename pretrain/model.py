@@ -50,14 +50,21 @@ _PRESET_FIELDS = ("embed_dim", "depth", "num_heads", "decoder_embed_dim", "decod
 
 
 @dataclass
-class ModelConfig:
-    """The `model` section of a recipe. Widths left at None come from ``preset``."""
-    preset: str = "vit_b"
+class ClipGeometry:
+    """A clip's geometry and its token shape, stated once, in a recipe's ``model`` section:
+    the stream takes its frames, side and mask grid from it (``data.stream``), an export records
+    it (encoder.json), and fine-tuning from that export takes it from there."""
     img_size: int = 224
     patch_size: int = 16
     num_frames: int = 16
     tubelet_size: int = 2
     in_chans: int = 3
+
+
+@dataclass
+class ModelConfig(ClipGeometry):
+    """The `model` section of a recipe. Widths left at None come from ``preset``."""
+    preset: str = "vit_b"
     embed_dim: int | None = None
     depth: int | None = None
     num_heads: int | None = None

@@ -7,7 +7,6 @@ never interrupted.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 
@@ -17,18 +16,15 @@ from einops import rearrange
 
 from data.prep.medmnist import resolve_shards
 from data.masks import token_ids
-from data.nvdec import resolve_decode
-from data.stream import TrainStream, batch_to_device
-from .config import PretrainConfig, dump_yaml, to_dict
+from data.stream import batch_to_device
+from .config import PretrainConfig, to_dict
 from .export import export_encoder
 from .model import VideoMAE, initial_model
-from .runtime.checkpoint import Checkpointer
 from .runtime.distributed import barrier, init_distributed, shutdown
-from .runtime.engine import build_engine, read_model_weights
-from .runtime.logger import MetricsLogger
+from .runtime.engine import read_model_weights
 from .runtime.loop import (Loop, NonFiniteLoss, Stage, StopRequested,  # noqa: F401
-                           open_feed, run_locked, train_loop)
-from .runtime.optim import cosine_lr, param_groups, scaled_lr
+                           open_run, report_stopped, run_locked, train_loop)
+from .runtime.optim import cosine_lr, param_groups, peak_lr
 from .runtime.resume import check_resume_config
 
 
@@ -115,47 +111,30 @@ def _train(cfg: PretrainConfig, dist, stop: StopRequested) -> dict:
     check_resume_config(run_dir, to_dict(cfg))
     model = initial_model(cfg.model, cfg.run.seed)
     total_batch = cfg.data.batch_size * cfg.runtime.grad_accum * dist.world_size
-    peak_lr = cfg.optim.lr if cfg.optim.lr is not None else scaled_lr(cfg.optim.base_lr,
-                                                                      total_batch)
-    engine = build_engine(model, param_groups(model, cfg.optim.weight_decay), cfg.optim,
-                          cfg.runtime, dist, cfg.data.batch_size)
-    decode = resolve_decode(cfg.data.decode, dist.device)
-    stream = TrainStream(dataclasses.replace(cfg.data, decode=decode), dist.rank,
-                         dist.world_size,
-                         pin_memory=dist.device.type == "cuda")
-    ckpt = Checkpointer(run_dir, dist, cfg.train.keep_last)
-    client, batches = ckpt.resume(engine, stream,
-                                  lambda: dump_yaml(cfg, os.path.join(run_dir, "config.yaml")))
-    feed, position = open_feed(batches, stream,
-                               lambda raw: _to_device(raw, dist.device, cfg.data.size),
-                               dist.device, decode == "nvdec" or dist.device.type == "cuda")
-    step = client["step"] if client else 0
-    logger = MetricsLogger(run_dir, dist.is_main, resume_step=step if client else None)
+    lr = peak_lr(cfg.optim, total_batch)
+    run = open_run(cfg, model, param_groups(model, cfg.optim.weight_decay), dist,
+                   lambda raw: _to_device(raw, dist.device, cfg.data.size))
+    engine, stream, ckpt, client, step = run.engine, run.stream, run.ckpt, run.client, run.step
     if dist.is_main:
         what = f"resuming {run_dir} at step {step} ({client['tag']})" if client \
             else f"new run in {run_dir}"
         print(f"pretrain: {what}; {dist.world_size} process(es) on {dist.device.type}, engine "
               f"{engine.name}, precision {engine.precision}, batch {cfg.data.batch_size} "
               f"x accum {cfg.runtime.grad_accum} x {dist.world_size} = {total_batch}, peak lr "
-              f"{peak_lr:.3g}, data.decode {decode}", file=sys.stderr)
+              f"{lr:.3g}, data.decode {run.decode}", file=sys.stderr)
     loop = Loop("pretrain", cfg.train.steps,
-                lambda s: cosine_lr(s, cfg.train.steps, peak_lr, cfg.optim.warmup_steps,
+                lambda s: cosine_lr(s, cfg.train.steps, lr, cfg.optim.warmup_steps,
                                     cfg.optim.min_lr),
                 cfg.runtime.grad_accum, cfg.log.every, cfg.train.max_nonfinite,
                 cfg.log.progress, "lower optim.base_lr, set runtime.grad_clip, or check the data")
-    stage = PretrainStage(cfg, engine, stream, logger, dist, peak_lr)
-    result = train_loop(loop, stage, engine, feed, position, batches, ckpt, logger, dist, stop,
-                        client, stream)
-    logger.close()
+    stage = PretrainStage(cfg, engine, stream, run.logger, dist, lr)
+    result = train_loop(loop, stage, run, dist, stop)
+    run.logger.close()
     step, stopped = result.step, result.stopped
     summary = {"step": step, "run_dir": run_dir, "nonfinite_total": result.stats.total,
                "stopped_by_signal": bool(stopped)}
     if stopped:
-        if dist.is_main:
-            print(result.totals.summary(step, os.path.join(ckpt.dir, ckpt.latest_tag() or "")),
-                  file=sys.stderr)
-            print(f"pretrain: stopped by signal {stopped}; checkpoint saved at step {step}. "
-                  f"Run the same command to resume.", file=sys.stderr)
+        report_stopped("pretrain", result, ckpt, dist)
         shutdown()
         return summary
     tag = ckpt.latest_tag() or (client and client["tag"])  # latest may name a lost tag

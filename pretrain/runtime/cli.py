@@ -3,6 +3,7 @@ user can fix, exit 3 for a run stopped by non-finite losses, exit 143 for a run 
 signal (checkpointed), and no signal turning a finished, saved run into a kill."""
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 from typing import Callable
@@ -10,6 +11,23 @@ from typing import Callable
 from .loop import EXIT_NONFINITE, EXIT_STOPPED, NonFiniteLoss
 
 EXIT_USER_ERROR = 2
+
+
+def recipe_args(prog: str, doc: str, argv=None, init_help: str | None = None,
+                launcher: bool = False) -> argparse.Namespace:
+    """The command line of a command that runs a recipe: ``--config``, ``--init`` when
+    ``init_help`` is given, ``section.key=value`` overrides anywhere on the line, and the
+    ``--local_rank`` a launcher adds (``launcher``)."""
+    from .config import parse_args_with_overrides
+    ap = argparse.ArgumentParser(prog=prog, description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="a YAML recipe")
+    if init_help:
+        ap.add_argument("--init", help=init_help)
+    ap.add_argument("overrides", nargs="*", metavar="section.key=value")
+    if launcher:
+        ap.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    return parse_args_with_overrides(ap, argv)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -216,6 +216,51 @@ class Loop:
 
 
 @dataclass
+class Run:
+    """What a run holds while it trains (``open_run``)."""
+    engine: object
+    stream: object            # the training stream (its position is saved in checkpoints)
+    ckpt: object              # the Checkpointer of run.dir
+    client: dict | None       # the resumed checkpoint's client state, None for a new run
+    batches: Iterator[dict]   # the loader's batches
+    feed: Iterator[dict]      # the same, ready for the device
+    position: object          # what a checkpoint saves as the data position
+    logger: object
+    decode: str               # data.decode as resolved on this machine
+
+    @property
+    def step(self) -> int:
+        return self.client["step"] if self.client else 0
+
+
+def open_run(cfg, model, groups, dist, prepare: Callable[[dict], dict], shard_set=None) -> Run:
+    """The set-up both stages share: the engine over ``model`` with its AdamW parameter
+    ``groups``, the training stream (of ``shard_set``, or of ``cfg.data.shards``), the
+    checkpointer of ``cfg.run.dir`` and the resume from its newest intact checkpoint (a new run
+    writes config.yaml first), the feed (``prepare`` readies a loader batch for the device) and
+    the metrics logger. ``cfg`` has the run, data, optim, runtime and train sections."""
+    from dataclasses import replace
+    from data.nvdec import resolve_decode
+    from data.stream import TrainStream
+    from .checkpoint import Checkpointer
+    from .config import dump_yaml
+    from .engine import build_engine
+    from .logger import MetricsLogger
+    engine = build_engine(model, groups, cfg.optim, cfg.runtime, dist, cfg.data.batch_size)
+    decode = resolve_decode(cfg.data.decode, dist.device)
+    stream = TrainStream(replace(cfg.data, decode=decode), dist.rank, dist.world_size,
+                         shard_set=shard_set, pin_memory=dist.device.type == "cuda")
+    ckpt = Checkpointer(cfg.run.dir, dist, cfg.train.keep_last)
+    client, batches = ckpt.resume(engine, stream, lambda: dump_yaml(
+        cfg, os.path.join(cfg.run.dir, "config.yaml")))
+    feed, position = open_feed(batches, stream, prepare, dist.device,
+                               decode == "nvdec" or dist.device.type == "cuda")
+    logger = MetricsLogger(cfg.run.dir, dist.is_main,
+                           resume_step=client["step"] if client else None)
+    return Run(engine, stream, ckpt, client, batches, feed, position, logger, decode)
+
+
+@dataclass
 class LoopResult:
     step: int
     stopped: int | None        # the signal that stopped the run, or None
@@ -223,12 +268,13 @@ class LoopResult:
     totals: RunTotals
 
 
-def train_loop(loop: Loop, stage: Stage, engine, feed, position, batches, ckpt, logger, dist,
-               stop: StopRequested, client: dict | None, stream) -> LoopResult:
-    """Run steps from the checkpoint ``client`` (None: step 0) to ``loop.total_steps``, or until
-    a stop signal (then checkpoint and return). ``batches`` is the loader's iterator: it is
-    closed on every way out, so no loader worker outlives the loop."""
-    step = client["step"] if client else 0
+def train_loop(loop: Loop, stage: Stage, run: Run, dist, stop: StopRequested) -> LoopResult:
+    """Run steps from the resumed checkpoint (or step 0) to ``loop.total_steps``, or until a
+    stop signal (then checkpoint and return). The loader's batches are closed on every way out,
+    so no loader worker outlives the loop."""
+    engine, feed, batches, ckpt, logger = run.engine, run.feed, run.batches, run.ckpt, run.logger
+    stream, client, position = run.stream, run.client, run.position
+    step = run.step
     stats = StepStats(dist.device, client.get("nonfinite_total", 0) if client else 0)
     stats.load_window(client and client.get("log_window"))
     totals = RunTotals(loop.name, step)
@@ -321,3 +367,13 @@ def train_loop(loop: Loop, stage: Stage, engine, feed, position, batches, ckpt, 
         if bar is not None:
             bar.close()
     return LoopResult(step, stopped, stats, totals)
+
+
+def report_stopped(name: str, result: LoopResult, ckpt, dist):
+    """The two lines a run stopped by a signal ends with (rank 0): its summary, and where it
+    stands and how to go on."""
+    if dist.is_main:
+        print(result.totals.summary(result.step, os.path.join(ckpt.dir, ckpt.latest_tag() or "")),
+              file=sys.stderr)
+        print(f"{name}: stopped by signal {result.stopped}; checkpoint saved at step "
+              f"{result.step}. Run the same command to resume.", file=sys.stderr)

@@ -41,3 +41,9 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int, floor: float = 0.
         return peak * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
+
+
+def peak_lr(optim_cfg, total_batch: int) -> float:
+    """``optim.lr`` when set, else ``optim.base_lr`` scaled to the total batch."""
+    return optim_cfg.lr if optim_cfg.lr is not None else scaled_lr(optim_cfg.base_lr,
+                                                                   total_batch)

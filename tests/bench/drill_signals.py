@@ -39,7 +39,8 @@ def recipe(work: str, data: str, steps: int) -> str:
                   "shuffle_buffer": 8, "repeats": 2},
          "model": {"preset": "vit_tiny", "img_size": 32, "patch_size": 8, "num_frames": 8,
                    "tubelet_size": 2},
-         "optim": {"lr": 1.0e-3, "warmup_steps": 2}, "runtime": {"engine": "plain", "precision": "fp32"},
+         "optim": {"lr": 1.0e-3, "warmup_steps": 2},
+         "runtime": {"engine": "plain", "precision": "fp32"},
          "log": {"every": 1, "picture_every": 0, "progress": False},
          "train": {"steps": steps, "ckpt_every": 2}}
     path = os.path.join(work, "recipe.yaml")

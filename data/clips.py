@@ -23,6 +23,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("data.stream")
 
 
+def check_stride(cfg: "StreamConfig"):
+    """``data.stride`` against the frame step the shards of ``cfg.shards`` were prepared with,
+    read from their manifest, before a run makes anything (the loader workers check it again).
+    An npz file or a missing set is left to the readers, which name it."""
+    import os
+    from .manifest import load_shard_set
+    if cfg.shards.endswith(".npz") or not os.path.isdir(cfg.shards):
+        return
+    stored_stride(cfg, load_shard_set(cfg.shards, cfg.split, verify=False))
+
+
 def stored_stride(cfg: StreamConfig, shard_set: ShardSet) -> int:
     """``data.stride`` (source frames) in the frames stored in ``shard_set``: prep's
     ``--frame-step k`` kept every k-th frame, so the stride there is stride / k and a clip

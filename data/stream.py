@@ -127,7 +127,7 @@ def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, units: list[Unit], w
         ends = np.cumsum([u.count for u in mine]).astype(int)
         n = int(ends[-1]) if len(ends) else 0
         if n == 0:
-            raise RuntimeError(f"loader worker {worker} of {total} got no samples from "
+            raise DataSetError(f"loader worker {worker} of {total} got no samples from "
                                f"{shard_set.root}; use fewer workers or more shards")
         order = buffer_order(n, cfg.shuffle_buffer,
                              np.random.default_rng([cfg.seed, epoch, worker, 104729]))
@@ -171,9 +171,36 @@ def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, units: list[Unit], w
                 yield batch
                 clips, masks, decode, labels, index, videos = [], [], [], [], [], []
         if usable == 0 and pos == 0:
-            raise RuntimeError(f"loader worker {worker}: no usable sample in a whole epoch of "
+            raise DataSetError(f"loader worker {worker}: no usable sample in a whole epoch of "
                                f"{shard_set.root}; see the warnings above")
         epoch, pos = epoch + 1, 0
+
+
+def loader_batches(loader) -> Iterator[dict]:
+    """The loader's batches, with its worker processes shut down on every way out (the end, an
+    error, the consumer closing the stream): after a worker's error the loader's iterator stays
+    referenced from the traceback, and its workers, which ignore signals, would keep the
+    interpreter waiting at exit. An error raised in a worker comes out as the worker raised it
+    (its type and message), not as torch's re-raise, whose message holds the worker's whole
+    traceback: the user gets one line naming the problem."""
+    it = iter(loader)
+    try:
+        yield from it
+    except Exception as e:
+        text = str(e)
+        if "Original Traceback" not in text:
+            raise
+        last = text.strip().splitlines()[-1]          # "DataSetError: loader worker 0: ..."
+        message = last.split(": ", 1)[1] if ": " in last else last
+        try:
+            clean = type(e)(message)
+        except Exception:
+            raise e from None
+        raise clean from None
+    finally:
+        shutdown = getattr(it, "_shutdown_workers", None)   # a multi-process loader's
+        if shutdown is not None:
+            shutdown()
 
 
 def leave_signals_to_parent(_worker_id: int = 0):
@@ -282,7 +309,7 @@ class TrainStream:
                                                  generator=torch.Generator().manual_seed(0))
         else:
             loader = ds
-        for batch in loader:
+        for batch in loader_batches(loader):
             st = batch.pop("_state")
             local = st["worker"] - self.rank * self.workers
             self.positions[local] = (st["epoch"], st["pos"])
@@ -317,10 +344,10 @@ class EvalStream:
         units = self._rank_units()
         ds = _EvalSplit(self.cfg, self.shard_set, units, self.workers)
         if self.cfg.num_workers > 0:
-            yield from torch.utils.data.DataLoader(ds, batch_size=None,
-                                                   num_workers=self.cfg.num_workers,
-                                                   worker_init_fn=leave_signals_to_parent,
-                                                   generator=torch.Generator().manual_seed(0))
+            yield from loader_batches(torch.utils.data.DataLoader(
+                ds, batch_size=None, num_workers=self.cfg.num_workers,
+                worker_init_fn=leave_signals_to_parent,
+                generator=torch.Generator().manual_seed(0)))
         else:
             yield from ds
 

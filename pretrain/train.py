@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from data.clips import check_stride
 from data.prep.medmnist import resolve_shards
 from data.masks import token_ids
 from data.stream import batch_to_device
@@ -65,6 +66,7 @@ def _to_device(batch: dict, device: torch.device, size: int | None) -> dict:
 def train(cfg: PretrainConfig) -> dict:
     """Run (or resume) pre-training; returns a summary dict (rank 0's view)."""
     cfg.data.check()
+    check_stride(cfg.data)
     dist = init_distributed(cfg.runtime.device)
     return run_locked(cfg.run.dir, dist, lambda stop: _train(cfg, dist, stop))
 

@@ -9,6 +9,7 @@ command line go through the same checks. Each component receives only its own se
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import sys
@@ -150,8 +151,9 @@ def _set(tree: dict, dotted: str, value):
     node[parts[-1]] = value
 
 
-# Numeric fields a recipe can get wrong, and their valid ranges: (minimum, minimum is allowed).
-# A key a schema does not have is passed over (pre-training and fine-tuning share this table).
+# Numeric fields a recipe can get wrong, and their valid ranges: (minimum, minimum is allowed)
+# and optionally (maximum, maximum is allowed). A key a schema does not have is passed over
+# (pre-training and fine-tuning share this table). Every float anywhere must also be finite.
 RANGES = {
     "data.batch_size": (1, True), "data.num_workers": (0, True),
     "data.stride": (1, True), "data.repeats": (1, True), "data.shuffle_buffer": (1, True),
@@ -165,6 +167,10 @@ RANGES = {
     "optim.weight_decay": (0, True), "optim.eps": (0, False),
     "model.img_size": (1, True), "model.patch_size": (1, True), "model.num_frames": (1, True),
     "model.tubelet_size": (1, True), "model.in_chans": (1, True),
+    "optim.layer_decay": (0, False), "optim.label_smoothing": (0, True, 1, False),
+    "optim.mixup": (0, True), "optim.cutmix": (0, True),
+    "model.drop_path": (0, True, 1, False), "model.dropout": (0, True, 1, False),
+    "model.head_init_scale": (0, False), "model.mlp_ratio": (0, False),
 }
 
 
@@ -176,23 +182,49 @@ COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 def check_values(cfg, source: str = "the config"):
     """Every value in ``RANGES`` within its range, and the mask ratio in (0, 1) when masking;
     a ConfigError naming the key, the value and the range otherwise."""
-    for dotted, (low, inclusive) in RANGES.items():
+    for dotted, value in _numbers(cfg):
+        if not math.isfinite(value):
+            raise ConfigError(f"'{dotted}' in {source} is {value}; it must be a finite number")
+    for dotted, (low, inclusive, *high) in RANGES.items():
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section, None), key, None)
         if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        if value < low or (value == low and not inclusive):
+        top, top_ok = high or (math.inf, False)
+        if value < low or (value == low and not inclusive) or value > top or \
+                (value == top and not top_ok):
             bound = f">= {low}" if inclusive else f"> {low}"
+            if high:
+                bound += f" and {'<=' if top_ok else '<'} {top}"
             raise ConfigError(f"'{dotted}' in {source} is {value}; it must be {bound}")
     runtime = getattr(cfg, "runtime", None)
     if runtime is not None and runtime.compile_mode not in COMPILE_MODES:
         raise ConfigError(f"'runtime.compile_mode' in {source} is {runtime.compile_mode!r}; "
                           f"choose one of {', '.join(COMPILE_MODES)}")
     data = getattr(cfg, "data", None)
+    scales = getattr(data, "scales", None)
+    if scales is not None and (not scales or not all(
+            isinstance(v, (int, float)) and 0 < v <= 1 for v in scales)):
+        raise ConfigError(f"'data.scales' in {source} is {list(scales)}; it must list one or "
+                          f"more crop scales in (0, 1], such as [1.0, 0.875, 0.75, 0.66]")
     if data is not None and getattr(data, "mask", "none") != "none" and \
             not 0.0 < data.mask_ratio < 1.0:
         raise ConfigError(f"'data.mask_ratio' in {source} is {data.mask_ratio}; it must be "
                           f"between 0 and 1 (exclusive) when data.mask={data.mask}")
+
+
+def _numbers(cfg, prefix: str = ""):
+    """(dotted key, value) of every float in a config, in lists too."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_dataclass(value):
+            yield from _numbers(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float):
+            yield f"{prefix}{f.name}", value
+        elif isinstance(value, (tuple, list)):
+            for v in value:
+                if isinstance(v, float):
+                    yield f"{prefix}{f.name}", v
 
 
 _OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+=")
@@ -216,13 +248,31 @@ def load_config(path: str | None, overrides: typing.Sequence[str], schema):
     if path:
         if not os.path.isfile(path):
             raise ConfigError(f"config file {path} not found")
-        with open(path) as f:
-            tree = yaml.safe_load(f) or {}
+        try:
+            with open(path) as f:
+                tree = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            where = getattr(e, "problem_mark", None)
+            line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            raise ConfigError(f"config file {path} is not valid YAML{line}: "
+                              f"{getattr(e, 'problem', None) or e} (indent with spaces, not "
+                              f"tabs)") from None
+        if tree is None:
+            raise ConfigError(f"config file {path} is empty; start from a recipe in "
+                              f"launch/configs/ (an empty file would train every default)")
+        if not isinstance(tree, dict):
+            raise ConfigError(f"the top level of {path} must be a mapping of sections "
+                              f"(run:, data:, model:, ...), not a {type(tree).__name__}")
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} should look like section.key=value")
         key, raw = item.split("=", 1)
-        _set(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r}: {raw!r} is not a value (quote a string, "
+                              f"write a list as [a, b])") from None
+        _set(tree, key.strip(), value)
     where = source + (" + overrides" if overrides else "")
     cfg = _build(schema, tree, "", where)
     _geometry_from_model(cfg, tree, where)

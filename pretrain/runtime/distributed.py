@@ -28,8 +28,8 @@ def pick_device(name: str, local_rank: int) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("runtime.device=cuda but no CUDA device is visible; use "
-                               "runtime.device=cpu")
+            raise ValueError("runtime.device=cuda but torch sees no CUDA device here; use "
+                             "runtime.device=auto or cpu (or check CUDA_VISIBLE_DEVICES)")
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")

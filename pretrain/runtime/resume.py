@@ -17,9 +17,10 @@ PATH_KEYS = ("data.shards", "run.init")
 def check_resume_config(run_dir: str, now: dict, sections=RESUMABLE_SECTIONS,
                         keys=RESUMABLE_KEYS, path_keys=PATH_KEYS):
     """Refuse to resume the run in ``run_dir`` with settings (``now``, the config as nested
-    dicts) that would make it a different run; names every changed key."""
+    dicts) that would make it a different run; names every changed key. A run folder without a
+    finished checkpoint holds no work to protect: a corrected command starts it over."""
     path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(path):
+    if not os.path.isfile(path) or not has_checkpoint(run_dir):
         return
     with open(path) as f:
         saved = yaml.safe_load(f) or {}
@@ -45,3 +46,10 @@ def _same_path(a: str, b: str) -> bool:
     if not a or not b:
         return a == b
     return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
+
+
+def has_checkpoint(run_dir: str) -> bool:
+    """Whether ``run_dir`` holds a finished checkpoint (one with its COMPLETE marker)."""
+    ckpts = os.path.join(run_dir, "checkpoints")
+    return os.path.isdir(ckpts) and any(os.path.isfile(os.path.join(ckpts, t, "COMPLETE"))
+                                        for t in os.listdir(ckpts))

@@ -81,6 +81,10 @@ def test_killed_and_resumed_finetune_equals_the_straight_run(ft_recipe, tmp_path
     # and the closing summary
     assert "step 5/12 loss" in r.stderr and "step 12/12 loss" in r.stderr and "eta" in r.stderr
     assert "finetune: summary: steps 0->12" in r.stderr
+    # the window after an evaluation counts neither the evaluation nor the waits before it
+    rows = [json.loads(line) for line in open(straight / "metrics.jsonl")]
+    waits = [row["data_wait"] for row in rows if "data_wait" in row]
+    assert len(waits) == 3 and all(0 <= w <= 1 for w in waits), waits
     # 45 samples / batch 8 = 6 steps per epoch: killed mid-epoch 2, resumed from epoch 1
     assert run(cut, TUBEMAE_KILL_AFTER_STEP="8").returncode != 0
     r = run(cut)

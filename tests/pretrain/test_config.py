@@ -127,3 +127,58 @@ def test_the_clip_geometry_is_stated_once_in_the_model_section(capsys):
     with pytest.raises(ConfigError, match=r"'data.patch' in .* is 16 but 'model.patch_size' is "
                                           r"8: .* drop data.patch and set model.patch_size"):
         load_config("launch/configs/pretrain/tiny_synthetic.yaml", ["data.patch=16"])
+
+
+@pytest.mark.parametrize("override,match", [
+    ("optim.lr=.nan", r"'optim.lr' .* is nan; it must be a finite number"),
+    ("optim.lr=.inf", r"'optim.lr' .* is inf; it must be a finite number"),
+    ("optim.weight_decay=.nan", r"'optim.weight_decay' .* is nan"),
+    ("optim.betas=[0.9, .nan]", r"'optim.betas' .* is nan"),
+    ("model.drop_path=1.5", r"'model.drop_path' .* is 1.5; it must be >= 0 and < 1"),
+    ("data.scales=[]", r"'data.scales' .* is \[\]; it must list one or more crop scales"),
+    ("data.scales=[1.0, 1.5]", r"'data.scales' .* must list one or more crop scales in \(0, 1\]"),
+    ("data.scales=[1, 0.5", r"override 'data.scales=\[1, 0.5': .* is not a value"),
+])
+def test_non_finite_and_nonsensical_values_are_config_errors(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("launch/configs/pretrain/tiny_synthetic.yaml", [override])
+
+
+@pytest.mark.parametrize("override,match", [
+    ("optim.layer_decay=0", r"'optim.layer_decay' .* is 0.0; it must be > 0"),
+    ("optim.layer_decay=-0.5", r"'optim.layer_decay' .* must be > 0"),
+    ("optim.label_smoothing=2", r"'optim.label_smoothing' .* is 2.0; it must be >= 0 and < 1"),
+    ("optim.lr=.nan", r"'optim.lr' .* is nan"),
+])
+def test_fine_tuning_values_out_of_range_are_config_errors(override, match):
+    from finetune.train import FinetuneConfig
+    with pytest.raises(ConfigError, match=match):
+        load_config("launch/configs/finetune/synthetic_vivit.yaml", [override],
+                    schema=FinetuneConfig)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("", r"is empty; start from a recipe in launch/configs/"),
+    ("# only a comment\n", r"is empty"),
+    ("- run\n- data\n", r"the top level of .* must be a mapping of sections .*, not a list"),
+    ("data:\n\tbatch_size: 4\n", r"is not valid YAML at line 2, column 1: .*tabs"),
+])
+def test_a_broken_recipe_file_is_one_config_error(tmp_path, text, match):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(str(path), ["train.steps=3"])
+
+
+def test_device_cuda_without_a_gpu_is_one_line_and_exit_2(tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    r = subprocess.run([sys.executable, "-m", "pretrain", "--config",
+                        "launch/configs/pretrain/tiny_synthetic.yaml", "runtime.device=cuda",
+                        f"run.dir={tmp_path / 'run'}"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(
+        "pretrain: error: runtime.device=cuda but torch sees no CUDA device here")
+    assert "Traceback" not in r.stderr

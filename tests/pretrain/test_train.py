@@ -353,3 +353,59 @@ def test_nvdec_runs_equal_the_cpu_decoder_path_and_resume_exactly(
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stderr
     assert losses(runs["cut"]) == losses(runs["workers"])
+
+
+def test_an_error_in_a_loader_worker_ends_in_one_line_within_seconds(tiny_recipe, synthetic_set,
+                                                                      tmp_path):
+    """Every shard damaged after prep: the two loader workers find no usable sample and raise;
+    the trainer shuts them down and exits 2 with the worker's own one-line message, instead of
+    waiting on them forever (the test bounds its own time)."""
+    import shutil
+    recipe, run_dir = tiny_recipe
+    damaged = tmp_path / "damaged"
+    shutil.copytree(synthetic_set, damaged)
+    for shard in damaged.glob("*/*.tar"):
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2: len(data) // 2 + 64] = b"\0" * 64    # same size, other bytes
+        shard.write_bytes(bytes(data))
+    t0 = time.time()
+    r = run_cli(recipe, f"data.shards={damaged}", "data.num_workers=2", timeout=120)
+    assert time.time() - t0 < 120
+    assert r.returncode == 2, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("pretrain: error: loader worker") and "no usable sample" in last
+    assert "Traceback" not in r.stderr
+
+
+def test_a_stride_the_frame_step_does_not_divide_is_refused_before_the_run_folder(
+        tiny_recipe, tmp_path):
+    from tests.conftest import write_video
+    from data.prep.cli import main as prep
+    recipe, run_dir = tiny_recipe
+    for c in ("a", "b"):
+        os.makedirs(tmp_path / "in" / c)
+        write_video(str(tmp_path / "in" / c / "v.mp4"), n=40)
+    out = str(tmp_path / "set")
+    assert prep(["videos", str(tmp_path / "in"), "--out", out, "--frame-step", "2",
+                 "--workers", "0"]) == 0
+    r = run_cli(recipe, f"data.shards={out}", "data.stride=3", "data.num_workers=2",
+                timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "data.stride=3 is not a multiple of the frame step 2" in r.stderr
+    assert not os.path.exists(run_dir)
+
+
+def test_a_run_folder_that_never_took_a_step_takes_a_corrected_command(tiny_recipe):
+    """A first command that failed before its first checkpoint (here: its config.yaml says
+    batch 2) pins nothing: the corrected command runs and records its own settings; once a
+    checkpoint exists, other settings are refused."""
+    import yaml
+    from pretrain.config import dump_yaml
+    recipe, run_dir = tiny_recipe
+    os.makedirs(run_dir)
+    dump_yaml(load_config(recipe, ["data.batch_size=2"]), os.path.join(run_dir, "config.yaml"))
+    train(load_config(recipe, ["train.steps=2", "train.ckpt_every=2", "log.picture_every=0"]))
+    saved = yaml.safe_load(open(os.path.join(run_dir, "config.yaml")))
+    assert saved["data"]["batch_size"] == 4
+    with pytest.raises(ValueError, match=r"data.batch_size: 4 -> 2"):
+        train(load_config(recipe, ["train.steps=3", "data.batch_size=2"]))

@@ -268,6 +268,7 @@ class TrainStream:
     def _fingerprint(self) -> dict:
         c = self.cfg
         return {"shards": [(s.name, s.samples) for s in self.shard_set.shards],
+                "shard_sha256": [s.sha256 for s in self.shard_set.shards],
                 "world_size": self.world_size, "workers": self.workers, "seed": c.seed,
                 "batch_size": c.batch_size, "repeats": c.repeats,
                 "shuffle_buffer": c.shuffle_buffer}
@@ -279,9 +280,19 @@ class TrainStream:
 
     def load_state_dict(self, state: dict):
         mine = json.loads(json.dumps(self._fingerprint()))
-        theirs = json.loads(json.dumps(state.get("fingerprint")))
+        theirs = json.loads(json.dumps(state.get("fingerprint"))) or {}
+        if "shard_sha256" not in theirs:
+            mine.pop("shard_sha256")     # saved before the contents were part of it
+        if mine.get("shard_sha256") is not None and theirs.get("shard_sha256") != \
+                mine["shard_sha256"] and {k: v for k, v in theirs.items() if k != "shard_sha256"} \
+                == {k: v for k, v in mine.items() if k != "shard_sha256"}:
+            raise DataSetError(
+                f"the shards of {self.shard_set.root} were re-prepared since this run's "
+                f"checkpoint was saved (same names and counts, other contents: their sha256 in "
+                f"manifest.json changed); resume with the data the run started with, or start "
+                f"a new run.dir")
         if state.get("version") != STATE_VERSION or theirs != mine:
-            diff = sorted(k for k in mine if (theirs or {}).get(k) != mine[k])
+            diff = sorted(k for k in mine if theirs.get(k) != mine[k])
             raise ValueError(
                 f"the saved data-stream position does not fit this run: {diff} changed since it "
                 f"was saved; resume with the same data, seed, batch size, workers and world "

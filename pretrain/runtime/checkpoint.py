@@ -50,7 +50,9 @@ def load_checkpoint_file(path: str, map_location="cpu"):
 class RunDirLock:
     """Holds ``run.dir/.lock`` (an advisory lock) for the life of the process on rank 0, so a
     second command on the same run folder stops with a message naming the first; the kernel
-    releases it on any exit, kill -9 included."""
+    releases it on any exit, kill -9 included. It is a POSIX record lock (``lockf``), which
+    forked children do not inherit: loader workers left behind by a killed trainer do not keep
+    the folder locked, and the holder a refusal names is alive."""
 
     def __init__(self, run_dir: str, enabled: bool = True):
         self.file = None
@@ -70,7 +72,7 @@ class RunDirLock:
         path = os.path.join(run_dir, ".lock")
         self.file = open(path, "a+")
         try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self.file.seek(0)
             holder = self.file.read().strip() or "another process"

@@ -409,3 +409,52 @@ def test_a_run_folder_that_never_took_a_step_takes_a_corrected_command(tiny_reci
     assert saved["data"]["batch_size"] == 4
     with pytest.raises(ValueError, match=r"data.batch_size: 4 -> 2"):
         train(load_config(recipe, ["train.steps=3", "data.batch_size=2"]))
+
+
+def test_after_kill_9_of_the_trainer_alone_the_run_restarts_at_once(tiny_recipe):
+    """kill -9 of the trainer only (as the OOM killer does) leaves its loader workers behind for
+    a few seconds; they do not hold the run folder's lock, so the same command resumes at once
+    instead of being refused in the name of a dead process."""
+    recipe, run_dir = tiny_recipe
+    p = subprocess.Popen([sys.executable, "-m", "pretrain", "--config", recipe,
+                          "data.num_workers=2", "train.steps=100000", "train.ckpt_every=2",
+                          "log.picture_every=0"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env=subprocess_env())
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    deadline = time.time() + 120
+    while time.time() < deadline and not (os.path.isfile(metrics) and
+                                          len(open(metrics).readlines()) >= 3):
+        time.sleep(0.2)
+    os.kill(p.pid, signal.SIGKILL)          # the trainer alone; its workers live on a while
+    p.wait(timeout=30)
+    from pretrain.runtime.checkpoint import RunDirLock
+    RunDirLock(run_dir).release()           # at once, while the orphan workers may still run
+    r = run_cli(recipe, "data.num_workers=2", "train.steps=2", "train.ckpt_every=2",
+                "log.picture_every=0", timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "is in use" not in r.stderr and "resuming" in r.stderr
+
+
+def test_resuming_on_re_prepared_shards_is_refused_naming_what_changed(tiny_recipe, tmp_path):
+    """The same prep command with another seed writes shards with the same names and counts
+    but other clips: a resumed run would silently train on other data. It is refused."""
+    import shutil
+    from data.prep.cli import main as prep
+    recipe, run_dir = tiny_recipe
+    data = str(tmp_path / "set")
+
+    def prepare(seed, out):
+        assert prep(["synthetic", "--out", out, "--count", "32", "--num-classes", "4",
+                     "--size", "32", "--frames", "24", "--shard-samples", "8", "--workers",
+                     "0", "--seed", str(seed)]) == 0
+    prepare(0, data)
+    train(load_config(recipe, [f"data.shards={data}", "train.steps=2", "train.ckpt_every=2",
+                               "log.picture_every=0"]))
+    prepare(1, str(tmp_path / "other"))
+    shutil.rmtree(data)
+    shutil.move(str(tmp_path / "other"), data)
+    from data.manifest import DataSetError
+    with pytest.raises(DataSetError, match="were re-prepared since this run's checkpoint"):
+        train(load_config(recipe, [f"data.shards={data}", "train.steps=4",
+                                   "train.ckpt_every=2", "log.picture_every=0"]))

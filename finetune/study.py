@@ -36,13 +36,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass
 
 from .study_plan import budget_jobs, budget_tags, plan_jobs
 from .study_report import METHODS, accuracy, budget_rows, per_class_count, summarize, \
     write_budget, write_results
 from .plot import link_tb
-from .study_run import config_for, init_for, load_report, run_pool, subset_for
+from .study_run import (claim_run_dir, config_for, init_for, load_report, run_key,
+                        run_pool, subset_for)
 
 INITS = ("pretrained", "scratch", "untrained")
 
@@ -80,6 +82,11 @@ def run_study(spec: StudySpec) -> tuple[str, str | None]:
     jobs = plan_jobs(spec)
     configs = {j.run_dir: config_for(spec, subset_for(spec, j.k, j.seed), j.run_dir,
                                      init_for(spec, j.init, j.seed), j.seed) for j in jobs}
+    for j in jobs:               # a run is reused only for the same encoder, config and data
+        moved = claim_run_dir(j.run_dir, run_key(configs[j.run_dir]))
+        if moved:
+            print(f"finetune.study: {j.run_dir} was made with another encoder, config or data; "
+                  f"moved to {moved} and run again", file=sys.stderr)
     run_pool([(j.what, configs[j.run_dir]) for j in jobs
               if load_report(os.path.join(j.run_dir, "report.json")) is None], spec.jobs)
     rows = {}

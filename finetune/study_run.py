@@ -69,6 +69,45 @@ def config_for(spec, shards: str, run_dir: str, init: str, seed: int):
         f"run.dir={run_dir}", f"run.init={init}", f"run.seed={seed}"], schema=FinetuneConfig)
 
 
+def run_key(cfg) -> dict:
+    """What a study run's result depends on: the init's content (sha256 of its weights, not
+    its path: an encoder re-exported in place is another encoder), the resolved config without
+    the run folder, and the contents of the data (the sha256 of every shard of every split)."""
+    import hashlib
+    from data.manifest import file_sha256, has_splits, load_shard_set
+    from pretrain.runtime.config import to_dict
+    init = cfg.run.init
+    if init and os.path.isdir(init):
+        init = os.path.join(init, "encoder.safetensors")
+    config = to_dict(cfg)
+    config["run"] = {k: v for k, v in config["run"].items() if k not in ("dir", "init")}
+    splits = ("train", "val", "test") if has_splits(cfg.data.shards) else (None,)
+    data = {str(sp): [s.sha256 for s in load_shard_set(cfg.data.shards, sp, verify=False).shards]
+            for sp in splits}
+    config["data"] = {k: v for k, v in config["data"].items() if k != "shards"}
+    text = json.dumps({"init": file_sha256(init) if init else None, "config": config,
+                       "data": data}, sort_keys=True)
+    return {"key": hashlib.sha256(text.encode()).hexdigest(), "init": cfg.run.init or None}
+
+
+def claim_run_dir(run_dir: str, key: dict) -> str | None:
+    """Make ``run_dir`` this run's: a folder left by a run with another key (another encoder,
+    config or data in the same --out) is moved aside, never reused; returns where it went."""
+    mark = os.path.join(run_dir, "study_run.json")
+    old = load_report(mark) if os.path.isdir(run_dir) else None
+    moved = None
+    if os.path.isdir(run_dir) and (old or {}).get("key") != key["key"]:
+        n = 1
+        while os.path.exists(f"{run_dir}.stale{n}"):
+            n += 1
+        moved = f"{run_dir}.stale{n}"
+        os.replace(run_dir, moved)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(mark, "w") as f:
+        json.dump(key, f)
+    return moved
+
+
 def _worker_init(threads: int):
     import torch
     torch.set_num_threads(threads)

@@ -195,3 +195,33 @@ def test_the_study_plan_and_summary_are_pure_functions_of_the_spec():
     assert row["pretrained"]["mean"] == 0.625 and row["scratch"]["mean"] == 0.375
     assert row["gain"] == 0.25 and row["wins"] == "1/2"
     assert abs(row["pretrained"]["std"] - 0.1767766952966369) < 1e-12
+
+
+def test_a_study_rerun_with_another_encoder_in_place_runs_again(synthetic_set, ft_recipe,
+                                                                 tmp_path, capsys):
+    """The same --out and --encoder path, but the encoder re-exported in place: the old runs
+    are not reused (their numbers would be the old encoder's); they are moved aside and the
+    runs made again. With nothing changed, everything is reused."""
+    from finetune.study import main as study
+    from pretrain.export import export_encoder
+    from pretrain.model import ModelConfig, initial_model
+    recipe, _ = ft_recipe
+    mcfg = ModelConfig(preset="vit_tiny", img_size=32, patch_size=8, num_frames=8,
+                       tubelet_size=2)
+    enc = str(tmp_path / "enc")
+    export_encoder(initial_model(mcfg, 0).state_dict(), mcfg, enc, {})
+    out = tmp_path / "study"
+    args = ["--set", synthetic_set, "--encoder", enc, "--config", recipe, "--out", str(out),
+            "--ks", "2", "--seeds", "0", "--methods", "linear", "--inits", "pretrained"]
+    report = out / "runs" / "k2" / "pretrained" / "s0" / "probe" / "report.json"
+    assert study(args) == 0
+    first = report.read_text()
+    mtime = os.path.getmtime(report)
+    assert study(args) == 0 and os.path.getmtime(report) == mtime      # reused
+    export_encoder(initial_model(mcfg, 1).state_dict(), mcfg, enc, {})  # in place
+    capsys.readouterr()
+    assert study(args) == 0
+    assert "was made with another encoder, config or data; moved to" in capsys.readouterr().err
+    stale = out / "runs" / "k2" / "pretrained" / "s0" / "probe.stale1" / "report.json"
+    assert stale.read_text() == first                                    # kept, not lost
+    assert report.read_text() != first                                   # made again

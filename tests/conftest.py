@@ -54,3 +54,19 @@ def make_medmnist_npz(path: str, n=(6, 3, 4), side: int = 28, classes: int = 11,
         arrays[f"{split}_labels"] = rng.integers(0, classes, (count, 1)).astype(np.uint8)
     np.savez(path, **arrays)
     return arrays
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A real 1 MB filesystem (a tmpfs; mounting needs root): writes fail there as on a full
+    disk, the way the kernel and the libraries really fail, not as a test fakes it."""
+    import subprocess
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

@@ -192,6 +192,26 @@ def cmd_subset(args) -> int:
     return 0
 
 
+def _write_failure(args, e: OSError) -> str:
+    """One line for a write that failed under --out; the shard being written (``.tmp``, never
+    a finished one) is removed so it does not hold the space."""
+    import shutil
+    out = getattr(args, "out", None) or "."
+    for root, _, files in os.walk(out):
+        for name in files:
+            if name.endswith(".tar.tmp"):
+                try:
+                    os.remove(os.path.join(root, name))
+                except OSError:
+                    pass
+    try:
+        free = f"{shutil.disk_usage(out).free / 1e6:.0f} MB are free there"
+    except OSError:
+        free = "its free space is unknown"
+    return (f"could not write under {out} ({e.strerror or e}; {free}); make room or choose "
+            f"a folder you can write to, then run the same command: finished shards are kept")
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     commands = {"videos": cmd_videos, "medmnist": cmd_medmnist, "synthetic": cmd_synthetic,
@@ -200,6 +220,9 @@ def main(argv=None) -> int:
         return commands[args.command](args)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"data.prep: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:       # a full disk, a read-only or unwritable --out
+        print(f"data.prep: error: {_write_failure(args, e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("data.prep: interrupted; finished shards are kept, re-run the same command to "

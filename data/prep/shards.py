@@ -27,16 +27,27 @@ class _HashingFile:
         self.f = open(path, "wb")
         self.sha = hashlib.sha256()
         self.size = 0
+        self.failed = False
 
     def write(self, b) -> int:
+        if self.failed:   # the shard is discarded: later writes (the tar stream flushing when
+            return len(b)  # it is collected) must not raise a second time
         self.sha.update(b)
         self.size += len(b)
-        return self.f.write(b)
+        try:
+            return self.f.write(b)
+        except OSError:
+            self.failed = True
+            self.f.close()
+            raise
 
     def flush(self):
-        self.f.flush()
+        if not self.failed:
+            self.f.flush()
 
     def close(self):
+        if self.failed:
+            return
         self.f.flush()
         os.fsync(self.f.fileno())
         self.f.close()

@@ -99,7 +99,10 @@ def save_file_or_explain(obj, path: str):
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:
+        # A full disk shows as an OSError (open, rename) or, from torch's zip writer part-way
+        # through, as a RuntimeError ("unexpected pos ..."); either way nothing usable was written.
+        reason = getattr(e, "strerror", None) or "the write stopped part-way"
         need = _tensor_bytes(obj)
         try:
             os.remove(tmp)
@@ -111,7 +114,7 @@ def save_file_or_explain(obj, path: str):
         except OSError:
             free = -1
         raise CheckpointError(
-            f"could not write {path} ({e.strerror or e}): it needs about {need / 1e6:.0f} MB and "
+            f"could not write {path} ({reason}): it needs about {need / 1e6:.0f} MB and "
             f"{free / 1e6:.0f} MB are free there; make room (or lower train.keep_last) and run "
             f"the same command to resume from the last complete checkpoint") from None
 

@@ -369,3 +369,31 @@ def test_kinetics_rows_trim_whole_videos_to_their_window(tmp_path):
     assert "window" not in cut and cut["num_frames"] == 20
     _, val = read_all(str(tmp_path / "k" / "val"))      # a window longer than the file: kept
     assert "window" not in json.loads(val[0]["json"])
+
+
+def test_a_really_full_disk_in_prep_is_one_line_and_leaves_no_partial_shard(small_fs, capsys):
+    rc = prep(["synthetic", "--out", str(small_fs / "set"), "--count", "200", "--size", "64",
+               "--frames", "40", "--workers", "0"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"data.prep: error: could not write under {small_fs / 'set'} (No "
+                          f"space left on device;") and "finished shards are kept" in err
+    assert not list(small_fs.rglob("*.tmp"))
+
+
+def test_a_read_only_out_in_prep_is_one_line(tmp_path, capsys):
+    """A read-only filesystem (refused even to root)."""
+    import subprocess
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)],
+                      capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        rc = prep(["synthetic", "--out", str(ro / "set"), "--count", "8", "--workers", "0"])
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], capture_output=True)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith(f"data.prep: error: could not write under {ro / 'set'} "
+                             f"(Read-only file system;")

@@ -165,3 +165,15 @@ def test_a_nan_streak_in_finetuning_exits_3_in_one_line_and_stops_the_loader_wor
     alive = [c for c in me.children(recursive=True) if c.pid not in before and
              c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert alive == [], [c.cmdline() for c in alive]
+
+
+def test_a_really_full_disk_while_fine_tuning_is_one_line(ft_recipe, small_fs):
+    from tests.pretrain.conftest import subprocess_env
+    recipe, _ = ft_recipe
+    r = subprocess.run([sys.executable, "-m", "finetune", "--config", recipe, "--init", "none",
+                        f"run.dir={small_fs / 'ft'}", "data.num_workers=2", "train.epochs=1"],
+                       capture_output=True, text=True, env=subprocess_env(), timeout=180)
+    assert r.returncode == 2, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("finetune: error: could not write") and "Traceback" not in r.stderr
+    assert not list(small_fs.rglob("*.tmp"))

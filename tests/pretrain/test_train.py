@@ -458,3 +458,19 @@ def test_resuming_on_re_prepared_shards_is_refused_naming_what_changed(tiny_reci
     with pytest.raises(DataSetError, match="were re-prepared since this run's checkpoint"):
         train(load_config(recipe, [f"data.shards={data}", "train.steps=4",
                                    "train.ckpt_every=2", "log.picture_every=0"]))
+
+
+def test_a_really_full_disk_during_a_save_is_one_line_and_leaves_no_temporary_file(tiny_recipe,
+                                                                                  small_fs):
+    recipe, _ = tiny_recipe
+    run_dir = small_fs / "run"
+    t0 = time.time()
+    r = run_cli(recipe, f"run.dir={run_dir}", "data.num_workers=2", "train.steps=4",
+                "train.ckpt_every=2", "log.picture_every=0", timeout=180)
+    assert time.time() - t0 < 180
+    assert r.returncode == 2, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("pretrain: error: could not write") and "MB are free there" in last
+    assert "Traceback" not in r.stderr
+    assert not list(small_fs.rglob("*.tmp"))
+    assert not (run_dir / "checkpoints" / "latest").exists()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job on the embedded default, end to end, on this machine's CPU (about 6 minutes on
-# 2 cores with the set-up cached; 5m52s measured):
+# The main job on the embedded default, end to end, on this machine's CPU (about 5 minutes on
+# 2 cores with the set-up cached: 4m31s measured; 6m50s from a cold set-up):
 #   1. set-up (cached after the first run)
 #   2. generate the synthetic motion set (real H.264 clips): an unlabeled pool for pre-training,
 #      64 labeled clips per class, a 400-clip test split; shard it

@@ -117,10 +117,17 @@ def main(argv=None) -> int:
     source = {"run_dir": os.path.abspath(args.run_dir), "checkpoint": tag}
     if args.initial:
         source.update(initial=True, seed=cfg.run.seed)
-    path = export_encoder(weights, cfg.model, out, source)
+    try:
+        path = export_encoder(weights, cfg.model, out, source)
+        hf = export_hf(weights, cfg.model, args.hf) if args.hf else None
+    except OSError as e:
+        print(f"pretrain.export: error: could not write {e.filename or out} "
+              f"({e.strerror or e}); choose a folder you can write to (--out DIR, --hf DIR)",
+              file=sys.stderr)
+        return 2
     print(path)
-    if args.hf:
-        print(export_hf(weights, cfg.model, args.hf))
+    if hf:
+        print(hf)
     return 0
 
 

@@ -8,6 +8,7 @@ import os
 import sys
 from collections import defaultdict
 
+from ..atomic import FolderInUse, FolderLock
 from . import medmnist as mm
 from . import synthetic as syn
 from .runner import parse_bytes, write_shard_set
@@ -216,8 +217,16 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     commands = {"videos": cmd_videos, "medmnist": cmd_medmnist, "synthetic": cmd_synthetic,
                 "subset": cmd_subset}
+    lock = None
     try:
+        if getattr(args, "out", None):     # one prep per output folder at a time
+            os.makedirs(args.out, exist_ok=True)
+            lock = FolderLock(args.out)
         return commands[args.command](args)
+    except FolderInUse as e:
+        print(f"data.prep: error: {e}; wait for it to finish, or choose another --out",
+              file=sys.stderr)
+        return 2
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"data.prep: error: {e}", file=sys.stderr)
         return 2
@@ -228,3 +237,6 @@ def main(argv=None) -> int:
         print("data.prep: interrupted; finished shards are kept, re-run the same command to "
               "continue", file=sys.stderr)
         return 130
+    finally:
+        if lock is not None:
+            lock.release()

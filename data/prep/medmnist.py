@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -52,8 +53,16 @@ def download(flag: str, size: int, root: str, url: str | None = None) -> str:
     dest = os.path.join(root, name)
     url = url or URL.format(file=name)
     tmp = dest + ".part"
-    with urllib.request.urlopen(url) as r, open(tmp, "wb") as f:
-        shutil.copyfileobj(r, f, 1 << 20)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+            shutil.copyfileobj(r, f, 1 << 20)
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        reason = getattr(e, "reason", None) or e
+        raise FileNotFoundError(f"could not download {url} ({reason}); without a network, "
+                                f"fetch {name} elsewhere, put it into {root} and run the same "
+                                f"command without --download") from None
     os.replace(tmp, dest)
     return dest
 

@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from data.atomic import write_text_atomic
+from data.atomic import FolderInUse, FolderLock, write_text_atomic
 from .distributed import Dist, all_reduce_max, barrier
 
 LATEST = "latest"
@@ -48,14 +48,12 @@ def load_checkpoint_file(path: str, map_location="cpu"):
 
 
 class RunDirLock:
-    """Holds ``run.dir/.lock`` (an advisory lock) for the life of the process on rank 0, so a
-    second command on the same run folder stops with a message naming the first; the kernel
-    releases it on any exit, kill -9 included. It is a POSIX record lock (``lockf``), which
-    forked children do not inherit: loader workers left behind by a killed trainer do not keep
-    the folder locked, and the holder a refusal names is alive."""
+    """Holds ``run.dir/.lock`` (``data.atomic.FolderLock``) for the life of the process on rank
+    0, so a second command on the same run folder stops with a message naming the first; loader
+    workers left behind by a killed trainer do not keep the folder locked."""
 
     def __init__(self, run_dir: str, enabled: bool = True):
-        self.file = None
+        self.lock = None
         try:
             os.makedirs(run_dir, exist_ok=True)
             probe = os.path.join(run_dir, f".write-test-{os.getpid()}")
@@ -67,29 +65,16 @@ class RunDirLock:
                                   f"choose a folder you can write to (run.dir=...)") from None
         if not enabled:
             return
-        import fcntl
-        import socket
-        path = os.path.join(run_dir, ".lock")
-        self.file = open(path, "a+")
         try:
-            fcntl.lockf(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
-            self.file.close()
-            self.file = None
-            raise CheckpointError(f"{run_dir} is in use by {holder}; wait for it to finish or "
-                                  f"stop it, or choose another run.dir") from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(f"pid {os.getpid()} on {socket.gethostname()} "
-                        f"({' '.join(sys.argv)[:200]})\n")
-        self.file.flush()
+            self.lock = FolderLock(run_dir)
+        except FolderInUse as e:
+            raise CheckpointError(f"{e}; wait for it to finish or stop it, or choose another "
+                                  f"run.dir") from None
 
     def release(self):
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 def save_file_or_explain(obj, path: str):

@@ -397,3 +397,36 @@ def test_a_read_only_out_in_prep_is_one_line(tmp_path, capsys):
     assert rc == 2 and len(err) == 1, err
     assert err[0].startswith(f"data.prep: error: could not write under {ro / 'set'} "
                              f"(Read-only file system;")
+
+
+def test_two_preps_into_one_out_the_second_says_the_folder_is_in_use(tmp_path, capsys):
+    import sys
+    from data.atomic import FolderLock
+    out = tmp_path / "set"
+    out.mkdir()
+    import subprocess
+    hold = ("import sys, time; sys.path.insert(0, '.'); from data.atomic import FolderLock; "
+            "held = FolderLock(sys.argv[1]); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        rc = prep(["synthetic", "--out", str(out), "--count", "8", "--workers", "0"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1
+        assert err[0].startswith(f"data.prep: error: {out} is in use by pid {holder.pid} on ")
+        assert err[0].endswith("wait for it to finish, or choose another --out")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert prep(["synthetic", "--out", str(out), "--count", "8", "--workers", "0"]) == 0
+    FolderLock(str(out)).release()      # released at the end of the prep
+
+
+def test_medmnist_download_without_a_network_is_one_line(tmp_path, capsys):
+    rc = prep(["medmnist", "organmnist3d", "--root", str(tmp_path / "npz"), "--download",
+               "--url", "http://127.0.0.1:9/organmnist3d.npz", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("data.prep: error: could not download http://127.0.0.1:9/")
+    assert "put it into" in err[0] and not list((tmp_path / "npz").glob("*.part"))

@@ -225,3 +225,15 @@ def test_a_study_rerun_with_another_encoder_in_place_runs_again(synthetic_set, f
     stale = out / "runs" / "k2" / "pretrained" / "s0" / "probe.stale1" / "report.json"
     assert stale.read_text() == first                                    # kept, not lost
     assert report.read_text() != first                                   # made again
+
+
+def test_ctrl_c_in_the_probe_is_one_line_and_exit_130(ft_recipe, monkeypatch, capsys):
+    import finetune.probe as probe_module
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(probe_module, "run_probe", interrupted)
+    recipe, _ = ft_recipe
+    assert probe_module.main(["--config", recipe, "--init", "none"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["finetune.probe: interrupted; run the same command to resume"]

@@ -474,3 +474,17 @@ def test_a_really_full_disk_during_a_save_is_one_line_and_leaves_no_temporary_fi
     assert "Traceback" not in r.stderr
     assert not list(small_fs.rglob("*.tmp"))
     assert not (run_dir / "checkpoints" / "latest").exists()
+
+
+def test_export_to_a_folder_it_cannot_write_is_one_line(tiny_recipe, tmp_path, capsys):
+    from pretrain.export import main as export
+    recipe, run_dir = tiny_recipe
+    train(load_config(recipe, ["train.steps=2", "train.ckpt_every=2", "log.picture_every=0",
+                               "train.export=false"]))
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    capsys.readouterr()
+    assert export([run_dir, "--out", str(blocker / "export")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pretrain.export: error: could not write ")
+    assert "choose a folder you can write to" in err[0]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -23,6 +24,7 @@ class VideoItem:
     split: str | None
     stem: str
     window: tuple | None = None   # Kinetics (time_start, time_end) s, where the file may be whole
+    problem: str | None = None    # why this entry cannot be used, when the scan already knows
 
 
 def _norm_split(name: str, where: str) -> str:
@@ -91,28 +93,90 @@ def read_list(list_path: str, root: str | None, split: str | None,
     return items
 
 
+# Folders that archive tools, notebooks and file managers leave behind: never a class or a
+# split (hidden folders, ".xxx", are passed over the same way).
+STRAY_DIRS = {"__MACOSX", "@eaDir", ".ipynb_checkpoints", "$RECYCLE.BIN",
+              "System Volume Information"}
+
+
+def _stray(name: str) -> bool:
+    return name in STRAY_DIRS or name.startswith(".")
+
+
+def _listing(folder: str) -> tuple[list[str], str | None]:
+    try:
+        return sorted(os.listdir(folder)), None
+    except OSError as e:
+        return [], f"an unreadable folder ({e.strerror or e})"
+
+
 def read_tree(root: str) -> tuple[list[VideoItem], list[str]]:
-    """`root/<class>/*` or `root/<split>/<class>/*`; class names are the sorted folder names."""
-    subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    split_dirs = [d for d in subdirs if d.lower() in SPLIT_ALIASES]
+    """`root/<class>/*` or `root/<split>/<class>/*`; class names are the sorted names of the
+    folders that hold at least one video file. Every entry that is not a usable video is kept
+    as an item with its ``problem``, so prep lists it in failures.jsonl: links that point
+    nowhere or loop, folders inside a class folder, stray folders left by archive tools,
+    unreadable folders, and class folders with no video (no class is made from them). Split
+    folders beside other folders are an error naming both."""
+    names, why = _listing(root)
+    if why:
+        raise ValueError(f"{root}: {why}")
+    dirs = [d for d in names if os.path.isdir(os.path.join(root, d))]
+    problems = [VideoItem(os.path.join(root, d), -1, "", None, d,
+                          problem="a stray folder (left by an archive tool or a program), not "
+                                  "a class") for d in dirs if _stray(d)]
+    dirs = [d for d in dirs if not _stray(d)]
+    split_dirs = [d for d in dirs if d.lower() in SPLIT_ALIASES]
+    if split_dirs and len(split_dirs) != len(dirs):
+        others = [d for d in dirs if d not in split_dirs]
+        raise ValueError(f"{root} holds split folders ({', '.join(split_dirs)}) beside other "
+                         f"folders ({', '.join(others)}); put every class folder inside a split "
+                         f"folder (root/<split>/<class>/...), or use no split folders")
     parts = ([(os.path.join(root, d), _norm_split(d, root)) for d in split_dirs]
-             if split_dirs and len(split_dirs) == len(subdirs) else [(root, None)])
-    class_dirs = {}
+             if split_dirs else [(root, None)])
+    class_dirs: dict = {}
     for folder, split in parts:
-        for c in sorted(os.listdir(folder)):
-            if os.path.isdir(os.path.join(folder, c)):
-                class_dirs.setdefault(c, []).append((os.path.join(folder, c), split))
-    classes = sorted(class_dirs)
-    if not classes:
-        raise ValueError(f"{root}: no class folders found (expected root/<class>/<video>)")
-    items = []
-    for label, c in enumerate(classes):
+        entries, why = _listing(folder)
+        if why:
+            problems.append(VideoItem(folder, -1, "", split, os.path.basename(folder),
+                                      problem=why))
+        for c in entries:
+            path = os.path.join(folder, c)
+            if not os.path.isdir(path):
+                continue                   # a loose file beside the class folders
+            if _stray(c):
+                problems.append(VideoItem(path, -1, "", split, c, problem=(
+                    "a stray folder (left by an archive tool or a program), not a class")))
+            else:
+                class_dirs.setdefault(c, []).append((path, split))
+    found: dict = {}
+    for c, folders in class_dirs.items():
+        for folder, split in folders:
+            entries, why = _listing(folder)
+            if why:
+                problems.append(VideoItem(folder, -1, c, split, c, problem=why))
+            for f in entries:
+                path = os.path.join(folder, f)
+                stem = os.path.splitext(f)[0]
+                if os.path.isdir(path):
+                    problems.append(VideoItem(path, -1, c, split, stem, problem=(
+                        "a folder inside a class folder; videos must lie directly in it")))
+                else:             # files and links, dangling or looping ones too
+                    found.setdefault(c, []).append(VideoItem(path, -1, c, split, stem))
+    has_video = {c for c, its in found.items() if any(
+        os.path.splitext(it.path)[1][1:].lower() in VIDEO_EXTS for it in its)}
+    classes = sorted(has_video)
+    for c in sorted(set(class_dirs) - has_video):
         for folder, split in class_dirs[c]:
-            for f in sorted(os.listdir(folder)):
-                p = os.path.join(folder, f)
-                if os.path.isfile(p):
-                    items.append(VideoItem(p, label, c, split, os.path.splitext(f)[0]))
-    return items, classes
+            problems.append(VideoItem(folder, -1, c, split, c, problem=(
+                "a class folder with no video file; no class is made from it")))
+    if not classes:
+        raise ValueError(f"{root}: no class folder with a video found (expected "
+                         f"root/<class>/<video> or root/<split>/<class>/<video>)")
+    items = [VideoItem(it.path, label, c, it.split, it.stem)
+             for label, c in enumerate(classes) for it in found[c]]
+    items += [it for c in sorted(set(found) - has_video) for it in found[c]]
+    return items + [VideoItem(it.path, -1, it.label_name, it.split, it.stem,
+                              problem=it.problem) for it in problems], classes
 
 
 def process_video(item_and_index, short_side: int | None, gop: int, crf: int,
@@ -120,8 +184,20 @@ def process_video(item_and_index, short_side: int | None, gop: int, crf: int,
     """Read, check (and optionally transcode) one video -> a shard sample or a failure."""
     index, item = item_and_index
     ext = os.path.splitext(item.path)[1][1:].lower()
+    if item.problem:
+        return {"ok": False, "reason": item.problem}
+    if os.path.islink(item.path) and not os.path.exists(item.path):
+        try:
+            os.stat(item.path)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return {"ok": False, "reason": "a link that loops (it leads back to itself)"}
+        return {"ok": False, "reason": f"a link that points nowhere "
+                                       f"(-> {os.readlink(item.path)})"}
     if not os.path.exists(item.path):
         return {"ok": False, "reason": "file not found"}
+    if not os.path.isfile(item.path):
+        return {"ok": False, "reason": "not a regular file"}
     if ext not in VIDEO_EXTS:
         return {"ok": False, "reason": f"not a video file (extension '.{ext}'); "
                                        f"expected one of {', '.join(VIDEO_EXTS)}"}

@@ -430,3 +430,41 @@ def test_medmnist_download_without_a_network_is_one_line(tmp_path, capsys):
     assert rc == 2 and len(err) == 1, err
     assert err[0].startswith("data.prep: error: could not download http://127.0.0.1:9/")
     assert "put it into" in err[0] and not list((tmp_path / "npz").glob("*.part"))
+
+
+def test_a_tree_lists_every_entry_that_is_not_a_usable_video_in_failures(tmp_path):
+    """Links that point nowhere or loop, a stray archive folder, a folder inside a class and a
+    class folder with no video each get a line in failures.jsonl; no class is made from the
+    empty folder; the two real videos are the only samples."""
+    root = tmp_path / "in"
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        write_video(str(root / c / "v.mp4"), n=12)
+    (root / "cat" / "gone.mp4").symlink_to(root / "nowhere.mp4")
+    (root / "dog" / "loop.mp4").symlink_to(root / "dog" / "loop.mp4")
+    (root / "__MACOSX" / "cat").mkdir(parents=True)
+    (root / "dog" / "nested").mkdir()
+    (root / "empty").mkdir()
+    (root / "empty" / "notes.txt").write_text("no video here")
+    out = tmp_path / "set"
+    assert prep(["videos", str(root), "--out", str(out), "--workers", "0"]) == 0
+    manifest = json.load(open(out / "manifest.json"))
+    assert manifest["classes"] == ["cat", "dog"] and manifest["num_samples"] == 2
+    reasons = {os.path.relpath(r["source"], root): r["reason"]
+               for r in map(json.loads, open(out / "failures.jsonl"))}
+    assert reasons["cat/gone.mp4"].startswith("a link that points nowhere (-> ")
+    assert reasons["dog/loop.mp4"] == "a link that loops (it leads back to itself)"
+    assert reasons["__MACOSX"].startswith("a stray folder")
+    assert reasons["dog/nested"].startswith("a folder inside a class folder")
+    assert reasons["empty"] == "a class folder with no video file; no class is made from it"
+    assert reasons["empty/notes.txt"].startswith("not a video file")
+
+
+def test_split_folders_beside_other_folders_are_an_error_naming_both(tmp_path, capsys):
+    root = tmp_path / "in"
+    for d in ("train/cat", "val/cat", "extra/cat"):
+        (root / d).mkdir(parents=True)
+        write_video(str(root / d / "v.mp4"), n=12)
+    assert prep(["videos", str(root), "--out", str(tmp_path / "set"), "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "holds split folders (train, val) beside other folders (extra)" in err

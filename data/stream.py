@@ -182,8 +182,19 @@ def loader_batches(loader) -> Iterator[dict]:
     referenced from the traceback, and its workers, which ignore signals, would keep the
     interpreter waiting at exit. An error raised in a worker comes out as the worker raised it
     (its type and message), not as torch's re-raise, whose message holds the worker's whole
-    traceback: the user gets one line naming the problem."""
-    it = iter(loader)
+    traceback: the user gets one line naming the problem.
+
+    The workers are started with SIGTERM and SIGINT blocked in this thread: a worker inherits
+    the mask (across a spawn's exec too) until ``leave_signals_to_parent`` ignores both, so a
+    signal to the whole process group cannot kill one while it is still importing (workers are
+    spawned, not forked, inside a spawned process such as a study's pool worker). Here the
+    signal is only deferred until the workers exist, never lost."""
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    try:
+        it = iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
     try:
         yield from it
     except Exception as e:

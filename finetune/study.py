@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from dataclasses import dataclass
 
@@ -43,8 +44,8 @@ from .study_plan import budget_jobs, budget_tags, plan_jobs
 from .study_report import METHODS, accuracy, budget_rows, per_class_count, summarize, \
     write_budget, write_results
 from .plot import link_tb
-from .study_run import (claim_run_dir, config_for, init_for, load_report, run_key,
-                        run_pool, subset_for)
+from .study_run import (StopSignal, claim_run_dir, config_for, init_for, load_report,
+                        run_key, run_pool, subset_for)
 
 INITS = ("pretrained", "scratch", "untrained")
 
@@ -93,7 +94,7 @@ def run_study(spec: StudySpec) -> tuple[str, str | None]:
     for j in jobs:
         report = load_report(os.path.join(j.run_dir, "report.json"))
         if report is None:       # a fine-tune stopped by a signal writes no report
-            raise KeyboardInterrupt
+            raise StopSignal(signal.SIGTERM)
         if j.what == "finetune":
             link_tb(j.run_dir, os.path.join(spec.out, "tb", f"k{j.k}", j.init, f"s{j.seed}"))
             rows.setdefault((j.k, "finetune", j.init), {})[j.seed] = accuracy(report, "finetune")

@@ -119,13 +119,22 @@ def execute(what: str, cfg) -> None:
     from .train import train
     if what == "probe":
         run_probe(cfg)
-    elif train(cfg).get("stopped_by_signal"):
-        raise KeyboardInterrupt
+    elif train(cfg).get("stopped_by_signal"):   # checkpointed; the same command resumes it
+        import signal
+        raise StopSignal(signal.SIGTERM)
+
+
+class StopSignal(KeyboardInterrupt):
+    """The study was asked to stop by a signal (``signum``)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
 
 
 @contextlib.contextmanager
 def sigterm_interrupts():
-    """Within: SIGTERM raises KeyboardInterrupt in this (main) thread, as SIGINT does."""
+    """Within: SIGTERM and SIGINT raise StopSignal in this (main) thread."""
     import signal
     import threading
     if threading.current_thread() is not threading.main_thread():
@@ -133,38 +142,69 @@ def sigterm_interrupts():
         return
 
     def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    old = signal.signal(signal.SIGTERM, interrupt)
+        raise StopSignal(signum)
+    old = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
-def run_pool(todo: list[tuple], jobs: int, fn=execute):
+@contextlib.contextmanager
+def _signals_ignored():
+    """Within: SIGINT and SIGTERM ignored; processes started here inherit that (across spawn's
+    exec too), so a signal to the whole group cannot kill one that is still importing."""
+    import signal
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+STOP_GRACE_S = 120.0   # how long a stopped study waits for its runs to checkpoint
+
+
+def run_pool(todo: list[tuple], jobs: int, fn=execute, grace: float = STOP_GRACE_S):
     """Run (what, config) jobs through ``fn``, ``jobs`` at once in spawned processes with
-    cores/jobs threads each, or in this process. A SIGTERM or SIGINT to this process is passed
-    on to the workers (a fine-tune checkpoints and stops; the same command resumes) and raises
-    KeyboardInterrupt here."""
+    cores/jobs threads each, or in this process.
+
+    A SIGTERM or SIGINT (to this process or its whole group) stops the study the way a single
+    fine-tune stops: the workers were born ignoring both, so none dies half-way; a fine-tune
+    running in one has its own handlers, gets the signal (passed on here if it came to the
+    study alone), checkpoints and returns; jobs not started are cancelled. Whatever is still
+    running after ``grace`` seconds is killed. Then StopSignal is raised here."""
     if jobs > 1 and len(todo) > 1:
         import concurrent.futures as cf
         import multiprocessing as mp
+        import signal
         threads = max(1, (os.cpu_count() or 1) // jobs)
-        with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"),
-                                    initializer=_worker_init,
-                                    initargs=(threads,)) as pool, sigterm_interrupts():
-            futures = []
-            try:
-                futures = [pool.submit(fn, what, cfg) for what, cfg in todo]
+        with _signals_ignored():
+            pool = cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"),
+                                          initializer=_worker_init, initargs=(threads,))
+            futures = [pool.submit(fn, what, cfg) for what, cfg in todo]
+        try:
+            with sigterm_interrupts():
                 for f in cf.as_completed(futures):
                     f.result()
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            procs = [p for p in (getattr(pool, "_processes", None) or {}).values()]
+            for proc in procs:
+                if proc.is_alive():
+                    os.kill(proc.pid, signal.SIGTERM)
+            with _signals_ignored():         # a second signal must not cut the wait short
+                cf.wait([f for f in futures if not f.cancelled()], timeout=grace)
+                for proc in procs:
                     if proc.is_alive():
-                        proc.terminate()
-                raise
+                        proc.kill()
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
     else:
-        for what, cfg in todo:
-            fn(what, cfg)
+        with sigterm_interrupts():
+            for what, cfg in todo:
+                fn(what, cfg)

@@ -52,7 +52,11 @@ def run_command(prog: str, body: Callable[[], dict | int]) -> int:
     except user_errors() as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        if getattr(e, "signum", None) == signal.SIGTERM:
+            print(f"{prog}: stopped by signal {e.signum}; finished work is kept, run the same "
+                  f"command to resume", file=sys.stderr)
+            return EXIT_STOPPED
         print(f"{prog}: interrupted; run the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     if isinstance(result, int):

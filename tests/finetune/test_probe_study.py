@@ -159,7 +159,9 @@ def test_a_sigterm_to_the_study_stops_its_pool_workers(tmp_path):
     timer.start()
     t0 = time.time()
     with pytest.raises(KeyboardInterrupt):
-        run_pool([("sleep", 60), ("sleep", 60), ("sleep", 60)], jobs=2, fn=_sleep_job)
+        # a job that ignores the stop (it installs no handler) is killed after the grace
+        run_pool([("sleep", 60), ("sleep", 60), ("sleep", 60)], jobs=2, fn=_sleep_job,
+                 grace=3.0)
     timer.cancel()
     assert time.time() - t0 < 30
     time.sleep(0.5)
@@ -237,3 +239,47 @@ def test_ctrl_c_in_the_probe_is_one_line_and_exit_130(ft_recipe, monkeypatch, ca
     assert probe_module.main(["--config", recipe, "--init", "none"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["finetune.probe: interrupted; run the same command to resume"]
+
+
+def test_a_group_sigterm_stops_a_two_job_study_at_checkpoints_and_the_rerun_matches(
+        synthetic_set, ft_recipe, tmp_path):
+    """SIGTERM to the study's whole process group (SLURM, a terminal) while its two fine-tunes
+    train: both checkpoint and the study exits 143; the same command then finishes with the
+    results of a study that was never stopped."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from tests.pretrain.conftest import subprocess_env
+    recipe, _ = ft_recipe
+
+    def cmd(out):
+        return [sys.executable, "-m", "finetune.study", "--set", synthetic_set, "--encoder",
+                "none", "--config", recipe, "--out", str(out), "--ks", "2", "--seeds", "0",
+                "1", "--methods", "finetune", "--inits", "scratch", "--jobs", "2",
+                "--clips-per-epoch", "32", "train.epochs=4", "log.every=1",
+                "data.num_workers=1"]
+    env = subprocess_env()
+    straight = subprocess.run(cmd(tmp_path / "straight"), capture_output=True, text=True,
+                              env=env, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    out = tmp_path / "cut"
+    p = subprocess.Popen(cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env, start_new_session=True)
+    runs = [out / "runs" / "k2" / "scratch" / f"s{s}" / "finetune" for s in (0, 1)]
+    deadline = time.time() + 300
+    while time.time() < deadline and not all(
+            (r / "metrics.jsonl").is_file() and len(open(r / "metrics.jsonl").readlines()) >= 2
+            for r in runs):
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGTERM)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 143, err[-3000:]
+    assert "finetune.study: stopped by signal 15" in err and "Traceback" not in err
+    assert all((r / "checkpoints" / "latest").is_file() for r in runs), err[-3000:]
+    again = subprocess.run(cmd(out), capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming at step" in again.stderr
+    a = json.load(open(tmp_path / "straight" / "results.json"))
+    b = json.load(open(out / "results.json"))
+    assert a == b

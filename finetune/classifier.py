@@ -2,6 +2,8 @@
 interface a model family gives the registry (``finetune/families.py``)."""
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
+
 import torch
 from torch import nn
 
@@ -18,7 +20,7 @@ def init_linear_and_norm(module: nn.Module):
             nn.init.zeros_(m.bias)
 
 
-class ClipClassifier(nn.Module):
+class ClipClassifier(nn.Module, metaclass=ABCMeta):
     """A model ending in ``self.head`` that takes uint8 clips or already normalised floats.
 
     A family (one registry entry) provides:
@@ -39,36 +41,42 @@ class ClipClassifier(nn.Module):
     takes_vit_encoder: bool = True    # initialised from a ViT encoder (norm layouts apply)
 
     @staticmethod
+    @abstractmethod
     def resolve_config(cfg):
         """The ``model`` section checked for this family, with defaults filled in."""
-        raise NotImplementedError
 
     @classmethod
     def build(cls, cfg) -> "ClipClassifier":
         return cls(cfg)
 
+    @abstractmethod
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def classify(self, f: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.pooled(x))
 
     @property
+    @abstractmethod
     def num_layers(self) -> int:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def layer_id(self, name: str) -> int:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def load_init(self, path: str, kernel_init: str, verbose: bool,
                   allow_partial: bool) -> dict:
-        raise NotImplementedError
+        ...
 
     def set_input_stats(self, mean, std, spatial_dims: int = 3):
         """Per-channel mean/std buffers for inputs (B, C, [T,] H, W) (not in the state dict)."""

@@ -1,6 +1,7 @@
 """Shared fixtures: every test makes its own data (real encoded videos, MedMNIST-format npz)."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -56,17 +57,23 @@ def make_medmnist_npz(path: str, n=(6, 3, 4), side: int = 28, classes: int = 11,
     return arrays
 
 
-@pytest.fixture
-def small_fs(tmp_path):
-    """A real 1 MB filesystem (a tmpfs; mounting needs root): writes fail there as on a full
-    disk, the way the kernel and the libraries really fail, not as a test fakes it."""
+@contextlib.contextmanager
+def tmpfs(path, options: str = "size=1m"):
+    """A real tmpfs mounted on ``path`` (mounting needs root; skips the test elsewhere):
+    writes there fail as the kernel really fails them (full, read-only), not as a test fakes."""
     import subprocess
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+    path.mkdir(exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
                       capture_output=True).returncode:
         pytest.skip("mounting a tmpfs needs root")
     try:
-        yield mnt
+        yield path
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A real 1 MB filesystem: a full disk, for real."""
+    with tmpfs(tmp_path / "small") as mnt:
+        yield mnt

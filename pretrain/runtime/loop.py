@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import resource
+from abc import ABC, abstractmethod
 import signal
 import sys
 import time
@@ -168,12 +169,12 @@ def open_feed(batches: Iterator[dict], stream, prepare: Callable[[dict], dict],
     return map(prepare, batches), stream
 
 
-class Stage:
+class Stage(ABC):
     """What a stage gives the loop. ``forward`` is required; the rest have quiet defaults."""
 
+    @abstractmethod
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(the loss to backpropagate, the loss to log, clips in the batch on this rank)."""
-        raise NotImplementedError
 
     def scalars(self) -> dict:
         """Scalars logged at a log step besides the loop's own."""

@@ -383,16 +383,9 @@ def test_a_really_full_disk_in_prep_is_one_line_and_leaves_no_partial_shard(smal
 
 def test_a_read_only_out_in_prep_is_one_line(tmp_path, capsys):
     """A read-only filesystem (refused even to root)."""
-    import subprocess
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)],
-                      capture_output=True).returncode:
-        pytest.skip("mounting a tmpfs needs root")
-    try:
+    from tests.conftest import tmpfs
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
         rc = prep(["synthetic", "--out", str(ro / "set"), "--count", "8", "--workers", "0"])
-    finally:
-        subprocess.run(["umount", "-l", str(ro)], capture_output=True)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
     assert err[0].startswith(f"data.prep: error: could not write under {ro / 'set'} "

@@ -115,3 +115,20 @@ def test_a_new_family_is_one_class_and_one_registry_entry(ft_recipe, monkeypatch
     model = models.build_model(dataclasses.replace(cfg.model, num_classes=4))
     feats, labels = extract(model, cfg.data, "val", torch.device("cpu"))
     assert feats.shape == (len(labels), model.cfg.embed_dim)
+
+
+def test_a_family_without_the_whole_interface_is_refused_when_built(monkeypatch):
+    from finetune.classifier import ClipClassifier
+
+    class Half(ClipClassifier):
+        family = "half"
+        resolve_config = staticmethod(ViViT.resolve_config)
+
+        def __init__(self, cfg):
+            super().__init__()
+
+        def pooled(self, x):
+            return x.flatten(1)
+    monkeypatch.setitem(models.FAMILIES, "half", Half)
+    with pytest.raises(TypeError, match="abstract .*classify.*describe"):
+        models.build_model(VivitConfig(family="half", **GEOMETRY))

@@ -26,12 +26,15 @@ log = logging.getLogger("data.stream")
 def check_stride(cfg: "StreamConfig"):
     """``data.stride`` against the frame step the shards of ``cfg.shards`` were prepared with,
     read from their manifest, before a run makes anything (the loader workers check it again).
-    An npz file or a missing set is left to the readers, which name it."""
+    Anything that is not a prepared set is left to the readers, which name what it lacks."""
     import os
-    from .manifest import load_shard_set
-    if cfg.shards.endswith(".npz") or not os.path.isdir(cfg.shards):
-        return
-    stored_stride(cfg, load_shard_set(cfg.shards, cfg.split, verify=False))
+    from .manifest import has_splits, load_shard_set
+    folder = cfg.shards
+    if os.path.isdir(folder) and has_splits(folder):
+        folder = os.path.join(folder, cfg.split or "train")
+    if not os.path.isfile(os.path.join(folder, "manifest.json")):
+        return                 # not a prepared set (yet): the readers say what it lacks
+    stored_stride(cfg, load_shard_set(folder, verify=False))
 
 
 def stored_stride(cfg: StreamConfig, shard_set: ShardSet) -> int:

@@ -11,9 +11,11 @@ def main(argv=None) -> int:
     from pretrain.runtime.cli import recipe_args, run_command
     args = recipe_args("python -m finetune", __doc__, argv,
                        init_help="weights to start from, or 'none'", launcher=True)
-    from .train import config_from_cli, train
-    return run_command("finetune", lambda: train(config_from_cli(args.config, args.init,
-                                                                 args.overrides)))
+
+    def body() -> dict:
+        from .train import config_from_cli, train
+        return train(config_from_cli(args.config, args.init, args.overrides))
+    return run_command("finetune", body)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,12 @@ from __future__ import annotations
 def main(argv=None) -> int:
     from .runtime.cli import recipe_args, run_command
     args = recipe_args("python -m pretrain", __doc__, argv, launcher=True)
-    from .config import load_config
-    from .train import train
-    return run_command("pretrain", lambda: train(load_config(args.config, args.overrides)))
+
+    def body() -> dict:
+        from .config import load_config
+        from .train import train
+        return train(load_config(args.config, args.overrides))
+    return run_command("pretrain", body)
 
 
 if __name__ == "__main__":

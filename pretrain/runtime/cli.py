@@ -8,9 +8,11 @@ import signal
 import sys
 from typing import Callable
 
-from .loop import EXIT_NONFINITE, EXIT_STOPPED, NonFiniteLoss
-
+# Kept light (no torch): a command's heavy imports run inside ``run_command``, so a Ctrl-C
+# during start-up is one line too.
 EXIT_USER_ERROR = 2
+EXIT_NONFINITE = 3
+EXIT_STOPPED = 143
 
 
 def recipe_args(prog: str, doc: str, argv=None, init_help: str | None = None,
@@ -46,12 +48,15 @@ def run_command(prog: str, body: Callable[[], dict | int]) -> int:
     and an interrupt each end in one ``prog: ...`` line, never a traceback."""
     try:
         result = body()
-    except NonFiniteLoss as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return EXIT_NONFINITE
-    except user_errors() as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    except Exception as e:       # the classes are imported only now: see the top
+        from .loop import NonFiniteLoss
+        if isinstance(e, NonFiniteLoss):
+            print(f"{prog}: error: {e}", file=sys.stderr)
+            return EXIT_NONFINITE
+        if isinstance(e, user_errors()):
+            print(f"{prog}: error: {e}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        raise
     except KeyboardInterrupt as e:
         if getattr(e, "signum", None) == signal.SIGTERM:
             print(f"{prog}: stopped by signal {e.signum}; finished work is kept, run the same "

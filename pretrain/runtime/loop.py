@@ -26,9 +26,6 @@ from .distributed import all_reduce_max, all_reduce_mean
 # Fault injection for the resume tests: the process SIGKILLs itself right after finishing this
 # optimizer step (and any checkpoint due at it), as `kill -9` or a pre-empted node would.
 KILL_AFTER_STEP = "TUBEMAE_KILL_AFTER_STEP"
-# Exit codes of a run that stopped on purpose (the CLI wrapper maps them).
-EXIT_STOPPED = 143
-EXIT_NONFINITE = 3
 
 
 class NonFiniteLoss(RuntimeError):

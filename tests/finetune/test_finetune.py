@@ -177,3 +177,19 @@ def test_a_really_full_disk_while_fine_tuning_is_one_line(ft_recipe, small_fs):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("finetune: error: could not write") and "Traceback" not in r.stderr
     assert not list(small_fs.rglob("*.tmp"))
+
+
+def test_ctrl_c_while_the_command_is_still_importing_is_one_line_and_130(monkeypatch, capsys):
+    """A Ctrl-C (or SIGINT to the group) that lands while the command imports torch and the
+    trainer: one line and exit 130, not a KeyboardInterrupt traceback (found by the drill)."""
+    import types
+    from finetune.__main__ import main
+
+    class Importing(types.ModuleType):
+        def __getattr__(self, name):
+            raise KeyboardInterrupt
+    monkeypatch.setitem(sys.modules, "finetune.train", Importing("finetune.train"))
+    assert main(["--config", "launch/configs/finetune/synthetic_vivit.yaml", "--init",
+                 "none"]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "finetune: interrupted; run the same command to resume"]

@@ -6,6 +6,8 @@ import contextlib
 import json
 import os
 
+from pretrain.runtime.cli import StopSignal
+
 
 def load_report(path: str) -> dict | None:
     if os.path.isfile(path):
@@ -124,14 +126,6 @@ def execute(what: str, cfg) -> None:
         raise StopSignal(signal.SIGTERM)
 
 
-class StopSignal(KeyboardInterrupt):
-    """The study was asked to stop by a signal (``signum``)."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"signal {signum}")
-        self.signum = signum
-
-
 @contextlib.contextmanager
 def sigterm_interrupts():
     """Within: SIGTERM and SIGINT raise StopSignal in this (main) thread."""
@@ -203,7 +197,9 @@ def run_pool(todo: list[tuple], jobs: int, fn=execute, grace: float = STOP_GRACE
                         proc.kill()
             raise
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            # every worker has finished or was killed above: waiting joins the executor's
+            # thread now, instead of leaving it to race the interpreter's exit
+            pool.shutdown(wait=True, cancel_futures=True)
     else:
         with sigterm_interrupts():
             for what, cfg in todo:

@@ -15,6 +15,19 @@ EXIT_NONFINITE = 3
 EXIT_STOPPED = 143
 
 
+class StopSignal(KeyboardInterrupt):
+    """A command was asked to stop by a signal (``signum``) where no run of it was there to
+    checkpoint: during start-up, or in a study between runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+def _stop(signum, frame):
+    raise StopSignal(signum)
+
+
 def recipe_args(prog: str, doc: str, argv=None, init_help: str | None = None,
                 launcher: bool = False) -> argparse.Namespace:
     """The command line of a command that runs a recipe: ``--config``, ``--init`` when
@@ -46,6 +59,9 @@ def run_command(prog: str, body: Callable[[], dict | int]) -> int:
     """Run ``body()`` and map how it ended to an exit code: a run's summary or report (exit 0,
     or 143 when a signal stopped it after a checkpoint), or an exit code. Errors a user causes
     and an interrupt each end in one ``prog: ...`` line, never a traceback."""
+    # Until a run installs its own handlers (and after it restores these), SIGTERM stops the
+    # command as Ctrl-C does: one line, not the default death with no word.
+    old = signal.signal(signal.SIGTERM, _stop)
     try:
         result = body()
     except Exception as e:       # the classes are imported only now: see the top
@@ -64,6 +80,8 @@ def run_command(prog: str, body: Callable[[], dict | int]) -> int:
             return EXIT_STOPPED
         print(f"{prog}: interrupted; run the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, old)
     if isinstance(result, int):
         return result
     # The run is finished and saved: a signal now must not turn a clean exit into a kill.

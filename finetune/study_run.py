@@ -3,6 +3,7 @@ run, and the runs themselves, ``--jobs`` at once in spawned processes."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 
@@ -71,12 +72,20 @@ def config_for(spec, shards: str, run_dir: str, init: str, seed: int):
         f"run.dir={run_dir}", f"run.init={init}", f"run.seed={seed}"], schema=FinetuneConfig)
 
 
+@functools.lru_cache(maxsize=None)
+def _content_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """A file's sha256, once per version of it (size and mtime): every run of a study shares
+    the same encoder, which need not be read again for each."""
+    from data.manifest import file_sha256
+    return file_sha256(path)
+
+
 def run_key(cfg) -> dict:
     """What a study run's result depends on: the init's content (sha256 of its weights, not
     its path: an encoder re-exported in place is another encoder), the resolved config without
     the run folder, and the contents of the data (the sha256 of every shard of every split)."""
     import hashlib
-    from data.manifest import file_sha256, has_splits, load_shard_set
+    from data.manifest import has_splits, load_shard_set
     from pretrain.runtime.config import to_dict
     init = cfg.run.init
     if init and os.path.isdir(init):
@@ -87,7 +96,10 @@ def run_key(cfg) -> dict:
     data = {str(sp): [s.sha256 for s in load_shard_set(cfg.data.shards, sp, verify=False).shards]
             for sp in splits}
     config["data"] = {k: v for k, v in config["data"].items() if k != "shards"}
-    text = json.dumps({"init": file_sha256(init) if init else None, "config": config,
+    if init:
+        st = os.stat(init)
+        init = _content_sha256(os.path.realpath(init), st.st_size, st.st_mtime_ns)
+    text = json.dumps({"init": init or None, "config": config,
                        "data": data}, sort_keys=True)
     return {"key": hashlib.sha256(text.encode()).hexdigest(), "init": cfg.run.init or None}
 

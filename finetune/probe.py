@@ -16,6 +16,10 @@ Writes run.dir/report.json (test ACC/AUC/top-1 of both, the choices made) and pr
 """
 from __future__ import annotations
 
+if __name__ == "__main__":      # before the heavy imports: a Ctrl-C now is one line too
+    from pretrain.runtime.cli import stop_while_starting
+    stop_while_starting("finetune.probe")
+
 import dataclasses
 import json
 import os

@@ -34,6 +34,10 @@ interrupted study resumes.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":      # before the heavy imports: a Ctrl-C now is one line too
+    from pretrain.runtime.cli import stop_while_starting
+    stop_while_starting("finetune.study")
+
 import argparse
 import os
 import signal

@@ -256,6 +256,8 @@ def _train(cfg: FinetuneConfig, dist, stop: StopRequested) -> dict:
         shutdown()
         return {"stopped_by_signal": True, "step": step}
     engine.load(ckpt.dir, best["tag"])
+    if dist.is_main:
+        stop.notice = "finetune: finishing the test first; Ctrl-C again to stop now"
     test = evaluate(engine, cfg, "test", dist, cfg.data.test_clips, cfg.data.test_crops,
                     train_set.kind)
     logger.image("test/confusion", step, confusion_picture(

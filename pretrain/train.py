@@ -141,6 +141,7 @@ def _train(cfg: PretrainConfig, dist, stop: StopRequested) -> dict:
         return summary
     tag = ckpt.latest_tag() or (client and client["tag"])  # latest may name a lost tag
     if cfg.train.export and dist.is_main:
+        stop.notice = "pretrain: finishing the export first; Ctrl-C again to stop now"
         weights = read_model_weights(ckpt.dir, tag)
         summary["export"] = export_encoder(weights, model.cfg, os.path.join(run_dir, "export"),
                                            {"run_dir": os.path.abspath(run_dir), "step": step,

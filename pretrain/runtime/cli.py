@@ -4,6 +4,7 @@ signal (checkpointed), and no signal turning a finished, saved run into a kill."
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import Callable
@@ -26,6 +27,18 @@ class StopSignal(KeyboardInterrupt):
 
 def _stop(signum, frame):
     raise StopSignal(signum)
+
+
+def stop_while_starting(prog: str):
+    """For a command module run as ``python -m``, called before its heavy imports: until
+    ``run_command`` takes over, Ctrl-C (exit 130) or SIGTERM (exit 143) ends the command with
+    one line instead of a traceback from inside an import."""
+    def handler(signum, frame):
+        what = "interrupted" if signum == signal.SIGINT else f"stopped by signal {signum}"
+        os.write(2, f"{prog}: {what} while starting; nothing was done\n".encode())
+        raise SystemExit(EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_STOPPED)
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
 
 
 def recipe_args(prog: str, doc: str, argv=None, init_help: str | None = None,
@@ -62,6 +75,7 @@ def run_command(prog: str, body: Callable[[], dict | int]) -> int:
     # Until a run installs its own handlers (and after it restores these), SIGTERM stops the
     # command as Ctrl-C does: one line, not the default death with no word.
     old = signal.signal(signal.SIGTERM, _stop)
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         result = body()
     except Exception as e:       # the classes are imported only now: see the top
@@ -82,6 +96,7 @@ def run_command(prog: str, body: Callable[[], dict | int]) -> int:
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, old_int)
     if isinstance(result, int):
         return result
     # The run is finished and saved: a signal now must not turn a clean exit into a kill.

@@ -34,10 +34,12 @@ class NonFiniteLoss(RuntimeError):
 
 class StopRequested:
     """SIGTERM/SIGINT set a flag; the loop checkpoints and exits at the next step boundary.
-    A second Ctrl-C interrupts at once."""
+    A second Ctrl-C interrupts at once. ``notice`` (set by whoever is running: the loop, a
+    final test) is the line a first Ctrl-C prints, saying what happens now."""
 
     def __init__(self):
         self.signum = None
+        self.notice: str | None = None
         self._old = {}
 
     def __enter__(self):
@@ -48,7 +50,11 @@ class StopRequested:
     def _handle(self, signum, frame):
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        first = self.signum is None
         self.signum = signum
+        if first and signum == signal.SIGINT and self.notice:
+            # os.write, not print: the handler may run while the stream is mid-write
+            os.write(2, (self.notice + "\n").encode())
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
@@ -292,6 +298,9 @@ def train_loop(loop: Loop, stage: Stage, run: Run, dist, stop: StopRequested) ->
     engine.train(True)
     t_window, wait_window, clips_window = time.perf_counter(), 0.0, 0
     stopped = None
+    if dist.is_main:
+        stop.notice = (f"{loop.name}: stopping after this step, with a checkpoint; Ctrl-C "
+                       f"again to stop at once (back to the last checkpoint)")
     try:
         while step < loop.total_steps:
             lr = loop.lr_at(step)

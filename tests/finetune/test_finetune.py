@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from finetune.train import FinetuneConfig, train
 from pretrain.config import load_config
@@ -193,3 +194,91 @@ def test_ctrl_c_while_the_command_is_still_importing_is_one_line_and_130(monkeyp
                  "none"]) == 130
     assert capsys.readouterr().err.strip().splitlines() == [
         "finetune: interrupted; run the same command to resume"]
+
+
+def _children_left(me, before: set) -> list:
+    import time
+    import psutil
+    time.sleep(0.5)
+    return [c.cmdline() for c in me.children(recursive=True) if c.pid not in before and
+            c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
+def _ctrl_c(times: int):
+    import os
+    import signal
+    for _ in range(times):          # the second lands while the first is being handled
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_during_the_final_test_phase(ft_recipe, monkeypatch, capfd, presses):
+    """One Ctrl-C while the best checkpoint is being tested lets the test finish (a line says
+    so) and the report is written; a second one stops at once: one line, exit 130, no loader
+    worker left, and the same command then writes the report (found hanging after a
+    traceback)."""
+    import json
+    import os
+    import psutil
+    import finetune.train as ft
+    from finetune.__main__ import main
+    recipe, run_dir = ft_recipe
+    real = ft.evaluate
+
+    def evaluate(engine, cfg, split, *a, **k):
+        if split == "test":
+            _ctrl_c(presses)
+        return real(engine, cfg, split, *a, **k)
+    monkeypatch.setattr(ft, "evaluate", evaluate)
+    me = psutil.Process()
+    before = {c.pid for c in me.children(recursive=True)}
+    args = ["--config", recipe, "--init", "none", "train.epochs=1", "data.num_workers=2"]
+    rc = main(args)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    assert _children_left(me, before) == []
+    report = os.path.join(run_dir, "report.json")
+    if presses == 1:
+        assert rc == 0, err
+        assert "finishing the test first; Ctrl-C again to stop now" in err
+        assert os.path.isfile(report)
+        return
+    assert rc == 130, err
+    assert err.strip().splitlines()[-1] == "finetune: interrupted; run the same command to resume"
+    assert not os.path.exists(report)
+    monkeypatch.setattr(ft, "evaluate", real)
+    assert main(args) == 0
+    with open(report) as f:
+        assert json.load(f)["test"]["samples"] > 0
+
+
+def test_two_ctrl_c_in_a_row_while_training_stop_at_once_and_the_rerun_resumes(
+        ft_recipe, monkeypatch, capfd):
+    """Two Ctrl-C in a row in the middle of a step: the run stops at once (the first alone
+    would checkpoint at the step's end) with one line and exit 130, its loader workers gone,
+    and the same command resumes from the last checkpoint to the end (found hanging)."""
+    import os
+    import psutil
+    from finetune.__main__ import main
+    from finetune.train import FinetuneStage
+    recipe, run_dir = ft_recipe
+    real, calls = FinetuneStage.forward, []
+
+    def forward(self, batch):
+        calls.append(1)
+        if len(calls) == 6:
+            _ctrl_c(2)
+        return real(self, batch)
+    monkeypatch.setattr(FinetuneStage, "forward", forward)
+    me = psutil.Process()
+    before = {c.pid for c in me.children(recursive=True)}
+    args = ["--config", recipe, "--init", "none", "train.epochs=2", "data.num_workers=2"]
+    rc = main(args)
+    err = capfd.readouterr().err
+    assert rc == 130, err
+    assert err.strip().splitlines()[-1] == "finetune: interrupted; run the same command to resume"
+    assert "Traceback" not in err
+    assert _children_left(me, before) == []
+    monkeypatch.setattr(FinetuneStage, "forward", real)
+    assert main(args) == 0
+    assert os.path.isfile(os.path.join(run_dir, "report.json"))

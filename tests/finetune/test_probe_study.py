@@ -283,3 +283,25 @@ def test_a_group_sigterm_stops_a_two_job_study_at_checkpoints_and_the_rerun_matc
     a = json.load(open(tmp_path / "straight" / "results.json"))
     b = json.load(open(out / "results.json"))
     assert a == b
+
+
+@pytest.mark.parametrize("module,signame", [("finetune.probe", "SIGINT"),
+                                            ("finetune.study", "SIGINT"),
+                                            ("finetune.probe", "SIGTERM")])
+def test_a_signal_while_the_command_imports_is_one_line(tmp_path, module, signame):
+    """A Ctrl-C (or SIGTERM) that lands while ``python -m finetune.probe`` or
+    ``finetune.study`` still imports numpy and torch: one line and exit 130 (143), not a
+    traceback from inside the import. numpy is replaced by a module that signals its importer."""
+    import subprocess
+    import sys
+    from tests.pretrain.conftest import subprocess_env
+    fake = tmp_path / "fake" / "numpy"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        f"import os, signal, time\nos.kill(os.getpid(), signal.{signame})\ntime.sleep(30)\n")
+    env = subprocess_env(PYTHONPATH=f"{tmp_path / 'fake'}")
+    r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert r.returncode == (130 if signame == "SIGINT" else 143), r.stderr[-2000:]
+    what = "interrupted" if signame == "SIGINT" else "stopped by signal 15"
+    assert r.stderr.strip().splitlines() == [f"{module}: {what} while starting; nothing was done"]

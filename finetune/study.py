@@ -87,11 +87,7 @@ def run_study(spec: StudySpec) -> tuple[str, str | None]:
     jobs = plan_jobs(spec)
     configs = {j.run_dir: config_for(spec, subset_for(spec, j.k, j.seed), j.run_dir,
                                      init_for(spec, j.init, j.seed), j.seed) for j in jobs}
-    for j in jobs:               # a run is reused only for the same encoder, config and data
-        moved = claim_run_dir(j.run_dir, run_key(configs[j.run_dir]))
-        if moved:
-            print(f"finetune.study: {j.run_dir} was made with another encoder, config or data; "
-                  f"moved to {moved} and run again", file=sys.stderr)
+    claim_all(configs)
     run_pool([(j.what, configs[j.run_dir]) for j in jobs
               if load_report(os.path.join(j.run_dir, "report.json")) is None], spec.jobs)
     rows = {}
@@ -112,20 +108,35 @@ def run_study(spec: StudySpec) -> tuple[str, str | None]:
     return results, (budget(spec, tags) if spec.budget_run else None)
 
 
+def claim_all(configs: dict):
+    """A finished run is reused only for the same encoder (by content), config and data; any
+    other is moved aside and run again."""
+    for run_dir, cfg in configs.items():
+        moved = claim_run_dir(run_dir, run_key(cfg))
+        if moved:
+            print(f"finetune.study: {run_dir} was made with another encoder, config or data; "
+                  f"moved to {moved} and run again", file=sys.stderr)
+
+
 def budget(spec: StudySpec, tags: list[str]) -> str:
     """Probe accuracy of the pre-training run's checkpoints ``tags`` and of its initial weights
     (step 0, rebuilt from its config and seed) at k = budget_k for every seed."""
     from pretrain.export import main as export
     jobs = budget_jobs(spec, tags)
-    configs = {}
+    configs, exported = {}, set()
     for tag, _, seed, probe_dir in jobs:
         enc = os.path.join(spec.out, "budget", tag, "export")
-        if not os.path.isfile(os.path.join(enc, "encoder.safetensors")):
+        # Exported again on every run of the study, never reused by its path: the probes that
+        # take it are reused only when its bytes are the same (run_key hashes the init), so
+        # another --budget-run, or a checkpoint written again, is probed again.
+        if enc not in exported:
             which = ["--initial"] if tag == "initial" else ["--tag", tag]
             if export([spec.budget_run, *which, "--out", enc]) != 0:
                 raise RuntimeError(f"exporting {tag} of {spec.budget_run} failed")
+            exported.add(enc)
         configs[probe_dir] = config_for(spec, subset_for(spec, spec.budget_k, seed), probe_dir,
                                         enc, seed)
+    claim_all(configs)
     run_pool([("probe", configs[j[3]]) for j in jobs
               if load_report(os.path.join(j[3], "report.json")) is None], spec.jobs)
     reports = {j[3]: load_report(os.path.join(j[3], "report.json")) for j in jobs}

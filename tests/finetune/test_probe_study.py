@@ -138,6 +138,24 @@ def test_study_runs_resumes_and_writes_tables_plot_and_budget(synthetic_set, ft_
     assert [b["step"] for b in json.load(open(out / "budget.json"))] == [0, 4]
     assert study([*args, "--budget-steps", "3"]) == 2
     assert "no finished checkpoint at step(s) [3]; it has [2, 4]" in capsys.readouterr().err
+    # another pre-training run with the same checkpoint names: probed again, not reused by
+    # the export's path (the probes of the first run's step 4 were there already)
+    probe4 = next((out / "budget").glob("*4/s0/probe/report.json"))
+    mtime = os.path.getmtime(probe4)
+    assert study([*args, "--budget-steps", "4"]) == 0
+    assert os.path.getmtime(probe4) == mtime                      # same run: reused
+    pretrain(load_config("launch/configs/pretrain/tiny_synthetic.yaml", [
+        f"data.shards={synthetic_set}/train", f"run.dir={tmp_path / 'pre2'}", "run.seed=7",
+        "model.num_frames=8", "model.img_size=32", "model.patch_size=8", "train.steps=4",
+        "train.ckpt_every=2", "data.num_workers=0", "log.progress=false",
+        "log.picture_every=0"]))
+    other = [a if a != str(tmp_path / "pre") else str(tmp_path / "pre2") for a in args]
+    capsys.readouterr()
+    assert study([*other, "--budget-steps", "4"]) == 0
+    assert os.path.getmtime(probe4) != mtime
+    src = json.loads((probe4.parents[2] / "export" / "encoder.json").read_text())["source"]
+    assert src["run_dir"] == str(tmp_path / "pre2")
+    assert f"{probe4.parent} was made with another encoder" in capsys.readouterr().err
 
 
 def _sleep_job(what, seconds):

@@ -158,14 +158,40 @@ def decode_frames(data: bytes,
     return _get_batch(vr, data, idx)
 
 
+def display_rotation(data: bytes) -> int:
+    """The rotation a player applies to this video (its display matrix, as phones write it),
+    in degrees counterclockwise, rounded to a multiple of 90 in (-180, 180]; 0 when there is
+    none or the file cannot be read (the decoders report that)."""
+    try:
+        with av.open(io.BytesIO(data)) as box:
+            stream = box.streams.video[0]
+            stream.thread_count = 1
+            for frame in box.decode(stream):
+                angle = float(frame.rotation or 0)
+                break
+            else:
+                return 0
+    except Exception:
+        return 0
+    quarter = int(round(angle / 90)) % 4
+    return (0, 90, 180, -90)[quarter]
+
+
+def upright(frame: np.ndarray, rotation: int) -> np.ndarray:
+    """An (H, W, C) frame as it is shown: turned ``rotation`` degrees counterclockwise."""
+    k = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(frame, k)) if k else frame
+
+
 def encode_video(frames: Iterable[np.ndarray], fps: float, codec: str = "h264",
                  container: str = "mp4", gop: int = 16, crf: int = 23,
-                 preset: str = "veryfast") -> bytes:
+                 preset: str = "veryfast", rotation: int = 0) -> bytes:
     """Encode RGB frames (H, W, 3) uint8 into container bytes.
 
     One encoder thread, so the same frames always give the same bytes (the synthetic set and
     re-runs of prep rely on that). ``gop`` is the keyframe interval: a short one keeps strided
-    seeking cheap. Height and width must be even.
+    seeking cheap. Height and width must be even. ``rotation`` (degrees counterclockwise)
+    writes a display matrix, as a phone does (test videos).
     """
     try:
         encoder, pix_fmt = ENCODERS[codec]
@@ -177,6 +203,8 @@ def encode_video(frames: Iterable[np.ndarray], fps: float, codec: str = "h264",
     with av.open(out, mode="w", format=fmt) as box:
         stream = box.add_stream(encoder, rate=rate)
         stream.pix_fmt = pix_fmt
+        if rotation:
+            stream.set_display_rotation(rotation)
         stream.gop_size = gop
         stream.thread_count = 1
         # One encoder thread, said to x264 itself (the stream's thread_count does not reach
@@ -214,11 +242,14 @@ def even_size(height: int, width: int, short_side: int) -> tuple[int, int]:
 
 def transcode(data: bytes, short_side: int | None, gop: int = 16, crf: int = 23,
               codec: str = "h264", frame_step: int = 1,
-              window: tuple[float, float] | None = None) -> tuple[bytes, VideoInfo]:
+              window: tuple[float, float] | None = None,
+              rotation: int = 0) -> tuple[bytes, VideoInfo]:
     """Re-encode a video for fast strided loading: short side <= short_side, every
     ``frame_step``-th frame (0, k, 2k, ...; the frame rate divided by k), a keyframe every
     ``gop`` kept frames, no audio; with ``window`` (start, end) in seconds only the frames
-    shown in [start, end). Returns the new bytes (mp4) and their probe."""
+    shown in [start, end); with ``rotation`` (``display_rotation``) the frames turned upright,
+    as a player shows them, and no display matrix left. Returns the new bytes (mp4) and their
+    probe."""
     if frame_step < 1:
         raise ValueError(f"frame_step must be >= 1, got {frame_step}")
     try:
@@ -252,7 +283,7 @@ def transcode(data: bytes, short_side: int | None, gop: int = 16, crf: int = 23,
                         size = even_size(frame.height, frame.width, side)
                     img = frame.reformat(width=size[1], height=size[0], format="rgb24",
                                          interpolation="AREA")
-                    yield img.to_ndarray()
+                    yield upright(img.to_ndarray(), rotation)
             except av.error.FFmpegError as e:
                 raise VideoDecodeError(f"cannot decode frames: {_short(e)}") from None
 

@@ -12,8 +12,8 @@ from ..atomic import FolderInUse, FolderLock
 from . import medmnist as mm
 from . import synthetic as syn
 from .runner import parse_bytes, write_shard_set
-from .videos import (SPLIT_ALIASES, read_kinetics_csv, read_list, read_tree, shuffle_items,
-                     video_work)
+from .videos import (SPLIT_ALIASES, mark_duplicates, read_kinetics_csv, read_list, read_tree,
+                     shuffle_items, video_work)
 
 
 def _common(p: argparse.ArgumentParser):
@@ -118,7 +118,7 @@ def _split_lists(args) -> dict:
         top = max((it.label for it in items), default=-1)
         classes = classes_from_file or [str(i) for i in range(top + 1)]
     groups = defaultdict(list)
-    for it in items:
+    for it in mark_duplicates(items):
         groups[it.split].append(it)
     if None in groups and len(groups) > 1:
         raise ValueError("mix of inputs with and without a split; prefix each list with its "

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import csv
 import errno
+import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
 
-from ..decode import VIDEO_EXTS, VideoDecodeError, probe_video, transcode
+from ..decode import VIDEO_EXTS, VideoDecodeError, display_rotation, probe_video, transcode
 from .shards import encode_sample, safe_key
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
@@ -210,9 +211,12 @@ def process_video(item_and_index, short_side: int | None, gop: int, crf: int,
             # a whole video (longer than the row's window, with a second of slack): trim it
             if info.num_frames / info.fps > item.window[1] - item.window[0] + 1.0:
                 window = item.window
-        if transcode_video or window:
+        # A display matrix (phones) is applied here, as players do, so every decoder later
+        # sees the frames upright: such a file is always re-encoded.
+        rotation = display_rotation(data)
+        if transcode_video or window or rotation:
             data, info = transcode(data, short_side, gop=gop, crf=crf, frame_step=frame_step,
-                                   window=window)
+                                   window=window, rotation=rotation)
             ext = "mp4"
     except VideoDecodeError as e:
         return {"ok": False, "reason": str(e)}
@@ -223,6 +227,8 @@ def process_video(item_and_index, short_side: int | None, gop: int, crf: int,
         meta["frame_step"] = frame_step  # stored frame i is source frame i * frame_step
     if window:
         meta["window"] = list(window)    # trimmed from the whole video to [start, end) s
+    if rotation:
+        meta["rotation"] = rotation      # turned upright at prep (degrees counterclockwise)
     return {"ok": True, "sample": encode_sample(safe_key(index, item.stem), ext, data, meta)}
 
 
@@ -230,6 +236,61 @@ def video_work(short_side: int | None, gop: int, crf: int, transcode_video: bool
                frame_step: int = 1):
     return partial(process_video, short_side=short_side, gop=gop, crf=crf,
                    transcode_video=transcode_video, frame_step=frame_step)
+
+
+# Which copy of a file found in several splits is kept: the evaluation's (a training copy of a
+# test video would leak it), then the input order.
+_KEEP_FIRST = {"test": 0, "val": 1, "train": 2, None: 3}
+
+
+def _file_sha256(path: str) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return None         # process_video reports why it cannot be read
+    return h.hexdigest()
+
+
+def mark_duplicates(items: list[VideoItem]) -> list[VideoItem]:
+    """Inputs whose bytes (and Kinetics window) equal another input's become failures naming
+    the copy that is used, so a video is never in two splits or twice in one. Only files of a
+    size seen more than once are read, so this costs a stat per input on a set without
+    duplicates."""
+    sizes: dict = {}
+    for i, it in enumerate(items):
+        if it.problem is None:
+            try:
+                if os.path.isfile(it.path):
+                    sizes.setdefault(os.path.getsize(it.path), []).append(i)
+            except OSError:
+                pass
+    digests: dict = {}
+    same: dict = {}
+    for group in sizes.values():
+        if len(group) < 2:
+            continue
+        for i in group:
+            real = os.path.realpath(items[i].path)
+            if real not in digests:
+                digests[real] = _file_sha256(real)
+            if digests[real] is not None:
+                same.setdefault((digests[real], items[i].window), []).append(i)
+    out = list(items)
+    for group in same.values():
+        if len(group) < 2:
+            continue
+        keep = min(group, key=lambda i: (_KEEP_FIRST.get(items[i].split, 3), i))
+        kept = items[keep]
+        where = f" in {kept.split}" if kept.split else ""
+        for i in group:
+            if i != keep:
+                out[i] = replace(items[i], problem=(
+                    f"an exact duplicate of {kept.path}{where} (the same bytes); only that "
+                    f"copy is used"))
+    return out
 
 
 def shuffle_items(items: list, seed: int | None) -> list:

@@ -27,7 +27,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
-from tests.bench.bench_loader import prep_shards, source_video  # noqa: E402
+from tests.bench.bench_loader import distinct_copy, prep_shards, source_video  # noqa: E402
 
 
 def run(recipe: str, shards: str, run_dir: str, engine: str, steps: int, every: int,
@@ -70,7 +70,7 @@ def main():
         tree = os.path.join(work, "videos", "bunny")
         os.makedirs(tree)
         for i in range(args.copies):
-            shutil.copy(source_video(), os.path.join(tree, f"clip{i}.mp4"))
+            distinct_copy(source_video(), os.path.join(tree, f"clip{i}.mp4"), i)
         shards = os.path.join(work, "shards")
         prep_shards(tree, shards, *args.prep, "--shard-samples", "8")
         results = {e: run(args.recipe, shards, os.path.join(work, e), e, args.steps,

@@ -430,9 +430,9 @@ def test_a_tree_lists_every_entry_that_is_not_a_usable_video_in_failures(tmp_pat
     class folder with no video each get a line in failures.jsonl; no class is made from the
     empty folder; the two real videos are the only samples."""
     root = tmp_path / "in"
-    for c in ("cat", "dog"):
+    for seed, c in enumerate(("cat", "dog")):
         (root / c).mkdir(parents=True)
-        write_video(str(root / c / "v.mp4"), n=12)
+        write_video(str(root / c / "v.mp4"), n=12, seed=seed)
     (root / "cat" / "gone.mp4").symlink_to(root / "nowhere.mp4")
     (root / "dog" / "loop.mp4").symlink_to(root / "dog" / "loop.mp4")
     (root / "__MACOSX" / "cat").mkdir(parents=True)
@@ -461,3 +461,52 @@ def test_split_folders_beside_other_folders_are_an_error_naming_both(tmp_path, c
     assert prep(["videos", str(root), "--out", str(tmp_path / "set"), "--workers", "0"]) == 2
     err = capsys.readouterr().err
     assert "holds split folders (train, val) beside other folders (extra)" in err
+
+
+def test_exact_duplicates_are_noted_and_only_one_copy_is_used(tmp_path):
+    """The same bytes under two names in one class, and a training copy of a test video: each
+    later copy is a line in failures.jsonl naming the copy used, and the test split keeps its
+    video (a training copy would leak it). Different files of the same size are both kept."""
+    root = tmp_path / "in"
+    for d in ("train/cat", "train/dog", "test/cat", "test/dog"):
+        (root / d).mkdir(parents=True)
+    write_video(str(root / "train/cat/a.mp4"), n=12, seed=1)
+    write_video(str(root / "train/cat/a_copy.mp4"), n=12, seed=1)
+    write_video(str(root / "train/dog/b.mp4"), n=12, seed=2)
+    write_video(str(root / "test/dog/b_again.mp4"), n=12, seed=2)
+    write_video(str(root / "test/cat/c.mp4"), n=12, seed=3)
+    out = tmp_path / "set"
+    assert prep(["videos", str(root), "--out", str(out), "--workers", "0"]) == 0
+    train = {os.path.relpath(r["source"], root): r["reason"] for r in failures(out / "train")}
+    assert set(train) == {"train/cat/a.mp4", "train/dog/b.mp4"} or \
+        set(train) == {"train/cat/a_copy.mp4", "train/dog/b.mp4"}
+    assert train["train/dog/b.mp4"] == (f"an exact duplicate of {root}/test/dog/b_again.mp4 in "
+                                        f"test (the same bytes); only that copy is used")
+    assert failures(out / "test") == []
+    assert json.load(open(out / "test" / "manifest.json"))["num_samples"] == 2
+    assert json.load(open(out / "train" / "manifest.json"))["num_samples"] == 1
+
+
+def test_a_rotated_phone_video_is_stored_upright_and_the_rotation_recorded(tmp_path):
+    """A display matrix of -90 degrees (a phone held upright): prep turns the frames as a
+    player does (re-encoding even without --transcode) and records it, so training sees the
+    picture a person sees; decoders that ignore the matrix would see it sideways."""
+    from data.decode import display_rotation
+    frames = moving_frames(12, 32, 48, seed=4)            # coded 32 x 48 (landscape)
+    (tmp_path / "in" / "cls").mkdir(parents=True)
+    data = encode_video(frames, fps=25, crf=0, rotation=-90)
+    (tmp_path / "in" / "cls" / "phone.mp4").write_bytes(data)
+    assert display_rotation(data) == -90
+    assert display_rotation(encode_video(frames, fps=25)) == 0
+    out = tmp_path / "set"
+    assert prep(["videos", str(tmp_path / "in"), "--out", str(out), "--workers", "0"]) == 0
+    _, samples = read_all(str(out))
+    meta = json.loads(samples[0]["json"])
+    assert meta["rotation"] == -90 and (meta["height"], meta["width"]) == (48, 32)
+    stored = decode_frames(samples[0]["mp4"])
+    assert display_rotation(samples[0]["mp4"]) == 0           # no matrix left to apply twice
+    want = np.rot90(frames, k=-1, axes=(1, 2))                # -90: a quarter turn clockwise
+    assert stored.shape == want.shape
+    def gap(a, b):                        # brightness: chroma is halved; measured 6 vs 40
+        return np.abs(a.astype(float).mean(-1) - b.astype(float).mean(-1)).mean()
+    assert gap(stored, want) < 10 < 25 < gap(stored, np.rot90(frames, k=1, axes=(1, 2)))

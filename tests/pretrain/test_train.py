@@ -382,9 +382,9 @@ def test_a_stride_the_frame_step_does_not_divide_is_refused_before_the_run_folde
     from tests.conftest import write_video
     from data.prep.cli import main as prep
     recipe, run_dir = tiny_recipe
-    for c in ("a", "b"):
+    for seed, c in enumerate(("a", "b")):
         os.makedirs(tmp_path / "in" / c)
-        write_video(str(tmp_path / "in" / c / "v.mp4"), n=40)
+        write_video(str(tmp_path / "in" / c / "v.mp4"), n=40, seed=seed)
     out = str(tmp_path / "set")
     assert prep(["videos", str(tmp_path / "in"), "--out", out, "--frame-step", "2",
                  "--workers", "0"]) == 0

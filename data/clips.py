@@ -112,24 +112,34 @@ class SampleMaker:
         return clips, masks, decode, label, (frames if on_device else None)
 
     def eval_views(self, raw: dict):
-        cfg = self.cfg
         kind, payload, label = self.decode(raw)
-        if kind == "volume":
-            depth = resample_depth_indices(payload.shape[0], cfg.num_frames)
-            return [volume_transform(payload, depth, cfg.size)], label
-        picked = {}
+        return eval_views(kind, payload, self.cfg, self.stride), label
 
-        def pick(n: int) -> np.ndarray:
-            picked["clips"] = eval_clip_indices(n, cfg.num_frames, self.stride, cfg.test_clips,
-                                                cfg.short_video)
-            picked["union"] = np.unique(picked["clips"])
-            return picked["union"]
-        frames = decode_frames(payload, pick)
-        where = np.searchsorted(picked["union"], picked["clips"])
-        views = []
-        for c in range(cfg.test_clips):
-            views.extend(eval_crops(frames[where[c]], cfg.size, cfg.test_crops))
-        return views, label
+
+def eval_views(kind: str, payload, cfg: StreamConfig, stride: int, rotation: int = 0
+               ) -> list[torch.Tensor]:
+    """The evaluation's views of one sample: a volume resampled to ``cfg.num_frames`` slices,
+    or ``cfg.test_clips`` clips (spread over the video, ``stride`` in the frames given) x
+    ``cfg.test_crops`` crops. ``rotation``: turn the decoded frames upright first (a raw video
+    file with a display matrix; prepared shards are upright already)."""
+    if kind == "volume":
+        depth = resample_depth_indices(payload.shape[0], cfg.num_frames)
+        return [volume_transform(payload, depth, cfg.size)]
+    picked = {}
+
+    def pick(n: int) -> np.ndarray:
+        picked["clips"] = eval_clip_indices(n, cfg.num_frames, stride, cfg.test_clips,
+                                            cfg.short_video)
+        picked["union"] = np.unique(picked["clips"])
+        return picked["union"]
+    frames = decode_frames(payload, pick)
+    if rotation:
+        frames = np.ascontiguousarray(np.rot90(frames, (rotation // 90) % 4, axes=(1, 2)))
+    where = np.searchsorted(picked["union"], picked["clips"])
+    views = []
+    for c in range(cfg.test_clips):
+        views.extend(eval_crops(frames[where[c]], cfg.size, cfg.test_crops))
+    return views
 
 
 class SkipCounter:

@@ -1,0 +1,97 @@
+"""Using a trained model: predict, export, features (one small fine-tune shared by the module)."""
+import json
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import write_video
+
+
+@pytest.fixture(scope="module")
+def trained_run(synthetic_set, tmp_path_factory):
+    """A finished ViViT fine-tune (fp32, pinned) on the synthetic set, 2 loader workers."""
+    from finetune.__main__ import main
+    tmp = tmp_path_factory.mktemp("use")
+    run_dir = str(tmp / "ft")
+    recipe = {
+        "run": {"dir": run_dir, "seed": 0},
+        "data": {"shards": synthetic_set, "batch_size": 8, "num_workers": 2, "stride": 2,
+                 "flip": False, "mask": "none", "shuffle_buffer": 8, "test_clips": 2,
+                 "test_crops": 2},
+        "model": {"variant": 1, "tokenizer": "tubelet", "preset": "vit_tiny", "img_size": 32,
+                  "patch_size": 8, "num_frames": 8, "tubelet_size": 2},
+        "optim": {"lr": 1.0e-3, "warmup_epochs": 1},
+        "runtime": {"engine": "plain", "precision": "fp32"},
+        "log": {"every": 4, "progress": False},
+        "train": {"epochs": 2},
+    }
+    path = str(tmp / "ft.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(recipe, f)
+    assert main(["--config", path, "--init", "none"]) == 0
+    return run_dir
+
+
+def test_predict_on_the_test_split_equals_the_runs_test_accuracy(trained_run, synthetic_set,
+                                                                 tmp_path, capsys):
+    from finetune.predict import main
+    out = tmp_path / "preds.jsonl"
+    assert main([trained_run, os.path.join(synthetic_set, "test"), "--out", str(out),
+                 "--top-k", "2"]) == 0
+    report = json.load(open(os.path.join(trained_run, "report.json")))
+    metrics = json.load(open(tmp_path / "preds.metrics.json"))
+    assert metrics["samples"] == report["test"]["samples"]
+    assert metrics["top1"] == report["test"]["top1"] and metrics["top5"] == report["test"]["top5"]
+    rows = [json.loads(line) for line in open(out)]
+    assert len(rows) == report["test"]["samples"]
+    assert all(len(r["top_k"]) == 2 and r["label"] in report["classes"] for r in rows)
+    assert all(r["top_k"][0]["score"] >= r["top_k"][1]["score"] for r in rows)
+    printed = capsys.readouterr().out
+    assert f"top-1 {report['test']['top1']:.4f}" in printed
+
+
+def test_predict_on_files_folders_and_lists_skips_what_it_cannot_read(trained_run, tmp_path,
+                                                                      capsys):
+    from finetune.predict import main
+    clips = tmp_path / "clips"
+    (clips / "sub").mkdir(parents=True)
+    write_video(str(clips / "a.mp4"), n=30, h=32, w=32, seed=1)
+    write_video(str(clips / "sub" / "b.mp4"), n=30, h=32, w=32, seed=2)
+    (clips / "broken.mp4").write_bytes(b"not a video")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "list.txt").write_text("clips/a.mp4 left-fast\nclips/sub/b.mp4\n")
+    out = tmp_path / "p.csv"
+    rc = main([trained_run, str(clips), str(tmp_path / "list.txt"), str(tmp_path / "empty"),
+               str(tmp_path / "missing.mp4"), "--out", str(out)])
+    assert rc == 0
+    cap = capsys.readouterr()
+    skipped = [line for line in cap.err.splitlines() if "skipped" in line]
+    assert len(skipped) == 3, cap.err
+    assert any("broken.mp4" in s and "cannot open as video" in s for s in skipped)
+    assert any("empty: a folder with no video" in s for s in skipped)
+    assert any("missing.mp4: not found" in s for s in skipped)
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("input,label,top1,score1") and len(lines) == 1 + 4
+    assert "Traceback" not in cap.err
+    # the same file gives the same probabilities whichever way it was named
+    by_name = {}
+    for row in lines[1:]:
+        cells = row.split(",")
+        by_name.setdefault(os.path.basename(cells[0]), set()).add(tuple(cells[2:]))
+    assert all(len(v) == 1 for v in by_name.values())
+    # nothing usable at all: exit 1, each input named
+    assert main([trained_run, str(tmp_path / "empty")]) == 1
+
+
+def test_bad_models_are_one_line(trained_run, tmp_path, capsys):
+    from finetune.predict import main
+    clip = write_video(str(tmp_path / "a.mp4"), n=30, h=32, w=32)
+    assert main([str(tmp_path / "nope"), clip]) == 2
+    assert "model" in capsys.readouterr().err.strip().splitlines()[-1]
+    unfinished = tmp_path / "unfinished"
+    (unfinished / "checkpoints").mkdir(parents=True)
+    assert main([str(unfinished), clip]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has not finished (no report.json)" in err[0]

@@ -95,3 +95,35 @@ def test_bad_models_are_one_line(trained_run, tmp_path, capsys):
     assert main([str(unfinished), clip]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has not finished (no report.json)" in err[0]
+
+
+def test_an_export_alone_predicts_what_the_run_predicts(trained_run, synthetic_set, tmp_path):
+    """finetune.export writes weights + model.json; predict then needs only that folder (the
+    run folder moved away) and gives the same probabilities."""
+    import shutil
+    from finetune.export import main as export
+    from finetune.predict import predict
+    out = tmp_path / "model"
+    assert export([trained_run, "--out", str(out)]) == 0
+    assert sorted(os.listdir(out)) == ["model.json", "model.safetensors"]
+    meta = json.load(open(out / "model.json"))
+    assert meta["family"] == "vivit" and meta["kind"] == "video"
+    assert meta["data"]["num_frames"] == 8 and meta["data"]["size"] == 32
+    assert meta["data"]["stride"] == 2 and meta["source"]["checkpoint"]
+    test = os.path.join(synthetic_set, "test")
+    from_run = predict(trained_run, [test], progress=False)
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    from_export = predict(str(moved), [test], progress=False)
+    assert from_export["rows"] == from_run["rows"]
+    assert from_export["metrics"] == from_run["metrics"]
+
+
+def test_export_refuses_a_folder_that_is_not_a_finished_run(tmp_path, capsys):
+    from finetune.export import main as export
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    assert export([str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"finetune.export: error: {tmp_path / 'run'} is a fine-tuning run that has not "
+                   f"finished (no report.json): run its command again to finish it, then use "
+                   f"the folder"]

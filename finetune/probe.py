@@ -36,19 +36,13 @@ KNN_GRID = (1, 5, 10, 20)
 KNN_TEMPERATURE = 0.07
 
 
-@torch.no_grad()
 def extract(model, data_cfg, split: str, device) -> tuple[np.ndarray, np.ndarray]:
-    """(features (S, D) averaged over views, labels (S,)), ordered by sample index."""
-    from data.stream import EvalStream
-    model.eval()
-    idx, feats, labels = [], [], []
-    for batch in EvalStream(data_cfg, split):
-        feats.append(model.pooled(batch["video"].to(device)).float().cpu().numpy())
-        idx.append(batch["index"].numpy())
-        labels.append(batch["label"].numpy())
-    from .evaluate import mean_per_sample
-    _, feats, labels = mean_per_sample(np.concatenate(idx), np.concatenate(feats),
-                                       np.concatenate(labels))
+    """(features (S, D) averaged over views, labels (S,)), ordered by sample index: what
+    ``finetune.features`` writes for the same split."""
+    from data.manifest import load_shard_set
+    from .features import shard_set_features
+    feats, labels, _ = shard_set_features(model, data_cfg, load_shard_set(data_cfg.shards, split),
+                                          device)
     return feats, labels
 
 
@@ -128,14 +122,29 @@ def _without_confusion(m: dict) -> dict:
     return {k: v for k, v in m.items() if k != "confusion"}
 
 
+def probe_model(cfg, num_classes: int):
+    """The model a probe (or ``finetune.features --config``) takes features from: the recipe's
+    model section around ``cfg.run.init`` (a random one seeded by run.seed without). Sets
+    ``cfg.model`` to the resolved section; returns (model, init report or None)."""
+    from .init import init_from, resolve_norm_layout
+    from .models import build_model
+    cfg.model = resolve_norm_layout(replace(cfg.model, num_classes=num_classes), cfg.run.init)
+    torch.manual_seed(cfg.run.seed)
+    model = build_model(cfg.model)
+    init_report = None
+    if cfg.run.init:
+        init_report = init_from(model, cfg.run.init, cfg.run.kernel_init, verbose=False,
+                                allow_partial=cfg.run.init_partial)
+    return model, init_report
+
+
 def run_probe(cfg) -> dict:
     """Probe ``cfg.run.init`` (or a random encoder) on cfg.data.shards; writes the report."""
     from data.atomic import write_text_atomic
     from data.manifest import load_shard_set
     from data.prep.medmnist import resolve_shards
     from pretrain.runtime.config import to_dict
-    from .init import init_from, report_counts, resolve_norm_layout, take_export_geometry
-    from .models import build_model
+    from .init import report_counts, take_export_geometry
     from .train import _check, _check_splits, json_default
     t0 = time.time()
     cfg = take_export_geometry(cfg)
@@ -144,14 +153,7 @@ def run_probe(cfg) -> dict:
     _check_splits(cfg.data.shards)
     train_set = load_shard_set(cfg.data.shards, "train")
     _check(cfg, train_set.num_classes)
-    cfg.model = resolve_norm_layout(replace(cfg.model, num_classes=train_set.num_classes),
-                                    cfg.run.init)
-    torch.manual_seed(cfg.run.seed)
-    model = build_model(cfg.model)
-    init_report = None
-    if cfg.run.init:
-        init_report = init_from(model, cfg.run.init, cfg.run.kernel_init, verbose=False,
-                                allow_partial=cfg.run.init_partial)
+    model, init_report = probe_model(cfg, train_set.num_classes)
     device = torch.device("cuda" if cfg.runtime.device in ("auto", "cuda") and
                           torch.cuda.is_available() else "cpu")
     model.to(device)

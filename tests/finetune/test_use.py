@@ -127,3 +127,44 @@ def test_export_refuses_a_folder_that_is_not_a_finished_run(tmp_path, capsys):
     assert err == [f"finetune.export: error: {tmp_path / 'run'} is a fine-tuning run that has not "
                    f"finished (no report.json): run its command again to finish it, then use "
                    f"the folder"]
+
+
+def test_features_are_the_probes_and_a_set_resumes_from_its_parts(synthetic_set, ft_recipe,
+                                                                   tmp_path, monkeypatch):
+    """finetune.features on a prepared split with --config gives exactly the features
+    finetune.probe fits on; the parts of an interrupted command are taken, not recomputed."""
+    import torch
+    import data.stream
+    from data.manifest import load_shard_set
+    from finetune.features import main, shard_set_features
+    from finetune.probe import extract, probe_model
+    from finetune.train import config_from_cli
+    recipe, _ = ft_recipe
+    test = os.path.join(synthetic_set, "test")
+    out = tmp_path / "f" / "test.npy"
+    assert main(["none", test, "--config", recipe, "--out", str(out)]) == 0
+    got = np.load(out)
+    cfg = config_from_cli(recipe, "none", [])
+    model, _ = probe_model(cfg, 4)
+    want, labels = extract(model, cfg.data, "test", torch.device("cpu"))
+    assert got.dtype == np.float32 and np.array_equal(got, want.astype(np.float32))
+    index = (tmp_path / "f" / "test.csv").read_text().splitlines()
+    assert index[0] == "row,input,label" and len(index) == 1 + len(labels)
+    assert not (tmp_path / "f" / "test.npy.parts").exists()
+    # resumable: chunks already in the parts folder are read back, not computed again
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    ss = load_shard_set(test)
+    first = shard_set_features(model, cfg.data, ss, "cpu", str(parts))
+    monkeypatch.setattr(data.stream, "EvalStream", None)          # nothing may stream now
+    again = shard_set_features(model, cfg.data, ss, "cpu", str(parts))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+
+
+def test_features_of_a_trained_model_on_loose_files(trained_run, tmp_path):
+    from finetune.features import features
+    clip = write_video(str(tmp_path / "a.mp4"), n=30, h=32, w=32, seed=5)
+    res = features(trained_run, [clip, clip], str(tmp_path / "x.safetensors"))
+    from safetensors.numpy import load_file
+    f = load_file(str(tmp_path / "x.safetensors"))["features"]
+    assert res["shape"] == [2, f.shape[1]] and np.array_equal(f[0], f[1])

@@ -1,0 +1,209 @@
+"""`python -m finetune.features MODEL INPUT... --out FEATS.npy`: one pooled embedding per input.
+
+    python -m finetune.features runs/quickstart/model runs/quickstart/data/test --out test.npy
+    python -m finetune.features runs/quickstart/pretrain/export DATA/train --out train.npy \\
+        --config launch/configs/finetune/synthetic_vivit.yaml        # an encoder, as probed
+
+MODEL: a fine-tuned model (run folder or ``finetune.export`` folder), or with ``--config
+RECIPE`` an encoder (``--init`` of the probe: our export, an official or HF VideoMAE file,
+``none``) inside the recipe's model section. INPUT: what ``finetune.predict`` takes (videos,
+folders, list files, prepared split folders, volumes). The feature of an input is the model's
+pooled feature before its head (ViViT: the mean token; UniFormer: the pooled last stage),
+averaged over the evaluation's ``clips x crops`` views: for a prepared split, exactly the
+features ``finetune.probe`` fits on.
+
+Writes FEATS (.npy, float32 (N, D); or .safetensors with ``features``) and FEATS's stem + .csv
+(row, input, label when known). A prepared set is done a few shards at a time into FEATS.parts/
+and an interrupted command continues from the parts done (same MODEL and INPUTs).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+
+
+def shard_set_features(model, data_cfg, shard_set, device, parts: str | None = None,
+                       name: str = "set") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features (S, D) averaged over views, labels (S,), sample numbers (S,)) of every sample
+    of ``shard_set``, ordered by sample number; computed ``max(1, workers)`` shards at a time
+    (each chunk saved under ``parts`` when given, and taken from there when already done)."""
+    import torch
+    from data.stream import EvalStream
+    from .evaluate import mean_per_sample
+    model.eval()
+    chunk = max(1, data_cfg.num_workers)
+    out_f, out_l, out_i = [], [], []
+    first = 0
+    for c in range(0, len(shard_set.shards), chunk):
+        shards = shard_set.shards[c:c + chunk]
+        part = os.path.join(parts, f"{name}-{c:06d}.npz") if parts else None
+        if part and os.path.isfile(part):
+            with np.load(part) as z:
+                f, lab, idx = z["features"], z["labels"], z["index"]
+        else:
+            sub = dataclasses.replace(shard_set, shards=shards)
+            idx, feats, labels = [], [], []
+            with torch.no_grad():
+                for batch in EvalStream(data_cfg, None, shard_set=sub):
+                    feats.append(model.pooled(batch["video"].to(device)).float().cpu().numpy())
+                    idx.append(batch["index"].numpy())
+                    labels.append(batch["label"].numpy())
+            if idx:
+                idx, f, lab = mean_per_sample(np.concatenate(idx), np.concatenate(feats),
+                                              np.concatenate(labels))
+                idx = idx + first
+            else:
+                idx, f, lab = np.zeros(0, np.int64), None, np.zeros(0, np.int64)
+            if part and f is not None:
+                np.savez(part + ".tmp.npz", features=f, labels=lab, index=idx)
+                os.replace(part + ".tmp.npz", part)
+        if f is not None and len(f):
+            out_f.append(f)
+            out_l.append(lab)
+            out_i.append(idx)
+        first += sum(s.samples for s in shards)
+    if not out_f:
+        raise ValueError(f"{shard_set.root}: no sample could be read")
+    return np.concatenate(out_f), np.concatenate(out_l), np.concatenate(out_i)
+
+
+class _EncoderModel:
+    """What ``Predictor`` needs of a trained model, for an encoder in a recipe's model section."""
+
+    def __init__(self, model, data, device):
+        import torch
+        self.model, self.data, self.device = model.to(device).eval(), data, torch.device(device)
+
+    def pooled(self, video):
+        import torch
+        with torch.no_grad():
+            return self.model.pooled(video.to(self.device)).float()
+
+
+def features(model: str, inputs: list[str], out: str, config: str | None = None,
+             overrides=(), device: str | None = None) -> dict:
+    """Write the features of ``inputs`` to ``out`` (+ the index CSV); returns a summary."""
+    import torch
+    from .predict import Item, Predictor, gather
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if config:
+        from .probe import probe_model
+        from .train import config_from_cli
+        cfg = config_from_cli(config, model, list(overrides))
+        # the head is not used, but its size is the probe's (the recipe's data set), so a
+        # random encoder (``none``) is drawn exactly as the probe draws it
+        classes_n = cfg.model.num_classes
+        if not classes_n:
+            try:
+                from data.manifest import load_shard_set
+                classes_n = load_shard_set(cfg.data.shards, "train").num_classes
+            except (ValueError, OSError):
+                classes_n = 1
+        net, _ = probe_model(cfg, classes_n)
+        t = _EncoderModel(net, dataclasses.replace(cfg.data, mask="none"), device)
+        classes, in_chans = [], cfg.model.in_chans
+    else:
+        from .trained import load_trained
+        trained = load_trained(model, device, precision="fp32")
+        t = _EncoderModel(trained.model, trained.data, device)
+        classes, in_chans = trained.classes, trained.model.cfg.in_chans
+    units, failures = gather(inputs, classes, in_chans)
+    key = hashlib.sha256(json.dumps([os.path.abspath(model), [os.path.abspath(i) for i in inputs],
+                                     config, list(overrides)]).encode()).hexdigest()[:16]
+    parts = out + ".parts"
+    if os.path.isdir(parts) and not os.path.isfile(os.path.join(parts, key)):
+        shutil.rmtree(parts)              # parts of another command: not this one's
+    os.makedirs(parts, exist_ok=True)
+    open(os.path.join(parts, key), "w").close()
+    rows, feats = [], []
+    predictor = Predictor(t, None, features=True)
+    loose: list[Item] = []
+
+    def on_result(item, per_view):
+        feats.append(per_view.mean(0).numpy()[None])
+        rows.append((item.name, None if item.label is None else
+                     (classes[item.label] if classes else str(item.label))))
+    for n, u in enumerate(units + [None]):
+        if isinstance(u, Item):
+            loose.append(u)
+            continue
+        if loose:
+            predictor.items(loose, on_result, failures.append)
+            loose = []
+        if u is None:
+            break
+        from data.manifest import load_shard_set
+        ss = load_shard_set(u)
+        data = dataclasses.replace(t.data, shards=u)
+        f, lab, idx = shard_set_features(t.model, data, ss, t.device, parts, name=f"in{n}")
+        feats.append(f)
+        rows += [(f"{u}#{int(i)}", ss.classes[int(lb)] if ss.classes else str(int(lb)))
+                 for i, lb in zip(idx, lab)]
+    for f in failures:
+        print(f"finetune.features: skipped {f.name}: {f.reason}", file=sys.stderr)
+    if not feats:
+        raise ValueError("no input could be read (each is listed above with its reason)")
+    array = np.concatenate(feats).astype(np.float32)
+    _write(out, array, rows)
+    shutil.rmtree(parts, ignore_errors=True)
+    return {"features": out, "shape": list(array.shape), "failures": len(failures)}
+
+
+def _write(out: str, array: np.ndarray, rows: list):
+    import csv
+    import io
+    from data.atomic import write_text_atomic
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    if out.endswith(".safetensors"):
+        import torch
+        from safetensors.torch import save_file
+        save_file({"features": torch.from_numpy(array)}, out + ".tmp")
+        os.replace(out + ".tmp", out)
+    else:
+        if not out.endswith(".npy"):
+            raise ValueError(f"--out {out}: name a .npy or .safetensors file")
+        with open(out + ".tmp", "wb") as f:
+            np.save(f, array)
+        os.replace(out + ".tmp", out)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["row", "input", "label"])
+    for i, (name, label) in enumerate(rows):
+        w.writerow([i, name, label or ""])
+    write_text_atomic(os.path.splitext(out)[0] + ".csv", buf.getvalue())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m finetune.features", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", help="fine-tuned model (run or export folder); with --config an "
+                                  "encoder (or 'none')")
+    ap.add_argument("inputs", nargs="+", metavar="INPUT")
+    ap.add_argument("--out", required=True, help="FEATS.npy or FEATS.safetensors")
+    ap.add_argument("--config", help="a fine-tuning recipe whose model and data sections take "
+                                     "the encoder MODEL (as finetune.probe)")
+    ap.add_argument("--device", help="cpu or cuda (default: cuda when there is a GPU)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    metavar="section.key=value", help="a recipe override (with --config)")
+    args = ap.parse_args(argv)
+    from pretrain.runtime.cli import run_command
+
+    def body() -> int:
+        res = features(args.model, args.inputs, args.out, args.config, args.overrides,
+                       args.device)
+        print(f"finetune.features: {res['shape'][0]} x {res['shape'][1]} features in "
+              f"{res['features']}, index in {os.path.splitext(res['features'])[0]}.csv",
+              file=sys.stderr)
+        return 0
+    return run_command("finetune.features", body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -90,8 +90,9 @@ def config_from_cli(config: str, init: str | None, overrides) -> "FinetuneConfig
 def _check_splits(shards: str):
     if os.path.isdir(shards) and not has_splits(shards):
         raise DataSetError(f"{shards} has no train/val/test splits; fine-tuning needs all three "
-                           f"(prep writes them for MedMNIST, the synthetic set, and Kinetics "
-                           f"CSVs / split lists)")
+                           f"(prep writes them for MedMNIST, the synthetic set, Kinetics CSVs and "
+                           f"split lists; for a root/<class>/* tree or one list, prep it again "
+                           f"with --split 0.8,0.1,0.1)")
 
 
 def _check(cfg: FinetuneConfig, classes: int):

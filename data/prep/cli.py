@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 from collections import defaultdict
+from dataclasses import replace
 
 from ..atomic import FolderInUse, FolderLock
 from . import medmnist as mm
@@ -55,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
                         "stride 4: 4x fewer frames to decode). data.stride stays in source "
                         "frames and must be a multiple of N; clip starts fall on every N-th "
                         "source frame")
+    v.add_argument("--split", metavar="TRAIN,VAL,TEST",
+                   help="split inputs that have no split of their own (a root/<class>/* tree, "
+                        "one list) into train/val/test by these fractions, e.g. 0.8,0.1,0.1: "
+                        "per class (stratified), seeded by --seed, the same on every run")
     _common(v)
 
     m = sub.add_parser("medmnist", help="official MedMNIST3D npz -> one shard set per split")
@@ -126,9 +131,52 @@ def _split_lists(args) -> dict:
     return groups, classes
 
 
+def parse_fractions(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or any(not 0 <= p <= 1 for p in parts) or abs(sum(parts) - 1) > 1e-6 \
+            or parts[0] == 0:
+        raise ValueError(f"--split {text}: give three fractions train,val,test that add up to "
+                         f"1, e.g. 0.8,0.1,0.1")
+    return parts
+
+
+def split_by_class(items: list, fractions: tuple, seed: int) -> dict:
+    """{split: items}: each class's inputs shuffled with ``seed`` and cut by ``fractions``
+    (val and test rounded, train the rest), so every class is in every split it can be; the
+    inputs that cannot be used are listed with train."""
+    import numpy as np
+    by_class: dict = defaultdict(list)
+    for it in items:
+        by_class[it.label].append(it)
+    out = {"train": [], "val": [], "test": []}
+    for label in sorted(by_class):
+        group = sorted(by_class[label], key=lambda it: it.path)
+        if label < 0:
+            out["train"] += group
+            continue
+        rng = np.random.default_rng([seed, label])
+        group = [group[i] for i in rng.permutation(len(group))]
+        n_val, n_test = (int(round(len(group) * f)) for f in fractions[1:])
+        n_val = min(n_val, len(group) - 1)
+        n_test = min(n_test, len(group) - 1 - n_val)
+        out["val"] += group[:n_val]
+        out["test"] += group[n_val:n_val + n_test]
+        out["train"] += group[n_val + n_test:]
+    return {k: [replace(it, split=k) for it in v] for k, v in out.items() if v}
+
+
 def cmd_videos(args) -> int:
     groups, classes = _split_lists(args)
     seed = None if args.no_shuffle else args.seed
+    if args.split:
+        fractions = parse_fractions(args.split)
+        if set(groups) != {None}:
+            raise ValueError(f"--split {args.split}: the inputs have splits of their own "
+                             f"({', '.join(sorted(str(k) for k in groups if k))}); drop --split")
+        groups = split_by_class(groups[None], fractions, args.seed)
     if args.frame_step < 1:
         raise ValueError(f"--frame-step must be >= 1, got {args.frame_step}")
     transcoding = args.transcode or args.short_side is not None or args.frame_step > 1
@@ -137,6 +185,9 @@ def cmd_videos(args) -> int:
                "shard_samples": args.shard_samples, "shard_bytes": args.shard_bytes}
     if args.frame_step > 1:  # only when used, so earlier sets keep their options (resume)
         options["frame_step"] = args.frame_step
+    if args.split:
+        options["split"] = list(parse_fractions(args.split))
+        options["split_seed"] = args.seed
     work = video_work(args.short_side, args.gop, args.crf, transcoding, args.frame_step)
     for split, items in sorted(groups.items(), key=lambda kv: str(kv[0])):
         ordered = list(enumerate(shuffle_items(items, seed)))

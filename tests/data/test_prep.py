@@ -510,3 +510,43 @@ def test_a_rotated_phone_video_is_stored_upright_and_the_rotation_recorded(tmp_p
     def gap(a, b):                        # brightness: chroma is halved; measured 6 vs 40
         return np.abs(a.astype(float).mean(-1) - b.astype(float).mean(-1)).mean()
     assert gap(stored, want) < 10 < 25 < gap(stored, np.rot90(frames, k=1, axes=(1, 2)))
+
+
+def test_a_flat_tree_is_split_per_class_by_seed_the_same_every_time(tmp_path, capsys):
+    """--split 0.8,0.1,0.1 over root/<class>/*: every class 8/1/1 of its 10 videos, the same
+    assignment in another folder, another with another seed; an input with splits of its own
+    refuses it; fine-tuning's no-splits message names it."""
+    root = tmp_path / "in"
+    n = 0
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        for i in range(10):
+            write_video(str(root / c / f"{c}{i}.mp4"), n=6, h=16, w=16, seed=n)
+            n += 1
+
+    def assignment(out, *extra):
+        assert prep(["videos", str(root), "--out", str(out), "--workers", "0",
+                     "--split", "0.8,0.1,0.1", *extra]) == 0
+        got = {}
+        for split in ("train", "val", "test"):
+            _, samples = read_all(str(out / split))
+            got[split] = sorted(os.path.basename(json.loads(s["json"])["source"])
+                                for s in samples)
+        return got
+    a = assignment(tmp_path / "a")
+    assert [len(a[s]) for s in ("train", "val", "test")] == [16, 2, 2]
+    for s in ("val", "test"):
+        assert sorted(name[:3] for name in a[s]) == ["cat", "dog"]   # one of each class
+    assert assignment(tmp_path / "b") == a
+    assert assignment(tmp_path / "c", "--seed", "1") != a
+    lists = tmp_path / "train.txt"
+    lists.write_text(f"{root}/cat/cat0.mp4 0\n")
+    assert prep(["videos", f"train={lists}", "--out", str(tmp_path / "d"), "--split",
+                 "0.8,0.1,0.1"]) == 2
+    assert "the inputs have splits of their own (train); drop --split" in capsys.readouterr().err
+    assert prep(["videos", str(root), "--out", str(tmp_path / "e"), "--split", "0.8,0.3"]) == 2
+    assert "give three fractions train,val,test that add up to 1" in capsys.readouterr().err
+    from finetune.train import _check_splits
+    assert prep(["videos", str(root), "--out", str(tmp_path / "flat"), "--workers", "0"]) == 0
+    with pytest.raises(DataSetError, match="--split 0.8,0.1,0.1"):
+        _check_splits(str(tmp_path / "flat"))

@@ -63,7 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     _common(v)
 
     m = sub.add_parser("medmnist", help="official MedMNIST3D npz -> one shard set per split")
-    m.add_argument("flag", help=f"one of {', '.join(mm.CLASSES)}, or the path of an npz file")
+    m.add_argument("flag", help=f"one of {', '.join(mm.CLASSES)}, or the path of a "
+                                "MedMNIST-format npz file (train/val/test _images and _labels)")
+    m.add_argument("--classes", help="file with one class name per line (an npz of your own; "
+                                     "default class_0, class_1, ...)")
     m.add_argument("--size", type=int, default=28, choices=(28, 64))
     m.add_argument("--root", default=".", help="folder holding the npz files")
     m.add_argument("--download", action="store_true", help="fetch the npz when missing")
@@ -204,7 +207,14 @@ def cmd_medmnist(args) -> int:
         path = args.flag
     else:
         path = mm.locate(args.flag, args.size, args.root, fetch=args.download, url=args.url)
-    mm.shards_from_npz(path, args.out, args.shard_samples, args.shard_bytes, args.verify)
+    classes = None
+    if args.classes:
+        with open(args.classes) as f:
+            classes = [line.strip() for line in f if line.strip()]
+        if not classes:
+            raise ValueError(f"--classes {args.classes} names no class")
+    mm.shards_from_npz(path, args.out, args.shard_samples, args.shard_bytes, args.verify,
+                       classes)
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import sys
 import urllib.error
 import urllib.request
 
@@ -112,27 +113,40 @@ def volume_sample(split: str, i: int, volume: np.ndarray, label: int, classes: l
 
 
 def shards_from_npz(npz_path: str, out_dir: str, max_samples: int = 1000,
-                    max_bytes: int = 10**9, verify: bool = False) -> str:
-    """Shard an official npz file into ``out_dir``/{train,val,test} (a finished set is left
-    alone, an interrupted one continued); returns ``out_dir``."""
+                    max_bytes: int = 10**9, verify: bool = False,
+                    classes: list[str] | None = None) -> str:
+    """Shard a MedMNIST-format npz file (the six arrays ``{train,val,test}_{images,labels}``)
+    into ``out_dir``/{train,val,test} (a finished set is left alone, an interrupted one
+    continued); returns ``out_dir``. Class names: ``classes`` when given, else the official
+    ones for a file named like an official one, else ``class_0``, ``class_1``, ..."""
     from .runner import write_shard_set
 
     flag, size = flag_and_size(npz_path)
-    check_flag(flag)
+    official = flag in CLASSES
     if not os.path.isfile(npz_path):
-        raise FileNotFoundError(f"{npz_path} not found. Download {os.path.basename(npz_path)} "
-                                f"from {URL.format(file=os.path.basename(npz_path))}")
+        where = (f" Download {os.path.basename(npz_path)} from "
+                 f"{URL.format(file=os.path.basename(npz_path))}" if official else "")
+        raise FileNotFoundError(f"{npz_path} not found.{where}")
     arrays = load_npz(npz_path)
-    classes = CLASSES[flag]
+    top = max(int(arrays[f"{s}_labels"].max(initial=-1)) for s in SPLITS) + 1
     name = os.path.basename(npz_path)
-    options = {"flag": flag, "size": size, "file": name, "shard_samples": max_samples,
-               "shard_bytes": max_bytes}
+    options = {"flag": flag if official else None, "size": size, "file": name,
+               "shard_samples": max_samples, "shard_bytes": max_bytes}
+    if classes is None:
+        classes = CLASSES[flag] if official else [f"class_{i}" for i in range(top)]
+        if official and top < len(classes):
+            print(f"{npz_path}: its labels use {top} of the {len(classes)} {flag} classes; if "
+                  f"it is not the official file, name its classes with --classes FILE",
+                  file=sys.stderr)
+    else:
+        options["classes"] = "given"
+    what = flag if official and options.get("classes") is None else name
     for split in SPLITS:
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         bad = labels[(labels < 0) | (labels >= len(classes))]
         if len(bad):
             raise ValueError(f"{npz_path}: {split} labels {sorted(set(bad.tolist()))} outside "
-                             f"0..{len(classes) - 1} for {flag}")
+                             f"0..{len(classes) - 1} ({len(classes)} class names for {what})")
         items = [(split, i, images[i], labels[i], classes, name) for i in range(len(images))]
         write_shard_set(os.path.join(out_dir, split), "volume", classes, options, items,
                         volume_work, source_of=lambda it: f"{it[5]}#{it[0]}/{it[1]}", workers=0,

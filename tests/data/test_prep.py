@@ -550,3 +550,27 @@ def test_a_flat_tree_is_split_per_class_by_seed_the_same_every_time(tmp_path, ca
     assert prep(["videos", str(root), "--out", str(tmp_path / "flat"), "--workers", "0"]) == 0
     with pytest.raises(DataSetError, match="--split 0.8,0.1,0.1"):
         _check_splits(str(tmp_path / "flat"))
+
+
+def test_an_npz_of_your_own_gets_its_own_class_names(tmp_path, capsys):
+    """A MedMNIST-format npz under any name: class_0.. by default, or the names of --classes;
+    official names only for a file named like an official one."""
+    make_medmnist_npz(str(tmp_path / "scans.npz"), classes=4)
+    assert prep(["medmnist", str(tmp_path / "scans.npz"), "--out", str(tmp_path / "a")]) == 0
+    assert load_shard_set(str(tmp_path / "a"), "train").classes == [f"class_{i}"
+                                                                    for i in range(4)]
+    names = tmp_path / "names.txt"
+    names.write_text("liver\nlung\nheart\nbone\n")
+    assert prep(["medmnist", str(tmp_path / "scans.npz"), "--classes", str(names), "--out",
+                 str(tmp_path / "b")]) == 0
+    assert load_shard_set(str(tmp_path / "b"), "test").classes == ["liver", "lung", "heart",
+                                                                   "bone"]
+    names.write_text("liver\nlung\n")
+    assert prep(["medmnist", str(tmp_path / "scans.npz"), "--classes", str(names), "--out",
+                 str(tmp_path / "c")]) == 2
+    assert "(2 class names for scans.npz)" in capsys.readouterr().err
+    # an official name on a file with fewer classes: the official names, and a word about it
+    make_medmnist_npz(str(tmp_path / "organmnist3d.npz"), classes=4)
+    assert prep(["medmnist", str(tmp_path / "organmnist3d.npz"), "--out",
+                 str(tmp_path / "d")]) == 0
+    assert "its labels use 4 of the 11 organmnist3d classes" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from .manifest import ShardSet
 from .masks import make_mask, running_cell_mask
 from .nvdec import worker_decoder
 from .plan import clip_seed
-from .sampling import eval_clip_indices, resample_depth_indices, sample_frame_indices
+from .sampling import clip_span, eval_clip_indices, resample_depth_indices, sample_frame_indices
 from .shard_reader import decode_sample
 from .transforms import apply_crop, eval_crops, train_crop_params, volume_transform
 
@@ -47,6 +47,30 @@ def stored_stride(cfg: StreamConfig, shard_set: ShardSet) -> int:
                          f"{step} that {shard_set.root} was prepared with (--frame-step): use a "
                          f"stride of {step}, {2 * step}, ...")
     return cfg.stride // step
+
+
+def short_samples(cfg: StreamConfig, shard_set: ShardSet, limit: int = 64
+                  ) -> tuple[int, int, int | None]:
+    """(samples shorter than one clip, samples looked at, the shortest's stored frames) among
+    the first ``limit`` samples of a video set, read from their metadata only (no decoding)."""
+    import json
+
+    from .plan import plan_units
+    from .shard_reader import numbered_samples
+    if shard_set.kind != "video":
+        return 0, 0, None
+    span = clip_span(cfg.num_frames, stored_stride(cfg, shard_set))
+    short = looked = 0
+    shortest = None
+    for s, unit in zip(shard_set.shards, plan_units([s.samples for s in shard_set.shards], 1)):
+        for _, raw in numbered_samples(s.url, unit, set(range(min(unit.count, limit - looked)))):
+            n = int(json.loads(raw["json"]).get("num_frames", 0))
+            looked += 1
+            short += n < span
+            shortest = n if shortest is None else min(shortest, n)
+        if looked >= limit:
+            break
+    return short, looked, shortest
 
 
 class SampleMaker:

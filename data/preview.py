@@ -88,6 +88,15 @@ def main(argv=None) -> int:
     except (DataSetError, ValueError) as e:
         print(f"data.preview: error: {e}", file=sys.stderr)
         return 2
+    from data.clips import short_samples, stored_stride
+    short, looked, shortest = short_samples(cfg, stream.shard_set)
+    if short:
+        step = stored_stride(cfg, stream.shard_set)
+        print(f"data.preview: warning: {short} of the first {looked} samples are shorter than "
+              f"one clip ({args.num_frames} frames x stride {step} = "
+              f"{(args.num_frames - 1) * step + 1} stored frames; the shortest has {shortest}): "
+              f"their clips repeat the last frame (data.short_video=clamp) or loop; use a "
+              f"smaller --stride or --num-frames", file=sys.stderr)
     summary = summarize(batch, stream)
     if args.png:
         draw(batch, cfg, args.png)

@@ -22,6 +22,9 @@ from ..manifest import file_sha256
 from .shards import JOURNAL, ShardSetWriter
 
 
+PROGRESS_EVERY_S = 30.0    # a progress line this often when stderr is not a terminal
+
+
 def _guarded(fn: Callable, item) -> dict:
     try:
         return fn(item)
@@ -141,9 +144,19 @@ def write_shard_set(out_dir: str, kind: str, classes: list, options: dict, items
         print(f"{out_dir}: resuming after {start} of {len(items)} inputs "
               f"({len(writer.shards)} shards done)", file=sys.stderr)
     t0, nbytes = time.time(), 0
-    bar = tqdm(total=len(items), initial=start, desc=split or os.path.basename(out_dir),
-               unit="input", file=sys.stderr, disable=None, dynamic_ncols=True)
+    name = split or os.path.basename(out_dir)
+    bar = tqdm(total=len(items), initial=start, desc=name, unit="input", file=sys.stderr,
+               disable=None, dynamic_ncols=True)
+    last_line = time.time()
     for offset, result in enumerate(ordered_map(work, items[start:], workers)):
+        if bar.disable and time.time() - last_line >= PROGRESS_EVERY_S:
+            # not a terminal (nohup, SLURM): a line now and then instead of the bar
+            last_line = time.time()
+            rate = offset / max(last_line - t0, 1e-9)
+            left = (len(items) - start - offset) / max(rate, 1e-9)
+            print(f"{name}: {start + offset}/{len(items)} inputs, {rate:.1f} inputs/s, "
+                  f"{len(writer.shards)} shards done, about {left / 60:.0f} min left",
+                  file=sys.stderr, flush=True)
         i = start + offset
         if result["ok"]:
             sample = result["sample"]

@@ -574,3 +574,12 @@ def test_an_npz_of_your_own_gets_its_own_class_names(tmp_path, capsys):
     assert prep(["medmnist", str(tmp_path / "organmnist3d.npz"), "--out",
                  str(tmp_path / "d")]) == 0
     assert "its labels use 4 of the 11 organmnist3d classes" in capsys.readouterr().err
+
+
+def test_prep_prints_progress_lines_when_its_output_is_not_a_terminal(tmp_path, monkeypatch,
+                                                                      capsys):
+    monkeypatch.setattr(runner, "PROGRESS_EVERY_S", 0.0)
+    assert prep(["synthetic", "--out", str(tmp_path / "s"), "--count", "12", "--size", "16",
+                 "--frames", "4", "--workers", "0"]) == 0
+    lines = [x for x in capsys.readouterr().err.splitlines() if " inputs, " in x and "/s" in x]
+    assert any(x.startswith("train: ") and "min left" in x for x in lines), lines

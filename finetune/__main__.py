@@ -3,6 +3,11 @@
 PATH: our export (RUN_DIR/export or its encoder.safetensors), an official or HuggingFace
 VideoMAE checkpoint, or a timm image-ViT checkpoint file; `--init none` trains from scratch.
 A run.dir that already holds a checkpoint is resumed.
+
+example:
+    python -m finetune --config launch/configs/finetune/synthetic_vivit.yaml \
+        --init runs/quickstart/pretrain/export data.shards=runs/quickstart/data \
+        run.dir=runs/mine/finetune
 """
 from __future__ import annotations
 

@@ -2,6 +2,10 @@
 
 Runs under plain python (one process), torchrun, or the deepspeed launcher. A run.dir that
 already holds a checkpoint is resumed.
+
+example:
+    python -m pretrain --config launch/configs/pretrain/tiny_synthetic.yaml \
+        data.shards=runs/quickstart/data/train run.dir=runs/mine/pretrain train.steps=200
 """
 from __future__ import annotations
 

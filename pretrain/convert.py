@@ -167,6 +167,38 @@ def hf_config_to_ours(config: dict) -> dict:
             "norm_pix_loss": config.get("norm_pix_loss", True)}
 
 
+def _heads(width: int, table: dict, what: str) -> int:
+    if width not in table:
+        raise ValueError(f"the heads of a {width}-wide {what} are not in the file and not a "
+                         f"known model's; give --{what.replace(' ', '-')}-heads")
+    return table[width]
+
+
+def fields_from_state_dict(sd: dict, heads: int | None = None,
+                           decoder_heads: int | None = None) -> dict:
+    """Model-section fields read off our-layout tensors (official files carry no config):
+    widths, depths, patch and tubelet; the heads of the known widths (our presets, ViT-g)
+    unless given. The clip side and frame count are not in the tensors."""
+    from .model import PRESETS
+    enc_heads = {p[0]: p[2] for p in PRESETS.values()} | {1408: 16}
+    dec_heads = {p[3]: p[5] for p in PRESETS.values()}
+    w = sd["encoder.patch_embed.proj.weight"]                     # (D, C, t, p, p)
+    out = {"embed_dim": w.shape[0], "in_chans": w.shape[1], "tubelet_size": w.shape[2],
+           "patch_size": w.shape[3],
+           "num_heads": heads or _heads(w.shape[0], enc_heads, "encoder"),
+           "depth": len({k.split(".")[2] for k in sd if k.startswith("encoder.blocks.")})}
+    if "decoder.head.weight" in sd:
+        d = sd["decoder.head.weight"].shape[1]
+        out.update(decoder_embed_dim=d,
+                   decoder_num_heads=decoder_heads or _heads(d, dec_heads, "decoder"),
+                   decoder_depth=len({k.split(".")[2] for k in sd
+                                      if k.startswith("decoder.blocks.")}))
+    fc1 = sd.get("encoder.blocks.0.mlp.fc1.weight")
+    if fc1 is not None:
+        out["mlp_ratio"] = fc1.shape[0] / fc1.shape[1]
+    return out
+
+
 def load_published(path: str) -> tuple[dict, dict]:
     """(our state dict, model fields found beside it) from an official or HF checkpoint file, or
     a HF folder (config.json + model.safetensors / pytorch_model.bin)."""
@@ -183,3 +215,52 @@ def load_published(path: str) -> tuple[dict, dict]:
         else:
             raise FileNotFoundError(f"{path} holds no model.safetensors or pytorch_model.bin")
     return to_ours(read_state_dict(path)), fields
+
+
+def main(argv=None) -> int:
+    """`python -m pretrain.convert CHECKPOINT [--out DIR]`: a published VideoMAE pre-training
+    or fine-tuned checkpoint as our encoder export (what ``finetune --init`` and
+    ``finetune.probe``/``features`` take, and what ``pretrain.export`` writes)."""
+    import argparse
+    import sys
+    ap = argparse.ArgumentParser(
+        prog="python -m pretrain.convert", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__ + """
+example:
+    python -m pretrain.convert checkpoint.pth --out weights/videomae_b --num-frames 16
+    python -m pretrain.convert hf_videomae_folder --out weights/videomae_hf
+(``finetune --init`` also takes the published file directly; converting once gives a folder
+with its geometry written down.)""")
+    ap.add_argument("checkpoint", help="an official .pth/.pt/.bin/.safetensors file, or a "
+                                       "HuggingFace VideoMAE folder")
+    ap.add_argument("--out", required=True, help="the export folder to write")
+    ap.add_argument("--img-size", type=int, help="clip side (official files carry none; "
+                                                 "default 224)")
+    ap.add_argument("--num-frames", type=int, help="frames (official files: default 16)")
+    ap.add_argument("--encoder-heads", type=int, help="attention heads (official files of an "
+                                                      "unknown width)")
+    ap.add_argument("--decoder-heads", type=int, help="the decoder's, likewise")
+    args = ap.parse_args(argv)
+    from .export import export_encoder
+    from .model import ModelConfig
+    try:
+        sd, fields = load_published(args.checkpoint)
+        if not fields:
+            fields = fields_from_state_dict(sd, args.encoder_heads, args.decoder_heads)
+        if args.img_size:
+            fields["img_size"] = args.img_size
+        if args.num_frames:
+            fields["num_frames"] = args.num_frames
+        model_cfg = ModelConfig(**{k: v for k, v in fields.items()
+                                   if k in ModelConfig.__dataclass_fields__})
+        path = export_encoder(sd, model_cfg, args.out,
+                              {"converted_from": os.path.abspath(args.checkpoint)})
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        print(f"pretrain.convert: error: {args.checkpoint}: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

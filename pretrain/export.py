@@ -7,6 +7,11 @@ budget curve's step 0 is).
 encoder.safetensors holds the encoder's weights under our names without the ``encoder.``
 prefix (``patch_embed.proj.weight``, ``blocks.0.attn.qkv.weight``, ..., ``norm.weight``);
 encoder.json holds the model fields needed to rebuild it and where it came from.
+
+examples:
+    python -m pretrain.export runs/quickstart/pretrain                 # -> RUN_DIR/export
+    python -m pretrain.export runs/quickstart/pretrain --tag step00000100 --out enc100 \
+        --hf hf/videomae_tiny
 """
 from __future__ import annotations
 

@@ -66,13 +66,8 @@ def load_pretraining_model(path: str):
         raise ValueError(f"{path} holds an encoder without the decoder (a fine-tuned or "
                          f"encoder-only file); reconstructions need a pre-training checkpoint")
     if not fields:                 # an official file: the widths from the tensors themselves
-        dim = sd["encoder.patch_embed.proj.weight"].shape[0]
-        ddim = sd["decoder.head.weight"].shape[1] if "decoder.head.weight" in sd else 384
-        fields = {"embed_dim": dim, "num_heads": max(1, dim // 64),
-                  "depth": len({k.split(".")[2] for k in sd if k.startswith("encoder.blocks.")}),
-                  "decoder_embed_dim": ddim, "decoder_num_heads": max(1, ddim // 64),
-                  "decoder_depth": len({k.split(".")[2] for k in sd
-                                        if k.startswith("decoder.blocks.")})}
+        from .convert import fields_from_state_dict
+        fields = fields_from_state_dict(sd)
     # published files have no stats head (it only serves our training pictures)
     model = VideoMAE(ModelConfig(**fields, predict_stats=False))
     missing, unexpected = model.load_state_dict(sd, strict=False)

@@ -27,3 +27,26 @@ def test_run_sh_is_quiet_on_a_machine_without_gpus():
                        capture_output=True, text=True, env=env, timeout=300)
     if subprocess.run(["bash", "-c", "command -v nvidia-smi"], capture_output=True).returncode:
         assert "WARNING" not in r.stderr
+
+
+def test_every_console_script_has_help_with_an_example():
+    """Each ``tubemae-*`` entry point of pyproject.toml imports, and its --help shows at least
+    one example command line."""
+    import contextlib
+    import importlib
+    import io
+    import tomllib
+
+    import pytest
+    with open("pyproject.toml", "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    assert {"tubemae-predict", "tubemae-features", "tubemae-export-model", "tubemae-visualize",
+            "tubemae-convert"} <= set(scripts)
+    for name, target in scripts.items():
+        module, func = target.split(":")
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as e:
+            getattr(importlib.import_module(module), func)(["--help"])
+        assert e.value.code == 0, name
+        text = out.getvalue()
+        assert "example" in text.lower() or text.count("python -m") >= 2, name

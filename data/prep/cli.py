@@ -1,6 +1,13 @@
 """Command line of the prep step. Each sub-command writes shard sets (one per split when the
 input has splits) with manifest.json and failures.jsonl; re-running an interrupted command
-continues it."""
+continues it.
+
+examples:
+    python -m data.prep videos /data/my_videos --out shards/mine --split 0.8,0.1,0.1
+    python -m data.prep videos kinetics400/train.csv --root /data/k400 --out shards/k400
+    python -m data.prep medmnist organmnist3d --size 64 --root ~/medmnist --out shards/organ64
+    python -m data.prep synthetic --out shards/synthetic --count 320
+"""
 from __future__ import annotations
 
 import argparse
@@ -31,7 +38,8 @@ def _common(p: argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m data.prep", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m data.prep", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("videos", help="videos from a Kinetics CSV, a `path label` list, or a "

@@ -90,3 +90,34 @@ def test_export_to_a_hf_folder_loads_back(tmp_path):
 def test_unknown_layouts_are_named():
     with pytest.raises(ValueError, match="unrecognised checkpoint layout"):
         to_ours({"conv1.weight": torch.zeros(1)})
+
+
+def test_the_convert_command_writes_an_export_with_the_geometry(tmp_path, capsys):
+    """python -m pretrain.convert: an official file (widths read off its tensors, side and
+    frames from the options) and a HF folder become our encoder export, which loads back into
+    the same encoder; --help is an example; a junk file is one line."""
+    import json
+    from safetensors.torch import load_file
+    from pretrain.convert import main
+    ours, _ = pair("sdpa")
+    torch.save({"model": ours.state_dict()}, tmp_path / "official.pth")
+    assert main([str(tmp_path / "official.pth"), "--out", str(tmp_path / "a"), "--img-size",
+                 "32", "--num-frames", "4"]) == 0
+    meta = json.load(open(tmp_path / "a" / "encoder.json"))["model"]
+    c = ours.cfg.resolved()
+    assert (meta["embed_dim"], meta["depth"], meta["num_heads"], meta["patch_size"],
+            meta["tubelet_size"], meta["img_size"], meta["num_frames"]) == \
+        (c.embed_dim, c.depth, c.num_heads, c.patch_size, c.tubelet_size, 32, 4)
+    enc = load_file(str(tmp_path / "a" / "encoder.safetensors"))
+    blocks = {k[len("encoder."):]: v for k, v in ours.state_dict().items()
+              if k.startswith("encoder.blocks.")}
+    assert blocks and all(torch.equal(enc[k], v) for k, v in blocks.items())
+    export_hf(ours.state_dict(), ours.cfg, str(tmp_path / "hf"))
+    assert main([str(tmp_path / "hf"), "--out", str(tmp_path / "b")]) == 0
+    assert json.load(open(tmp_path / "b" / "encoder.json"))["model"]["img_size"] == 32
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "python -m pretrain.convert checkpoint.pth --out" in capsys.readouterr().out
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    assert main([str(tmp_path / "junk.pth"), "--out", str(tmp_path / "c")]) == 2
+    assert capsys.readouterr().err.startswith("pretrain.convert: error: ")

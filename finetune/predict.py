@@ -97,10 +97,28 @@ def _is_prepared(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "manifest.json"))
 
 
-def gather(inputs: list[str], classes: list[str], in_chans: int
+def first_samples(folder: str, limit: int) -> list[Item]:
+    """The first ``limit`` samples of a prepared split as loose items (label known)."""
+    from data.manifest import load_shard_set
+    from data.plan import plan_units
+    from data.shard_reader import decode_sample, numbered_samples
+    ss = load_shard_set(folder)
+    items = []
+    for s, unit in zip(ss.shards, plan_units([s.samples for s in ss.shards], 1)):
+        for _, raw in numbered_samples(s.url, unit, set(range(min(unit.count,
+                                                                   limit - len(items))))):
+            kind, payload, label = decode_sample(raw)
+            items.append(Item(f"{folder}#{raw['__key__']}", kind, lambda p=payload: p, label))
+        if len(items) >= limit:
+            break
+    return items
+
+
+def gather(inputs: list[str], classes: list[str], in_chans: int, limit: int | None = None
            ) -> tuple[list, list[Failure]]:
-    """The inputs as units of work: prepared shard sets (paths) and loose items, in the order
-    given; the inputs that cannot be used, with why."""
+    """The inputs as units of work: prepared shard sets (paths; their first ``limit`` samples
+    as loose items when given) and loose items, in the order given; the inputs that cannot be
+    used, with why."""
     from data.decode import VIDEO_EXTS
     from data.manifest import has_splits
     units, failures = [], []
@@ -123,7 +141,10 @@ def gather(inputs: list[str], classes: list[str], in_chans: int
                 raise ValueError("not found")
             if os.path.isdir(path):
                 if _is_prepared(path):
-                    units.append(path)
+                    if limit:
+                        units.extend(first_samples(path, limit))
+                    else:
+                        units.append(path)
                     continue
                 if has_splits(path):
                     raise ValueError(f"a prepared set with splits; give one split folder, e.g. "
@@ -249,7 +270,7 @@ class Predictor:
 
 def predict(model: str, inputs: list[str], top_k: int = 5, device: str | None = None,
             batch_size: int | None = None, workers: int | None = None,
-            progress: bool | None = None) -> dict:
+            progress: bool | None = None, limit: int | None = None) -> dict:
     """Predictions for ``inputs``: {'rows': [...], 'failures': [...], 'metrics': {...} or
     None}. Each row: input, label (when known), top_k [{label, score}]."""
     import dataclasses
@@ -265,7 +286,7 @@ def predict(model: str, inputs: list[str], top_k: int = 5, device: str | None = 
         t.data = dataclasses.replace(t.data, num_workers=workers)
     classes = t.classes
     k = max(1, min(top_k, len(classes)))
-    units, failures = gather(inputs, classes, t.model.cfg.in_chans)
+    units, failures = gather(inputs, classes, t.model.cfg.in_chans, limit)
     rows: list[dict] = []
     scored = {"index": [], "logits": [], "labels": []}
 
@@ -357,6 +378,7 @@ def main(argv=None) -> int:
     ap.add_argument("inputs", nargs="+", metavar="INPUT")
     ap.add_argument("--top-k", type=int, default=5)
     ap.add_argument("--out", help="write every prediction here (.jsonl, or .csv)")
+    ap.add_argument("--limit", type=int, help="only the first N samples of each prepared set")
     ap.add_argument("--device", help="cpu or cuda (default: cuda when there is a GPU)")
     ap.add_argument("--batch-size", type=int, help="views per forward pass (default: the "
                                                    "run's data.batch_size)")
@@ -369,7 +391,7 @@ def main(argv=None) -> int:
 
     def body() -> int:
         res = predict(args.model, args.inputs, args.top_k, args.device, args.batch_size,
-                      args.workers)
+                      args.workers, limit=args.limit)
         for f in res["failures"]:
             print(f"finetune.predict: skipped {f['name']}: {f['reason']}", file=sys.stderr)
         if not res["rows"]:

@@ -4,6 +4,7 @@ pre-trained model reconstructs of a video it is shown through a tube mask.
     python -m pretrain.visualize runs/quickstart/pretrain clip.mp4 --out runs/quickstart/vis
     python -m pretrain.visualize runs/quickstart/pretrain/checkpoints/step00000200 clip.mp4
     python -m pretrain.visualize path/to/hf_videomae_pretraining_folder clip.mp4
+    python -m pretrain.visualize runs/quickstart/pretrain runs/quickstart/data --sample 3
 
 MODEL: a pre-training run folder (its latest checkpoint), one of its checkpoint folders, or a
 published pre-training checkpoint with its decoder (an official VideoMAE .pth, or a HuggingFace
@@ -79,13 +80,30 @@ def load_pretraining_model(path: str):
     return model.eval(), None, path
 
 
-def clip_of(video_path: str, num_frames: int, stride: int, size: int) -> np.ndarray:
+def video_bytes(path: str, sample: int = 0) -> tuple[bytes, str, int]:
+    """(bytes, a name, frame step) of a video file, or of sample ``sample`` of a prepared set
+    (its frames may be every k-th source frame: the step says so)."""
+    if os.path.isdir(path):
+        from data.manifest import load_shard_set
+        from finetune.predict import first_samples
+        ss = load_shard_set(path, "test")
+        items = first_samples(ss.root, sample + 1)
+        if len(items) <= sample or items[sample].kind != "video":
+            raise ValueError(f"{path} has no video sample {sample}")
+        step = int(ss.options.get("frame_step", 1) or 1)
+        key = items[sample].name.rsplit("#", 1)[1]
+        return items[sample].load(), key, step
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"video {path} not found")
+    with open(path, "rb") as f:
+        return f.read(), os.path.splitext(os.path.basename(path))[0], 1
+
+
+def clip_of(data: bytes, num_frames: int, stride: int, size: int) -> np.ndarray:
     """The centre clip (T, S, S, 3) uint8, upright, short side resized and centre-cropped."""
     from data.clips import eval_views
     from data.decode import display_rotation
     from data.stream import StreamConfig
-    with open(video_path, "rb") as f:
-        data = f.read()
     cfg = StreamConfig(num_frames=num_frames, size=size, stride=stride, test_clips=1,
                        test_crops=1, mask="none")
     view = eval_views("video", data, cfg, stride, display_rotation(data))[0]   # (C, T, S, S)
@@ -178,7 +196,9 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="pre-training run folder, checkpoint folder, or published "
                                   "pre-training checkpoint (with its decoder)")
-    ap.add_argument("video")
+    ap.add_argument("video", help="a video file, or a prepared folder (its test split when it "
+                                  "has splits; --sample picks the sample)")
+    ap.add_argument("--sample", type=int, default=0, help="which sample of a prepared folder")
     ap.add_argument("--out", help="folder for the pictures (default: beside the video)")
     ap.add_argument("--mask-ratio", type=float, default=0.9)
     ap.add_argument("--seed", type=int, default=0, help="which tube mask")
@@ -193,17 +213,19 @@ def main(argv=None) -> int:
         from data.decode import VideoDecodeError
         model, stride, what = load_pretraining_model(args.model)
         stride = args.stride or stride or 4
-        if not os.path.isfile(args.video):
-            raise FileNotFoundError(f"video {args.video} not found")
+        data, name, step = video_bytes(args.video, args.sample)
+        if stride % step:
+            raise ValueError(f"stride {stride} is not a multiple of the frame step {step} of "
+                             f"{args.video}; give --stride {step * max(1, stride // step)}")
         try:
-            clip = clip_of(args.video, model.cfg.num_frames, stride, model.cfg.img_size)
+            clip = clip_of(data, model.cfg.num_frames, stride // step, model.cfg.img_size)
         except VideoDecodeError as e:
             raise ValueError(f"{args.video}: {e}") from None
         res = reconstruct(model, clip, args.mask_ratio, args.seed)
-        out_dir = args.out or os.path.dirname(os.path.abspath(args.video))
+        out_dir = args.out or (args.video if os.path.isdir(args.video) else
+                               os.path.dirname(os.path.abspath(args.video)))
         os.makedirs(out_dir, exist_ok=True)
-        base = os.path.join(out_dir, os.path.splitext(os.path.basename(args.video))[0] +
-                            "_recon")
+        base = os.path.join(out_dir, name + "_recon")
         for p in write_pictures(res, base):
             print(p)
         print(f"pretrain.visualize: {what}; loss {res['loss']:.4f} on this clip with "

@@ -50,6 +50,13 @@ def test_predict_on_the_test_split_equals_the_runs_test_accuracy(trained_run, sy
     assert all(r["top_k"][0]["score"] >= r["top_k"][1]["score"] for r in rows)
     printed = capsys.readouterr().out
     assert f"top-1 {report['test']['top1']:.4f}" in printed
+    # --limit: the first samples only, each with its key and label, as the same probabilities
+    assert main([trained_run, os.path.join(synthetic_set, "test"), "--limit", "3", "--top-k",
+                 "4", "--out",
+                 str(tmp_path / "three.jsonl")]) == 0
+    three = [json.loads(line) for line in open(tmp_path / "three.jsonl")]
+    assert len(three) == 3 and all(r["label"] and "#" in r["input"] for r in three)
+    assert all(abs(sum(t["score"] for t in r["top_k"]) - 1) < 1e-6 for r in three)  # 4 classes
 
 
 def test_predict_on_files_folders_and_lists_skips_what_it_cannot_read(trained_run, tmp_path,

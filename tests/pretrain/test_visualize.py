@@ -52,6 +52,11 @@ def test_the_written_reconstruction_has_the_models_loss(tiny_recipe, tmp_path, c
     assert main([str(tmp_path / "hf"), clip, "--out", str(tmp_path / "v3"), "--stride", "2",
                  "--mask-ratio", "0.75", "--seed", "1"]) == 0
     assert abs(float(np.load(tmp_path / "v3" / "walk_recon.npz")["loss"]) - model_loss) < 1e-5
+    # a sample of a prepared set (its test split), named by its key
+    from pretrain.config import load_config as lc
+    shards = lc(recipe, []).data.shards
+    assert main([run_dir, shards, "--sample", "1", "--out", str(tmp_path / "v4")]) == 0
+    assert len([n for n in os.listdir(tmp_path / "v4") if n.endswith("_recon.png")]) == 1
     capsys.readouterr()
     assert main([str(tmp_path / "enc" / "encoder.safetensors"), clip]) == 2
     assert "without the decoder" in capsys.readouterr().err

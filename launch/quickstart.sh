@@ -35,22 +35,22 @@ if [ "$SCALE" = 1 ]; then OUT=${QUICKSTART_DIR:-runs/quickstart}; else
 fi
 mkdir -p "$OUT"
 
-echo "== 1/4 synthetic data set -> shards ($OUT/data: pool, train, val, test)"
+echo "== 1/5 synthetic data set -> shards ($OUT/data: pool, train, val, test)"
 python -m data.prep synthetic --out "$OUT/data" --pool "$POOL" --train-per-class "$TRAIN_PC" \
   --val-per-class "$VAL_PC" --test-per-class "$TEST_PC" --num-classes 4 --size 64 --frames 40 \
   --shard-samples 128
 
-echo "== 2/4 one streamed batch: 16 frames at stride 2, 64x64, tube mask 0.9"
+echo "== 2/5 one streamed batch: 16 frames at stride 2, 64x64, tube mask 0.9"
 python -m data.preview "$OUT/data/pool" --num-frames 16 --stride 2 --size 64 --patch 16 \
   --batch 4 --png "$OUT/preview.png"
 echo "picture of the batch (hidden tubes shaded): $OUT/preview.png"
 
-echo "== 3/4 pre-train VideoMAE (tiny) on the unlabeled pool -> $OUT/pretrain"
+echo "== 3/5 pre-train VideoMAE (tiny) on the unlabeled pool -> $OUT/pretrain"
 python -m pretrain --config launch/configs/pretrain/tiny_synthetic.yaml \
   run.dir="$OUT/pretrain" data.shards="$OUT/data/pool" log.progress=false \
   train.steps="$STEPS" train.ckpt_every="$CKPT_EVERY"
 
-echo "== 4/4 16 labels per class: pre-trained vs scratch (fine-tuned and frozen), UniFormer head"
+echo "== 4/5 16 labels per class: pre-trained vs scratch (fine-tuned and frozen), UniFormer head"
 # The 16-shot split (the study's own, seed 0), then three runs at once on one thread each: the
 # study's two (--jobs 2) and the UniFormer head beside them (log: $OUT/uniformer_head.log).
 [ -f "$OUT/study/data/k16_s0/train/manifest.json" ] || python -m data.prep subset "$OUT/data" \
@@ -89,3 +89,9 @@ for method, name in (("finetune", "ViViT fine-tuned"), ("linear", "linear probe 
 print(f"{'UniFormer head on the encoder':<40} {head:12.3f}")
 print(f"\ntable: {out}/study/results.md; plot: {out}/study/accuracy_vs_labels.png")
 PY
+
+echo "== 5/5 use the models: export the pre-trained fine-tune, predict 3 test clips, one reconstruction"
+python -m finetune.export "$OUT/study/runs/k16/pretrained/s0/finetune" --out "$OUT/model" > /dev/null
+python -m finetune.predict "$OUT/model" "$OUT/data/test" --limit 3 --top-k 2
+python -m pretrain.visualize "$OUT/pretrain" "$OUT/data" --sample 0 --out "$OUT/vis" > /dev/null
+echo "model: $OUT/model (python -m finetune.predict $OUT/model VIDEO...); reconstruction: $OUT/vis/"

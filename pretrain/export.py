@@ -82,7 +82,22 @@ def export_hf(weights: dict, model_cfg: ModelConfig, out_dir: str) -> str:
               "norm_pix_loss": c.norm_pix_loss}
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=1)
+    write_hf_processor(c, out_dir)
     return out_dir
+
+
+def write_hf_processor(c: ModelConfig, out_dir: str):
+    """preprocessor_config.json: transformers' VideoMAE processor with our clip side and input
+    mean/std (``AutoImageProcessor`` / ``AutoVideoProcessor.from_pretrained(out_dir)``)."""
+    from .model import channel_stats
+    mean, std = channel_stats(c.in_chans, c.mean, c.std)
+    processor = {"image_processor_type": "VideoMAEImageProcessor", "do_resize": True,
+                 "size": {"shortest_edge": c.img_size}, "do_center_crop": True,
+                 "crop_size": {"height": c.img_size, "width": c.img_size}, "do_rescale": True,
+                 "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(mean),
+                 "image_std": list(std), "resample": 2}
+    write_text_atomic(os.path.join(out_dir, "preprocessor_config.json"),
+                      json.dumps(processor, indent=1))
 
 
 def main(argv=None) -> int:

@@ -76,3 +76,20 @@ def test_transformers_4_57_loads_our_export_and_we_load_its_files(exported):
     with torch.no_grad():
         assert (back(video, mask)["pred"] - want).abs().max() < 1e-5
     assert fields["embed_dim"] == ours.cfg.embed_dim
+
+
+def test_the_export_carries_a_processor_that_makes_our_input(exported, tmp_path):
+    """preprocessor_config.json loads with AutoVideoProcessor (as the README's snippet does),
+    and on frames already at the model's side it gives our normalised input."""
+    import numpy as np
+    from transformers import AutoVideoProcessor
+    ours, _ = pair("sdpa")
+    _, out, _, _, _ = exported
+    proc = AutoVideoProcessor.from_pretrained(str(out / "ours"))
+    c = ours.cfg
+    frames = np.random.default_rng(0).integers(0, 256, (c.num_frames, c.img_size, c.img_size, 3),
+                                               dtype=np.uint8)
+    got = proc(list(frames), return_tensors="pt")["pixel_values"][0]       # (T, C, H, W)
+    video = torch.from_numpy(frames).permute(3, 0, 1, 2)[None]
+    want, _ = ours.normalize(video)
+    assert (got.permute(1, 0, 2, 3) - want[0]).abs().max() < 1e-5

@@ -175,3 +175,28 @@ def test_features_of_a_trained_model_on_loose_files(trained_run, tmp_path):
     from safetensors.numpy import load_file
     f = load_file(str(tmp_path / "x.safetensors"))["features"]
     assert res["shape"] == [2, f.shape[1]] and np.array_equal(f[0], f[1])
+
+
+def test_volume_inputs_and_their_one_line_errors(tmp_path):
+    """MedMNIST-layout inputs: FILE.npz:SPLIT gives its volumes with labels; an npz without the
+    named split, or without a split named, and a volume of another channel count each give one
+    reason naming the input and the fix."""
+    from finetune.predict import Item, _check_volume, gather
+    from tests.conftest import make_medmnist_npz
+    make_medmnist_npz(str(tmp_path / "scans.npz"), n=(3, 2, 4), classes=2)
+    np.save(tmp_path / "one.npy", np.zeros((8, 16, 16), np.uint8))
+    np.save(tmp_path / "stack.npy", np.zeros((5, 8, 16, 16), np.uint8))
+    np.save(tmp_path / "flat.npy", np.zeros((16, 16), np.uint8))
+    units, failures = gather([f"{tmp_path}/scans.npz:test", f"{tmp_path}/scans.npz:extra",
+                              f"{tmp_path}/scans.npz", str(tmp_path / "one.npy"),
+                              str(tmp_path / "stack.npy"), str(tmp_path / "flat.npy")],
+                             ["a", "b"], in_chans=1)
+    assert [u.label is not None for u in units[:4]] == [True] * 4
+    assert len(units) == 4 + 1 + 5 and all(isinstance(u, Item) for u in units)
+    reasons = {f.name.rsplit("/", 1)[-1]: f.reason for f in failures}
+    assert "has no split 'extra' (no extra_images); it holds test, train, val" in \
+        reasons["scans.npz:extra"]
+    assert "name the split to predict, e.g." in reasons["scans.npz"]
+    assert "a volume of shape (16, 16)" in reasons["flat.npy"]
+    with pytest.raises(ValueError, match=r"the model takes \(D, H, W, 3\) volumes with 3"):
+        _check_volume(units[0], np.zeros((8, 16, 16), np.uint8), 3)

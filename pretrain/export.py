@@ -51,6 +51,14 @@ def initial_weights(cfg) -> dict:
     return initial_model(cfg.model, cfg.run.seed).state_dict()
 
 
+def hf_file_names(sd: dict) -> dict:
+    """HF state dict -> what a HF file holds: the attention biases as ``q_bias``/``v_bias``,
+    which both transformers 4.x (natively) and 5.x (mapped on load) read; fp32."""
+    return {k.replace(".attention.attention.query.bias", ".attention.attention.q_bias")
+            .replace(".attention.attention.value.bias", ".attention.attention.v_bias"):
+            v.float().contiguous() for k, v in sd.items()}
+
+
 def export_hf(weights: dict, model_cfg: ModelConfig, out_dir: str) -> str:
     """The whole pre-training model as a HuggingFace VideoMAEForPreTraining folder.
 
@@ -63,9 +71,7 @@ def export_hf(weights: dict, model_cfg: ModelConfig, out_dir: str) -> str:
 
     c = model_cfg.resolved()
     os.makedirs(out_dir, exist_ok=True)
-    sd = {k.replace(".attention.attention.query.bias", ".attention.attention.q_bias")
-          .replace(".attention.attention.value.bias", ".attention.attention.v_bias"):
-          v.float().contiguous() for k, v in ours_to_hf(weights).items()}
+    sd = hf_file_names(ours_to_hf(weights))
     save_file(sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     umask_mode(os.path.join(out_dir, "model.safetensors"))
     config = {"model_type": "videomae", "architectures": ["VideoMAEForPreTraining"],
@@ -82,18 +88,18 @@ def export_hf(weights: dict, model_cfg: ModelConfig, out_dir: str) -> str:
               "norm_pix_loss": c.norm_pix_loss}
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=1)
-    write_hf_processor(c, out_dir)
+    write_hf_processor(out_dir, c.img_size, c.in_chans, c.mean, c.std)
     return out_dir
 
 
-def write_hf_processor(c: ModelConfig, out_dir: str):
+def write_hf_processor(out_dir: str, side: int, in_chans: int, mean=None, std=None):
     """preprocessor_config.json: transformers' VideoMAE processor with our clip side and input
     mean/std (``AutoImageProcessor`` / ``AutoVideoProcessor.from_pretrained(out_dir)``)."""
     from .model import channel_stats
-    mean, std = channel_stats(c.in_chans, c.mean, c.std)
+    mean, std = channel_stats(in_chans, mean, std)
     processor = {"image_processor_type": "VideoMAEImageProcessor", "do_resize": True,
-                 "size": {"shortest_edge": c.img_size}, "do_center_crop": True,
-                 "crop_size": {"height": c.img_size, "width": c.img_size}, "do_rescale": True,
+                 "size": {"shortest_edge": side}, "do_center_crop": True,
+                 "crop_size": {"height": side, "width": side}, "do_rescale": True,
                  "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(mean),
                  "image_std": list(std), "resample": 2}
     write_text_atomic(os.path.join(out_dir, "preprocessor_config.json"),

@@ -4,6 +4,7 @@ scripts provide (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); a plai
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -93,4 +94,10 @@ def all_gather_objects(obj, d: Dist) -> list:
 def shutdown():
     if dist.is_initialized():
         dist.destroy_process_group()
+        # DeepSpeed keeps a clone of the world group, stale once that group is destroyed: a
+        # later DeepSpeed run in this process (a study's runs, the tests) failed to broadcast
+        ds_groups = sys.modules.get("deepspeed.utils.groups")
+        if ds_groups is not None:
+            ds_groups._WORLD_GROUP = None
+            ds_groups._ZERO_PARAM_INTRA_PARALLEL_GROUP = None
     _CONTROL.clear()

@@ -84,3 +84,15 @@ def test_the_test_only_override_decides_auto_on_any_cpu(forced, tmp_path, monkey
     monkeypatch.setenv(engine.AUTO_PRECISION_ENV, "fp16")
     with pytest.raises(ValueError, match="use bf16 or fp32"):
         engine.resolve_precision("auto", torch.device("cpu"))
+
+
+def test_a_second_deepspeed_run_in_one_process_after_shutdown():
+    """A run's end destroys the process group; DeepSpeed's clone of the world group must go
+    with it, or the next DeepSpeed run in the process (a study's runs) fails to broadcast."""
+    from pretrain.runtime.distributed import shutdown
+    for _ in range(2):
+        model = torch.nn.Linear(4, 2)
+        build_engine(model, param_groups(model, 0.0), OptimConfig(lr=1e-3),
+                     RuntimeConfig(engine="deepspeed", zero_stage=0, precision="fp32"),
+                     init_distributed("cpu"), 2)
+        shutdown()

@@ -102,11 +102,13 @@ class SampleMaker:
             def pick(n: int) -> np.ndarray:
                 # repeat 0 draws its start from its own stream; later repeats from a fresh
                 # copy of theirs
+                # spatial: one window for every repeat (its crops and masks still differ)
+                windows = 1 if cfg.repeat_mode == "spatial" else cfg.repeats
                 picked["clips"] = [sample_frame_indices(
                     n, cfg.num_frames, stride,
                     rngs[0] if r == 0 else np.random.default_rng(
                         clip_seed(cfg.seed, epoch, shard, member, r)),
-                    cfg.short_video) for r in range(cfg.repeats)]
+                    cfg.short_video) for r in range(windows)] * (cfg.repeats // windows)
                 picked["union"] = np.unique(np.concatenate(picked["clips"]))
                 return picked["union"]
             # one open, one decode for every repeat

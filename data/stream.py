@@ -56,6 +56,10 @@ class StreamConfig:
     scales: tuple = MULTISCALE        # multi-scale crop scales of the short side
     flip: bool = False                # random left-right flip (off in VideoMAE pre-training)
     repeats: int = 1                  # clips drawn from each decoded video (repeated sampling)
+    repeat_mode: str = "temporal"     # temporal: each repeat its own window (their union is
+                                      # decoded); spatial: the repeats share one window's
+                                      # frames, each with its own crop, flip and mask
+                                      # (VideoMAE V2)
     mask: str = "tube"                # tube | random | none
     mask_ratio: float = 0.9
     decoder_mask_ratio: float = 0.0   # >0: VideoMAEv2 running-cell decoder masking
@@ -79,6 +83,9 @@ class StreamConfig:
         if self.batch_size % self.repeats:
             raise ValueError(f"data.batch_size ({self.batch_size}) must be a multiple of "
                              f"data.repeats ({self.repeats})")
+        if self.repeat_mode not in ("temporal", "spatial"):
+            raise ValueError(f"data.repeat_mode must be temporal or spatial, not "
+                             f"{self.repeat_mode!r}")
         if self.mask not in ("tube", "random", "none"):
             raise ValueError(f"data.mask must be tube, random or none, not {self.mask!r}")
         if self.short_video not in SHORT_MODES:
@@ -282,7 +289,8 @@ class TrainStream:
                 "shard_sha256": [s.sha256 for s in self.shard_set.shards],
                 "world_size": self.world_size, "workers": self.workers, "seed": c.seed,
                 "batch_size": c.batch_size, "repeats": c.repeats,
-                "shuffle_buffer": c.shuffle_buffer}
+                "shuffle_buffer": c.shuffle_buffer,
+                **({"repeat_mode": c.repeat_mode} if c.repeat_mode != "temporal" else {})}
 
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "rank": self.rank, "fingerprint": self._fingerprint(),

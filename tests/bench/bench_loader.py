@@ -54,6 +54,7 @@ from data.prefetch import Prefetcher  # noqa: E402
 from data.stream import batch_to_device  # noqa: E402
 
 FRAMES, STRIDE, SIZE, RATIO = 16, 4, 224, 0.9
+REFERENCE = "resampled +device, repeats 4"     # the best path before repeat modes: ratios
 GRID = (FRAMES // 2, SIZE // 16, SIZE // 16)
 
 
@@ -113,27 +114,66 @@ class DecodeCounter:
 
 
 def recipe_stream(shards: str, batch: int, workers: int, repeats: int, augment: str,
-                  decode: str = "cpu") -> StreamConfig:
+                  decode: str = "cpu", repeat_mode: str = "temporal") -> StreamConfig:
     """The stream of every row: the recipe's 16 frames at stride 4, 224^2, tube mask 0.9."""
     return StreamConfig(shards=shards, batch_size=batch, num_workers=workers,
                         num_frames=FRAMES, stride=STRIDE, size=SIZE, repeats=repeats,
                         mask="tube", mask_ratio=RATIO, shuffle_buffer=4, augment=augment,
-                        decode=decode)
+                        decode=decode, repeat_mode=repeat_mode)
+
+
+def batch_bytes(b: dict) -> int:
+    """Bytes a batch carries from a loader process to the trainer."""
+    return sum(t.numel() * t.element_size() for v in b.values()
+               for t in (v if isinstance(v, list) else [v]) if torch.is_tensor(t))
 
 
 def stream_rate(shards: str, clips: int, repeats: int, augment: str = "cpu", workers: int = 0,
-                batch: int | None = None) -> float:
-    """clips/s out of a TrainStream (``workers`` loader processes; 0 = this process)."""
+                batch: int | None = None, repeat_mode: str = "temporal") -> dict:
+    """clips/s out of a TrainStream (``workers`` loader processes; 0 = this process), CPU-ms per
+    clip (this process's CPU time; with workers, theirs as well) and bytes shipped per clip."""
+    import resource
     batch = batch or repeats
-    it = iter(TrainStream(recipe_stream(shards, batch, workers, repeats, augment)))
+    it = iter(TrainStream(recipe_stream(shards, batch, workers, repeats, augment,
+                                        repeat_mode=repeat_mode)))
     for _ in range(max(1, 2 * workers)):
         next(it)  # warm-up: workers started, first shards opened
-    t0 = time.perf_counter()
-    n = 0
+
+    def cpu_s() -> float:
+        own = time.process_time()
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # live workers: their CPU time read from /proc (getrusage counts only reaped children)
+        live = 0.0
+        for pid in _children():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    parts = f.read().rsplit(")", 1)[1].split()
+                live += (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+            except OSError:
+                pass
+        return own + kids.ru_utime + kids.ru_stime + live
+    t0, c0 = time.perf_counter(), cpu_s()
+    n = shipped = 0
     while n < clips:
         b = next(it)
         n += len(b["clip_source"]) if "clip_source" in b else b["video"].shape[0]
-    return n / (time.perf_counter() - t0)
+        shipped += batch_bytes(b)
+    dt, cpu = time.perf_counter() - t0, cpu_s() - c0
+    return {"clips_s": n / dt, "cpu_ms": 1000 * cpu / n, "bytes": shipped / n}
+
+
+def _children() -> list[int]:
+    me = str(os.getpid())
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[1] == me:
+                        out.append(int(pid))
+            except OSError:
+                pass
+    return out
 
 
 def feed_rate(shards: str, repeats: int, workers: int, batch: int, device: torch.device,
@@ -262,29 +302,40 @@ def main():
         if not args.skip_cpu_rows:
             base = baseline(paths, args.clips)
             print(f"  baseline: {base:.2f} clips/s", file=sys.stderr, flush=True)
-            rows = [("baseline: source file, full 1280x720 decode", base, None)]
-            for name, shards, gop, repeats, augment in [
-                    ("shards 320p gop 16", old, 16, 1, "cpu"),
-                    ("shards 320p gop 16, repeats 4", old, 16, 4, "cpu"),
-                    ("resampled: step 4, 256p, gop 8", new, 8, 1, "cpu"),
-                    ("resampled, repeats 4", new, 8, 4, "cpu"),
-                    ("resampled +device", new, 8, 1, "device"),
-                    ("resampled +device, repeats 4", new, 8, 4, "device")]:
+            rows = [("baseline: source file, full 1280x720 decode",
+                     {"clips_s": base, "cpu_ms": None, "bytes": None}, None)]
+            for name, shards, gop, repeats, augment, mode in [
+                    ("shards 320p gop 16", old, 16, 1, "cpu", "temporal"),
+                    ("shards 320p gop 16, repeats 4", old, 16, 4, "cpu", "temporal"),
+                    ("resampled: step 4, 256p, gop 8", new, 8, 1, "cpu", "temporal"),
+                    ("resampled, repeats 4", new, 8, 4, "cpu", "temporal"),
+                    ("resampled +device", new, 8, 1, "device", "temporal"),
+                    (REFERENCE, new, 8, 4, "device", "temporal"),
+                    ("resampled, repeats 4 spatial", new, 8, 4, "cpu", "spatial"),
+                    ("resampled +device, repeats 4 spatial", new, 8, 4, "device", "spatial")]:
                 with DecodeCounter(gop) as counter:
-                    rate = stream_rate(shards, args.clips, repeats, augment)
+                    rate = stream_rate(shards, args.clips, repeats, augment,
+                                       repeat_mode=mode)
                 rows.append((name, rate, counter.frames / max(counter.calls, 1) / repeats))
-                print(f"  {name}: {rate:.2f} clips/s", file=sys.stderr, flush=True)
+                print(f"  {name}: {rate['clips_s']:.2f} clips/s, {rate['cpu_ms']:.1f} CPU-ms "
+                      f"per clip", file=sys.stderr, flush=True)
             parts = breakdown(old, args.clips)
-        if args.workers and not args.skip_cpu_rows:
-            for name, shards, repeats, augment in [
-                    ("shards 320p gop 16", old, 1, "cpu"),
-                    ("resampled, repeats 4", new, 4, "cpu"),
-                    ("resampled +device", new, 1, "device"),
-                    ("resampled +device, repeats 4", new, 4, "device")]:
-                multi.append((name, stream_rate(shards, 10 * args.batch, repeats, augment,
-                                                args.workers, args.batch)))
-                print(f"  {args.workers} workers, {name}: {multi[-1][1]:.1f} clips/s",
-                      file=sys.stderr, flush=True)
+        if not args.skip_cpu_rows:
+            cores = os.cpu_count() or 1
+            for n_workers in sorted({w for w in (args.workers, cores) if w}):
+                for name, shards, repeats, augment, mode in [
+                        ("shards 320p gop 16", old, 1, "cpu", "temporal"),
+                        ("resampled, repeats 4", new, 4, "cpu", "temporal"),
+                        ("resampled +device", new, 1, "device", "temporal"),
+                        (REFERENCE, new, 4, "device", "temporal"),
+                        ("resampled +device, repeats 4 spatial", new, 4, "device",
+                         "spatial")]:
+                    batch = args.batch if n_workers == args.workers else 8 * repeats
+                    r = stream_rate(shards, 10 * batch, repeats, augment, n_workers, batch,
+                                    mode)
+                    multi.append((f"{n_workers} workers, {name}", r))
+                    print(f"  {n_workers} workers, {name}: {r['clips_s']:.1f} clips/s",
+                          file=sys.stderr, flush=True)
         if args.device:
             device = torch.device(args.device)
             for repeats in args.repeats:
@@ -301,33 +352,50 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out = {"bench": "loader", "clips": args.clips, "cores": os.cpu_count(),
-           "workers": args.workers, "multi_clips_s": {n: round(r, 1) for n, r in multi}}
+           "workers": args.workers,
+           "multi": {n: {"clips_s": round(r["clips_s"], 1), "cpu_ms_per_clip":
+                         round(r["cpu_ms"], 2)} for n, r in multi}}
     if rows:
-        base, today = rows[0][1], rows[1][1]
+        base, today = rows[0][1]["clips_s"], rows[1][1]["clips_s"]
+        ref = next(r for n, r, _ in rows if n == REFERENCE)
         total = sum(parts.values())
         aug_mask = (parts["augment"] + parts["mask"]) / total
         print(f"\nloader, one worker, {FRAMES} frames @ stride {STRIDE} source frames, "
-              f"{SIZE}^2, tube mask {RATIO}, {os.cpu_count()} cores")
-        print(f"{'path':<46} {'clips/s':>8} {'x baseline':>11} {'x shards':>9} "
-              f"{'frames/clip':>12}")
-        for name, rate, frames in rows:
-            print(f"{name:<46} {rate:8.2f} {rate / base:10.2f}x {rate / today:8.2f}x "
-                  f"{'' if frames is None else f'{frames:12.1f}'}")
+              f"{SIZE}^2, tube mask {RATIO}, {os.cpu_count()} cores; ratios against "
+              f"'{REFERENCE}' in this run")
+        print(f"{'path':<46} {'clips/s':>8} {'x ref':>7} {'CPU-ms/clip':>12} {'x ref':>7} "
+              f"{'frames/clip':>12} {'KB shipped/clip':>16}")
+
+        def cell(v, fmt):
+            return format(v, fmt) if v is not None else ""
+        for name, r, frames in rows:
+            cpu_ratio = r["cpu_ms"] / ref["cpu_ms"] if r["cpu_ms"] else None
+            print(f"{name:<46} {r['clips_s']:8.2f} {r['clips_s'] / ref['clips_s']:6.2f}x "
+                  f"{cell(r['cpu_ms'], '12.1f')} {cell(cpu_ratio, '6.2f')}"
+                  f"{'x' if cpu_ratio else ' '} {cell(frames, '12.1f')} "
+                  f"{cell(r['bytes'] and r['bytes'] / 1e3, '16.1f')}")
         print("\nearlier shard path per clip: " + ", ".join(f"{k} {1000 * v:.1f} ms"
                                                          for k, v in parts.items())
               + f"; augment + mask = {100 * aug_mask:.1f}% of the clip time")
-        out.update({"rows": [{"name": n, "clips_s": round(r, 2),
-                              "frames_per_clip": None if f is None else round(f, 1)}
+        out.update({"reference": REFERENCE,
+                    "rows": [{"name": n, "clips_s": round(r["clips_s"], 2),
+                              "cpu_ms_per_clip": r["cpu_ms"] and round(r["cpu_ms"], 2),
+                              "bytes_per_clip": r["bytes"] and round(r["bytes"]),
+                              "frames_per_clip": None if f is None else round(f, 1),
+                              "x_ref_clips_s": round(r["clips_s"] / ref["clips_s"], 3),
+                              "x_ref_cpu_ms": r["cpu_ms"] and round(r["cpu_ms"] /
+                                                                    ref["cpu_ms"], 3)}
                              for n, r, f in rows],
-                    "speedup_vs_shards": {n: round(r / today, 2) for n, r, _ in rows[1:]},
+                    "x_baseline": {n: round(r["clips_s"] / base, 2) for n, r, _ in rows[1:]},
+                    "x_shards": {n: round(r["clips_s"] / today, 2) for n, r, _ in rows[1:]},
                     "breakdown_ms": {k: round(1000 * v, 2) for k, v in parts.items()},
                     "augment_mask_fraction": round(aug_mask, 4)})
     print(f"source {os.path.getsize(src) / 1e6:.2f} MB/video; shards 320p "
           f"{size_of[old] / 1e6:.2f} MB/video, resampled {size_of[new] / 1e6:.2f} MB/video")
     if multi:
-        print(f"\n{args.workers} loader processes, batch {args.batch} (device crop not timed)")
-        for name, rate in multi:
-            print(f"{name:<46} {rate:8.1f} clips/s")
+        print("\nloader processes (device crop not timed); CPU-ms counts every process")
+        for name, r in multi:
+            print(f"{name:<58} {r['clips_s']:8.1f} clips/s {r['cpu_ms']:8.1f} CPU-ms/clip")
     if gpu:
         print(f"\nclips/s ready on {args.device} (decoded, cropped, resized), batch "
               f"{args.batch}, resampled shards, through the prefetch thread")

@@ -321,3 +321,37 @@ def test_the_prefetcher_saves_the_position_of_the_last_consumed_batch(synthetic_
         next(feed)
         assert feed.state_dict() == states[k]  # the thread is ahead; the saved place is not
     feed.close()
+
+
+def test_spatial_repeats_share_frames_and_differ_in_crops_and_masks(synthetic_set):
+    """data.repeat_mode=spatial (VideoMAE V2): a video's repeats take the same frame positions
+    (one window decoded) with their own crops and masks; temporal repeats take their own
+    windows. The CPU and device paths agree in spatial mode too, and it resumes exactly."""
+    from data.stream import batch_to_device
+    kw = dict(batch_size=8, repeats=4, scales=(1.0, 0.875, 0.75, 0.66), mask="tube",
+              mask_ratio=0.75, flip=True)
+    dev = next(iter(TrainStream(cfg_for(synthetic_set, augment="device",
+                                        repeat_mode="spatial", **kw))))
+    frames, crops = dev["clip_frames"], dev["clip_crop"]
+    assert len(dev["frames"]) == 2 and all(f.shape[0] == 8 for f in dev["frames"])  # 8, not ~24
+    for v in range(2):
+        rows = slice(4 * v, 4 * v + 4)
+        assert all(torch.equal(frames[rows][0], f) for f in frames[rows])
+        assert len({tuple(c.tolist()) for c in crops[rows]}) > 1
+        assert len({tuple(m.tolist()) for m in dev["mask"][rows]}) == 4
+    temporal = next(iter(TrainStream(cfg_for(synthetic_set, augment="device", **kw))))
+    assert sum(f.shape[0] for f in temporal["frames"]) > 16       # the union of 4 windows
+    cpu = next(iter(TrainStream(cfg_for(synthetic_set, repeat_mode="spatial", **kw))))
+    on_dev = batch_to_device(dev, torch.device("cpu"), 32)
+    assert [k for k in cpu if not torch.equal(cpu[k], on_dev[k])] == []
+    s = TrainStream(cfg_for(synthetic_set, repeat_mode="spatial", **kw))
+    it = iter(s)
+    next(it)
+    state = s.state_dict()
+    want = next(it)
+    r = TrainStream(cfg_for(synthetic_set, repeat_mode="spatial", **kw))
+    r.load_state_dict(state)
+    got = next(iter(r))
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    with pytest.raises(ValueError, match="data.repeat_mode must be temporal or spatial"):
+        TrainStream(cfg_for(synthetic_set, repeat_mode="both"))

@@ -44,7 +44,7 @@ from data.decode import decode_frames  # noqa: E402
 from data.manifest import load_shard_set  # noqa: E402
 from data.masks import make_mask  # noqa: E402
 from data.sampling import sample_frame_indices  # noqa: E402
-import data.stream as stream_module  # noqa: E402
+import data.clips as clips_module  # noqa: E402
 from data.plan import plan_units  # noqa: E402
 from data.shard_reader import numbered_samples  # noqa: E402
 from data.stream import StreamConfig, TrainStream  # noqa: E402
@@ -96,7 +96,7 @@ class DecodeCounter:
 
     def __init__(self, gop: int):
         self.gop, self.frames, self.calls = gop, 0, 0
-        self.real = stream_module.decode_frames
+        self.real = clips_module.decode_frames
 
     def __enter__(self):
         def counted(data, indices=None, num_threads=1):
@@ -106,11 +106,11 @@ class DecodeCounter:
                 self.calls += 1
                 return idx
             return self.real(data, pick, num_threads)
-        stream_module.decode_frames = counted
+        clips_module.decode_frames = counted
         return self
 
     def __exit__(self, *exc):
-        stream_module.decode_frames = self.real
+        clips_module.decode_frames = self.real
 
 
 def recipe_stream(shards: str, batch: int, workers: int, repeats: int, augment: str,

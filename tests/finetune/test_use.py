@@ -257,6 +257,8 @@ def test_the_hf_export_gives_our_top1_in_transformers_pipelines(trained_run, syn
     new = [clf(torch.from_numpy(decode_frames(open(f, "rb").read())).permute(0, 3, 1, 2),
                top_k=1)[0] for f in files]
     agree = np.mean([n["label"] == ours[f]["label"] for f, n in zip(files, new)])
+    print(f"transformers {__import__('transformers').__version__}: top-1 agreement {agree:.3f} "
+          f"over {len(files)} clips")
     assert agree >= 0.95, (agree, new, ours)
     assert max(abs(n["score"] - ours[f]["score"]) for f, n in zip(files, new)
                if n["label"] == ours[f]["label"]) < 0.01
@@ -269,6 +271,7 @@ def test_the_hf_export_gives_our_top1_in_transformers_pipelines(trained_run, syn
     assert r.returncode == 0, r.stderr[-3000:]
     old = json.loads(r.stdout.strip().splitlines()[-1])
     agree = np.mean([o["label"] == ours[f]["label"] for f, o in zip(files, old)])
+    print(f"transformers 4.57: top-1 agreement {agree:.3f} over {len(files)} clips")
     assert agree >= 0.95, (agree, old, ours)
 
 

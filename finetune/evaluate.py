@@ -63,7 +63,7 @@ def mean_per_sample(index: np.ndarray, values: np.ndarray, labels: np.ndarray
     uniq, inverse = np.unique(index, return_inverse=True)
     sums = np.zeros((len(uniq), *np.shape(values)[1:]))
     np.add.at(sums, inverse, values)
-    counts = np.bincount(inverse, minlength=len(uniq))[:, None]
+    counts = np.bincount(inverse, minlength=len(uniq)).reshape(-1, *[1] * (sums.ndim - 1))
     lab = np.zeros(len(uniq), dtype=np.int64)
     lab[inverse] = labels
     return uniq, sums / counts, lab

@@ -12,7 +12,8 @@ pooled feature before its head (ViViT: the mean token; UniFormer: the pooled las
 averaged over the evaluation's ``clips x crops`` views: for a prepared split, exactly the
 features ``finetune.probe`` fits on.
 
-Writes FEATS (.npy, float32 (N, D); or .safetensors with ``features``) and FEATS's stem + .csv
+Writes FEATS (.npy, float32 (N, D), or (N, tokens, D) with ``--tokens``; or .safetensors with
+``features``) and FEATS's stem + .csv
 (row, input, label when known). A prepared set is done a few shards at a time into FEATS.parts/
 and an interrupted command continues from the parts done (same MODEL and INPUTs).
 """
@@ -29,8 +30,18 @@ import sys
 import numpy as np
 
 
+def token_features(model):
+    """The function giving an input's token grid (B, N, D): ViViT's tokens after its last
+    block and norm; other families have no token grid of that kind."""
+    if not hasattr(model, "forward_features"):
+        raise ValueError(f"--tokens gives ViViT's token grid; {type(model).__name__} has none "
+                         f"(use the pooled features)")
+    return model.forward_features
+
+
 def shard_set_features(model, data_cfg, shard_set, device, parts: str | None = None,
-                       name: str = "set") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       name: str = "set", tokens: bool = False
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(features (S, D) averaged over views, labels (S,), sample numbers (S,)) of every sample
     of ``shard_set``, ordered by sample number; computed ``max(1, workers)`` shards at a time
     (each chunk saved under ``parts`` when given, and taken from there when already done)."""
@@ -38,6 +49,7 @@ def shard_set_features(model, data_cfg, shard_set, device, parts: str | None = N
     from data.stream import EvalStream
     from .evaluate import mean_per_sample
     model.eval()
+    fn = token_features(model) if tokens else model.pooled
     chunk = max(1, data_cfg.num_workers)
     out_f, out_l, out_i = [], [], []
     first = 0
@@ -52,7 +64,7 @@ def shard_set_features(model, data_cfg, shard_set, device, parts: str | None = N
             idx, feats, labels = [], [], []
             with torch.no_grad():
                 for batch in EvalStream(data_cfg, None, shard_set=sub):
-                    feats.append(model.pooled(batch["video"].to(device)).float().cpu().numpy())
+                    feats.append(fn(batch["video"].to(device)).float().cpu().numpy())
                     idx.append(batch["index"].numpy())
                     labels.append(batch["label"].numpy())
             if idx:
@@ -77,18 +89,19 @@ def shard_set_features(model, data_cfg, shard_set, device, parts: str | None = N
 class _EncoderModel:
     """What ``Predictor`` needs of a trained model, for an encoder in a recipe's model section."""
 
-    def __init__(self, model, data, device):
+    def __init__(self, model, data, device, tokens: bool = False):
         import torch
         self.model, self.data, self.device = model.to(device).eval(), data, torch.device(device)
+        self.fn = token_features(model) if tokens else model.pooled
 
     def pooled(self, video):
         import torch
         with torch.no_grad():
-            return self.model.pooled(video.to(self.device)).float()
+            return self.fn(video.to(self.device)).float()
 
 
 def features(model: str, inputs: list[str], out: str, config: str | None = None,
-             overrides=(), device: str | None = None) -> dict:
+             overrides=(), device: str | None = None, tokens: bool = False) -> dict:
     """Write the features of ``inputs`` to ``out`` (+ the index CSV); returns a summary."""
     import torch
     from .predict import Item, Predictor, gather
@@ -107,16 +120,16 @@ def features(model: str, inputs: list[str], out: str, config: str | None = None,
             except (ValueError, OSError):
                 classes_n = 1
         net, _ = probe_model(cfg, classes_n)
-        t = _EncoderModel(net, dataclasses.replace(cfg.data, mask="none"), device)
+        t = _EncoderModel(net, dataclasses.replace(cfg.data, mask="none"), device, tokens)
         classes, in_chans = [], cfg.model.in_chans
     else:
         from .trained import load_trained
         trained = load_trained(model, device, precision="fp32")
-        t = _EncoderModel(trained.model, trained.data, device)
+        t = _EncoderModel(trained.model, trained.data, device, tokens)
         classes, in_chans = trained.classes, trained.model.cfg.in_chans
     units, failures = gather(inputs, classes, in_chans)
     key = hashlib.sha256(json.dumps([os.path.abspath(model), [os.path.abspath(i) for i in inputs],
-                                     config, list(overrides)]).encode()).hexdigest()[:16]
+                                     config, list(overrides), tokens]).encode()).hexdigest()[:16]
     parts = out + ".parts"
     if os.path.isdir(parts) and not os.path.isfile(os.path.join(parts, key)):
         shutil.rmtree(parts)              # parts of another command: not this one's
@@ -142,7 +155,8 @@ def features(model: str, inputs: list[str], out: str, config: str | None = None,
         from data.manifest import load_shard_set
         ss = load_shard_set(u)
         data = dataclasses.replace(t.data, shards=u)
-        f, lab, idx = shard_set_features(t.model, data, ss, t.device, parts, name=f"in{n}")
+        f, lab, idx = shard_set_features(t.model, data, ss, t.device, parts, name=f"in{n}",
+                                         tokens=tokens)
         feats.append(f)
         rows += [(f"{u}#{int(i)}", ss.classes[int(lb)] if ss.classes else str(int(lb)))
                  for i, lb in zip(idx, lab)]
@@ -189,6 +203,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="FEATS.npy or FEATS.safetensors")
     ap.add_argument("--config", help="a fine-tuning recipe whose model and data sections take "
                                      "the encoder MODEL (as finetune.probe)")
+    ap.add_argument("--tokens", action="store_true",
+                    help="the token grid (N, tokens, D) instead of the pooled feature (ViViT)")
     ap.add_argument("--device", help="cpu or cuda (default: cuda when there is a GPU)")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     metavar="section.key=value", help="a recipe override (with --config)")
@@ -197,8 +213,8 @@ def main(argv=None) -> int:
 
     def body() -> int:
         res = features(args.model, args.inputs, args.out, args.config, args.overrides,
-                       args.device)
-        print(f"finetune.features: {res['shape'][0]} x {res['shape'][1]} features in "
+                       args.device, args.tokens)
+        print(f"finetune.features: {' x '.join(map(str, res['shape']))} features in "
               f"{res['features']}, index in {os.path.splitext(res['features'])[0]}.csv",
               file=sys.stderr)
         return 0

@@ -288,3 +288,15 @@ def test_hf_export_of_a_model_it_cannot_hold_is_refused_naming_why(trained_run, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model.norm_layout='tokens' (needs 'pooled')" in err[0]
     assert not (tmp_path / "h").exists() and not (tmp_path / "m2").exists()
+
+
+def test_features_of_the_token_grid(trained_run, synthetic_set, tmp_path):
+    """--tokens: the token grid per input, (N, tokens, D), whose mean over tokens is the pooled
+    feature (ViViT's mean pooling)."""
+    from finetune.features import main
+    test = os.path.join(synthetic_set, "test")
+    assert main([trained_run, test, "--out", str(tmp_path / "p.npy")]) == 0
+    assert main([trained_run, test, "--tokens", "--out", str(tmp_path / "t.npy")]) == 0
+    pooled, grid = np.load(tmp_path / "p.npy"), np.load(tmp_path / "t.npy")
+    assert grid.shape == (pooled.shape[0], 4 * 4 * 4, pooled.shape[1])    # 8/2 x 32/8 x 32/8
+    assert np.allclose(grid.mean(1), pooled, atol=1e-5)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .decode import decode_frames
+from .decode import decode_frames, decode_yuv420
 from .manifest import ShardSet
 from .masks import make_mask, running_cell_mask
 from .nvdec import worker_decoder
@@ -112,10 +112,17 @@ class SampleMaker:
                 picked["union"] = np.unique(np.concatenate(picked["clips"]))
                 return picked["union"]
             # one open, one decode for every repeat
-            frames = torch.from_numpy(worker_decoder().frames(payload, pick)
-                                      if cfg.decode == "nvdec" else
-                                      decode_frames(payload, pick))
+            colour = None
+            if cfg.decode == "nvdec":
+                frames = torch.from_numpy(worker_decoder().frames(payload, pick))
+            elif cfg.augment == "device" and cfg.device_format == "yuv420":
+                planes, colour = decode_yuv420(payload, pick)
+                frames = torch.from_numpy(planes)
+            else:
+                frames = torch.from_numpy(decode_frames(payload, pick))
             height, width = frames.shape[1:3]
+            if colour is not None:
+                height = height * 2 // 3
         clips, masks, decode = [], [], []
         on_device = kind == "video" and cfg.augment == "device"
         for r, rng in enumerate(rngs):
@@ -135,7 +142,8 @@ class SampleMaker:
                 masks.append(m[0])
                 if cfg.decoder_mask_ratio > 0:
                     decode.append(running_cell_mask(m, grid, cfg.decoder_mask_ratio, g)[0])
-        return clips, masks, decode, label, (frames if on_device else None)
+        shipped = (frames if colour is None else (frames, colour)) if on_device else None
+        return clips, masks, decode, label, shipped
 
     def eval_views(self, raw: dict):
         kind, payload, label = self.decode(raw)
@@ -182,6 +190,9 @@ def collate(clips, masks, labels, index, decode=(), videos=()) -> dict:
     batch = {"label": torch.tensor(labels, dtype=torch.int64),
              "index": torch.tensor(index, dtype=torch.int64)}
     if videos:  # device augmentation: clips are (video number, positions, crop parameters)
+        if isinstance(videos[0], tuple):    # yuv420 planes, with each video's colour
+            batch["frame_colour"] = torch.tensor([c for _, c in videos], dtype=torch.int64)
+            videos = [v for v, _ in videos]
         batch["frames"] = list(videos)
         batch["clip_source"] = torch.tensor([c[0] for c in clips], dtype=torch.int64)
         batch["clip_frames"] = torch.stack([c[1] for c in clips])

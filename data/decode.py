@@ -183,6 +183,62 @@ def upright(frame: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(frame, k)) if k else frame
 
 
+# AVColorSpace values that mean BT.709; everything else (unspecified included) converts as
+# BT.601, which is what FFmpeg's swscale (and so decord's RGB) does for them.
+_BT709 = {1}
+
+
+def decode_yuv420(data: bytes, indices: Callable[[int], Iterable[int]] | Iterable[int]
+                  ) -> tuple[np.ndarray, tuple[int, int]]:
+    """Frames at ``indices`` as they leave the decoder, in I420 planes: (T, H * 3 // 2, W)
+    uint8 (Y rows, then U and V, each (H/2) x (W/2) packed into H/4 rows of W), and the colour
+    (1 for BT.709 else 0, 1 for full range else 0). No RGB conversion: ``yuv420_to_rgb`` does
+    it where the frames are used. Decodes from the last keyframe at or before the first
+    wanted frame (frames counted in stream order). ``indices`` may be a function of the frame
+    count, as in ``decode_frames``."""
+    try:
+        box = av.open(io.BytesIO(data))
+    except Exception as e:
+        raise VideoDecodeError(f"cannot open as video: {_short(e)}") from None
+    with box:
+        if not box.streams.video:
+            raise VideoDecodeError("no video stream")
+        stream = box.streams.video[0]
+        stream.thread_count = 1
+        packets = [p for p in box.demux(stream) if p.size]
+        n = len(packets)
+        idx = [int(i) for i in (indices(n) if callable(indices) else indices)]
+        if not idx or min(idx) < 0 or max(idx) >= n:
+            raise VideoDecodeError(f"frame indices out of range for a video of {n} frames")
+        first, last, wanted = min(idx), max(idx), set(idx)
+        start = max((k for k in range(first + 1) if packets[k].is_keyframe), default=0)
+        got: dict = {}
+        colour = (0, 0)
+        ctx = stream.codec_context
+        k = start
+        try:
+            for p in packets[start:last + 1] + [None]:
+                for frame in ctx.decode(p):
+                    if k in wanted:
+                        if frame.format.name != "yuv420p" or frame.width % 2 or \
+                                frame.height % 2:
+                            raise VideoDecodeError(
+                                f"frames are {frame.format.name} {frame.width}x{frame.height},"
+                                f" not even-sized yuv420p; use data.device_format=rgb")
+                        got[k] = frame.to_ndarray(format="yuv420p")
+                        colour = (int(frame.colorspace in _BT709),
+                                  int(frame.color_range == 2))
+                    k += 1
+                if k > last:
+                    break
+        except av.error.FFmpegError as e:
+            raise VideoDecodeError(f"cannot decode frames: {_short(e)}") from None
+    missing = [i for i in idx if i not in got]
+    if missing:
+        raise VideoDecodeError(f"cannot decode frames {missing[:3]}: the stream ends early")
+    return np.stack([got[i] for i in idx]), colour
+
+
 def encode_video(frames: Iterable[np.ndarray], fps: float, codec: str = "h264",
                  container: str = "mp4", gop: int = 16, crf: int = 23,
                  preset: str = "veryfast", rotation: int = 0) -> bytes:

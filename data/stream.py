@@ -75,6 +75,9 @@ class StreamConfig:
     augment: str = "cpu"              # cpu | device: crop and resize training clips in the
                                       # loader, or on the training device (workers ship the
                                       # decoded frames and the crop boxes)
+    device_format: str = "rgb"        # with augment: device, what workers ship: rgb, or yuv420
+                                      # (the decoder's planes, half the bytes; converted to RGB
+                                      # on the device with the stream's matrix and range)
     decode: str = "cpu"               # cpu | nvdec: the loader workers decode videos on the
                                       # CPU, or on the GPU's NVDEC engines (needs augment:
                                       # device; falls back to cpu where NVDEC is missing)
@@ -102,6 +105,13 @@ class StreamConfig:
         if self.decode == "nvdec" and self.augment != "device":
             raise ValueError("data.decode=nvdec needs data.augment=device (frames decoded on "
                              "the GPU are cropped there)")
+        if self.device_format not in ("rgb", "yuv420"):
+            raise ValueError(f"data.device_format must be rgb or yuv420, not "
+                             f"{self.device_format!r}")
+        if self.device_format == "yuv420" and (self.augment != "device" or
+                                               self.decode != "cpu"):
+            raise ValueError("data.device_format=yuv420 ships the CPU decoder's planes to the "
+                             "device: it needs data.augment=device and data.decode=cpu")
         if self.augment == "device" and self.size is None:
             raise ValueError("data.augment=device needs data.size (the side of the clips)")
         if self.mask != "none" and self.size is not None and self.size % self.patch:
@@ -423,6 +433,9 @@ def batch_to_device(batch: dict, device: torch.device, size: int | None) -> dict
            if torch.is_tensor(v) and k not in ("clip_frames", "clip_source", "clip_crop")}
     if "frames" in batch:
         frames = [f.to(device, non_blocking=True) for f in batch["frames"]]
+        colour = batch.get("frame_colour")
+        out.pop("frame_colour", None)
         out["video"] = crop_batch(frames, batch["clip_source"], batch["clip_frames"],
-                                  batch["clip_crop"], size)
+                                  batch["clip_crop"], size,
+                                  None if colour is None else colour.tolist())
     return out

@@ -90,25 +90,70 @@ def train_transform(frames: np.ndarray | torch.Tensor, size: int, rng: np.random
     return apply_crop(frames, train_crop_params(h, w, rng, scales, flip), size)
 
 
+def yuv420_to_rgb(y: torch.Tensor, u: torch.Tensor, v: torch.Tensor, bt709: bool,
+                  full_range: bool) -> torch.Tensor:
+    """Planes of the same shape (chroma already upsampled), uint8 on any device -> RGB (..., 3)
+    uint8 with FFmpeg's matrix and range for the stream; within 1 level of 255 of swscale's
+    output on average (flooring as its fixed-point code does)."""
+    kr, kb = (0.2126, 0.0722) if bt709 else (0.299, 0.114)
+    kg = 1 - kr - kb
+    yf, uf, vf = y.float(), u.float() - 128, v.float() - 128
+    if full_range:
+        cs = 1.0
+    else:
+        yf = (yf - 16) * (255 / 219)
+        cs = 255 / 224
+    r = yf + cs * 2 * (1 - kr) * vf
+    b = yf + cs * 2 * (1 - kb) * uf
+    g = yf - cs * (2 * kb * (1 - kb) / kg * uf + 2 * kr * (1 - kr) / kg * vf)
+    return torch.stack([r, g, b], -1).floor_().clamp_(0, 255).to(torch.uint8)
+
+
+def _yuv_crop(planes: torch.Tensor, pos: torch.Tensor, top: int, left: int, ch: int,
+              cw: int, colour) -> torch.Tensor:
+    """I420 planes (F, H * 3 // 2, W) -> the RGB crop (T, ch, cw, 3) at frames ``pos``: chroma
+    taken nearest (each sample covers 2 x 2 pixels, as swscale's default does), converted
+    only where the crop is."""
+    f, rows, w = planes.shape
+    h = rows * 2 // 3
+    sel = planes[pos]
+    y = sel[:, top:top + ch, left:left + cw]
+    chroma = sel[:, h:].reshape(len(pos), 2, h // 2, w // 2)
+    dev = planes.device
+    r_idx = torch.arange(top, top + ch, device=dev) // 2
+    c_idx = torch.arange(left, left + cw, device=dev) // 2
+    chroma = chroma.index_select(2, r_idx).index_select(3, c_idx)      # (T, 2, ch, cw)
+    return yuv420_to_rgb(y, chroma[:, 0], chroma[:, 1], bool(colour[0]), bool(colour[1]))
+
+
 def crop_batch(frames: list[torch.Tensor], source: torch.Tensor, positions: torch.Tensor,
-               params: torch.Tensor, size: int) -> torch.Tensor:
+               params: torch.Tensor, size: int, colour: list | None = None) -> torch.Tensor:
     """Device augmentation: decoded videos ``frames`` (each (F, H, W, C) uint8), and per clip
     the video it comes from ``source`` (B,), its frames ``positions`` (B, T) in that video and
     its ``train_crop_params`` (B, 5) -> clips (B, C, T, size, size) uint8 on the frames'
     device; the same values as ``train_transform`` on the CPU.
 
     Clips with the same crop size are resized together (multi-scale cropping has at most ten
-    sizes), so a batch costs a few resize calls, not one per clip."""
+    sizes), so a batch costs a few resize calls, not one per clip.
+
+    With ``colour`` (one (bt709, full_range) per video), ``frames`` are I420 planes
+    (``decode_yuv420``): each crop is converted to RGB before it is resized."""
     rows, src = params.tolist(), source.tolist()
-    out = torch.empty((len(rows), frames[0].shape[-1], positions.shape[1], size, size),
+    channels = 3 if colour is not None else frames[0].shape[-1]
+    out = torch.empty((len(rows), channels, positions.shape[1], size, size),
                       dtype=torch.uint8, device=frames[0].device)
     groups: dict = {}
     for b, (_, _, ch, cw, _) in enumerate(rows):
         groups.setdefault((ch, cw), []).append(b)
     for (ch, cw), members in groups.items():
-        crops = torch.stack([frames[src[b]][:, rows[b][0]:rows[b][0] + ch,
-                                            rows[b][1]:rows[b][1] + cw][positions[b]]
-                             for b in members])                          # (n, T, ch, cw, C)
+        if colour is not None:
+            crops = torch.stack([_yuv_crop(frames[src[b]], positions[b], rows[b][0],
+                                           rows[b][1], ch, cw, colour[src[b]])
+                                 for b in members])
+        else:
+            crops = torch.stack([frames[src[b]][:, rows[b][0]:rows[b][0] + ch,
+                                                rows[b][1]:rows[b][1] + cw][positions[b]]
+                                 for b in members])                      # (n, T, ch, cw, C)
         x = resize_frames(rearrange(crops, "n t h w c -> (n t) c h w"), (size, size))
         x = rearrange(x, "(n t) c h w -> n c t h w", n=len(members))
         flipped = [i for i, b in enumerate(members) if rows[b][4]]

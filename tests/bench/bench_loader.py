@@ -97,29 +97,39 @@ class DecodeCounter:
     def __init__(self, gop: int):
         self.gop, self.frames, self.calls = gop, 0, 0
         self.real = clips_module.decode_frames
+        self.real_yuv = clips_module.decode_yuv420
+
+    def _pick(self, indices):
+        def pick(n):
+            idx = np.asarray(indices(n) if callable(indices) else indices)
+            self.frames += int(idx.max()) - (int(idx.min()) // self.gop) * self.gop + 1
+            self.calls += 1
+            return idx
+        return pick
 
     def __enter__(self):
         def counted(data, indices=None, num_threads=1):
-            def pick(n):
-                idx = np.asarray(indices(n) if callable(indices) else indices)
-                self.frames += int(idx.max()) - (int(idx.min()) // self.gop) * self.gop + 1
-                self.calls += 1
-                return idx
-            return self.real(data, pick, num_threads)
+            return self.real(data, self._pick(indices), num_threads)
+
+        def counted_yuv(data, indices):
+            return self.real_yuv(data, self._pick(indices))
         clips_module.decode_frames = counted
+        clips_module.decode_yuv420 = counted_yuv
         return self
 
     def __exit__(self, *exc):
         clips_module.decode_frames = self.real
+        clips_module.decode_yuv420 = self.real_yuv
 
 
 def recipe_stream(shards: str, batch: int, workers: int, repeats: int, augment: str,
-                  decode: str = "cpu", repeat_mode: str = "temporal") -> StreamConfig:
+                  decode: str = "cpu", repeat_mode: str = "temporal",
+                  device_format: str = "rgb") -> StreamConfig:
     """The stream of every row: the recipe's 16 frames at stride 4, 224^2, tube mask 0.9."""
     return StreamConfig(shards=shards, batch_size=batch, num_workers=workers,
                         num_frames=FRAMES, stride=STRIDE, size=SIZE, repeats=repeats,
                         mask="tube", mask_ratio=RATIO, shuffle_buffer=4, augment=augment,
-                        decode=decode, repeat_mode=repeat_mode)
+                        decode=decode, repeat_mode=repeat_mode, device_format=device_format)
 
 
 def batch_bytes(b: dict) -> int:
@@ -129,13 +139,15 @@ def batch_bytes(b: dict) -> int:
 
 
 def stream_rate(shards: str, clips: int, repeats: int, augment: str = "cpu", workers: int = 0,
-                batch: int | None = None, repeat_mode: str = "temporal") -> dict:
+                batch: int | None = None, repeat_mode: str = "temporal",
+                device_format: str = "rgb") -> dict:
     """clips/s out of a TrainStream (``workers`` loader processes; 0 = this process), CPU-ms per
     clip (this process's CPU time; with workers, theirs as well) and bytes shipped per clip."""
     import resource
     batch = batch or repeats
     it = iter(TrainStream(recipe_stream(shards, batch, workers, repeats, augment,
-                                        repeat_mode=repeat_mode)))
+                                        repeat_mode=repeat_mode,
+                                        device_format=device_format)))
     for _ in range(max(1, 2 * workers)):
         next(it)  # warm-up: workers started, first shards opened
 
@@ -304,18 +316,22 @@ def main():
             print(f"  baseline: {base:.2f} clips/s", file=sys.stderr, flush=True)
             rows = [("baseline: source file, full 1280x720 decode",
                      {"clips_s": base, "cpu_ms": None, "bytes": None}, None)]
-            for name, shards, gop, repeats, augment, mode in [
-                    ("shards 320p gop 16", old, 16, 1, "cpu", "temporal"),
-                    ("shards 320p gop 16, repeats 4", old, 16, 4, "cpu", "temporal"),
-                    ("resampled: step 4, 256p, gop 8", new, 8, 1, "cpu", "temporal"),
-                    ("resampled, repeats 4", new, 8, 4, "cpu", "temporal"),
-                    ("resampled +device", new, 8, 1, "device", "temporal"),
-                    (REFERENCE, new, 8, 4, "device", "temporal"),
-                    ("resampled, repeats 4 spatial", new, 8, 4, "cpu", "spatial"),
-                    ("resampled +device, repeats 4 spatial", new, 8, 4, "device", "spatial")]:
+            for name, shards, gop, repeats, augment, mode, fmt in [
+                    ("shards 320p gop 16", old, 16, 1, "cpu", "temporal", "rgb"),
+                    ("shards 320p gop 16, repeats 4", old, 16, 4, "cpu", "temporal", "rgb"),
+                    ("resampled: step 4, 256p, gop 8", new, 8, 1, "cpu", "temporal", "rgb"),
+                    ("resampled, repeats 4", new, 8, 4, "cpu", "temporal", "rgb"),
+                    ("resampled +device", new, 8, 1, "device", "temporal", "rgb"),
+                    (REFERENCE, new, 8, 4, "device", "temporal", "rgb"),
+                    ("resampled, repeats 4 spatial", new, 8, 4, "cpu", "spatial", "rgb"),
+                    ("resampled +device, repeats 4 spatial", new, 8, 4, "device", "spatial",
+                     "rgb"),
+                    ("resampled +device yuv420", new, 8, 1, "device", "temporal", "yuv420"),
+                    ("resampled +device yuv420, repeats 4 spatial", new, 8, 4, "device",
+                     "spatial", "yuv420")]:
                 with DecodeCounter(gop) as counter:
                     rate = stream_rate(shards, args.clips, repeats, augment,
-                                       repeat_mode=mode)
+                                       repeat_mode=mode, device_format=fmt)
                 rows.append((name, rate, counter.frames / max(counter.calls, 1) / repeats))
                 print(f"  {name}: {rate['clips_s']:.2f} clips/s, {rate['cpu_ms']:.1f} CPU-ms "
                       f"per clip", file=sys.stderr, flush=True)
@@ -329,10 +345,12 @@ def main():
                         ("resampled +device", new, 1, "device", "temporal"),
                         (REFERENCE, new, 4, "device", "temporal"),
                         ("resampled +device, repeats 4 spatial", new, 4, "device",
+                         "spatial"),
+                        ("resampled +device yuv420, repeats 4 spatial", new, 4, "device",
                          "spatial")]:
                     batch = args.batch if n_workers == args.workers else 8 * repeats
                     r = stream_rate(shards, 10 * batch, repeats, augment, n_workers, batch,
-                                    mode)
+                                    mode, "yuv420" if "yuv420" in name else "rgb")
                     multi.append((f"{n_workers} workers, {name}", r))
                     print(f"  {n_workers} workers, {name}: {r['clips_s']:.1f} clips/s",
                           file=sys.stderr, flush=True)

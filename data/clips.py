@@ -55,22 +55,13 @@ def short_samples(cfg: StreamConfig, shard_set: ShardSet, limit: int = 64
     the first ``limit`` samples of a video set, read from their metadata only (no decoding)."""
     import json
 
-    from .plan import plan_units
-    from .shard_reader import numbered_samples
+    from .shard_reader import leading_samples
     if shard_set.kind != "video":
         return 0, 0, None
     span = clip_span(cfg.num_frames, stored_stride(cfg, shard_set))
-    short = looked = 0
-    shortest = None
-    for s, unit in zip(shard_set.shards, plan_units([s.samples for s in shard_set.shards], 1)):
-        for _, raw in numbered_samples(s.url, unit, set(range(min(unit.count, limit - looked)))):
-            n = int(json.loads(raw["json"]).get("num_frames", 0))
-            looked += 1
-            short += n < span
-            shortest = n if shortest is None else min(shortest, n)
-        if looked >= limit:
-            break
-    return short, looked, shortest
+    frames = [int(json.loads(raw["json"]).get("num_frames", 0))
+              for raw in leading_samples(shard_set, limit)]
+    return sum(n < span for n in frames), len(frames), min(frames, default=None)
 
 
 class SampleMaker:

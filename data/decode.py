@@ -188,6 +188,21 @@ def upright(frame: np.ndarray, rotation: int) -> np.ndarray:
 _BT709 = {1}
 
 
+def _open_pyav(data: bytes):
+    """(container, its first video stream on one thread) of video bytes, or VideoDecodeError;
+    the caller closes the container (``with box:``)."""
+    try:
+        box = av.open(io.BytesIO(data))
+    except Exception as e:
+        raise VideoDecodeError(f"cannot open as video: {_short(e)}") from None
+    if not box.streams.video:
+        box.close()
+        raise VideoDecodeError("no video stream")
+    stream = box.streams.video[0]
+    stream.thread_count = 1
+    return box, stream
+
+
 def decode_yuv420(data: bytes, indices: Callable[[int], Iterable[int]] | Iterable[int]
                   ) -> tuple[np.ndarray, tuple[int, int]]:
     """Frames at ``indices`` as they leave the decoder, in I420 planes: (T, H * 3 // 2, W)
@@ -196,15 +211,8 @@ def decode_yuv420(data: bytes, indices: Callable[[int], Iterable[int]] | Iterabl
     it where the frames are used. Decodes from the last keyframe at or before the first
     wanted frame (frames counted in stream order). ``indices`` may be a function of the frame
     count, as in ``decode_frames``."""
-    try:
-        box = av.open(io.BytesIO(data))
-    except Exception as e:
-        raise VideoDecodeError(f"cannot open as video: {_short(e)}") from None
+    box, stream = _open_pyav(data)
     with box:
-        if not box.streams.video:
-            raise VideoDecodeError("no video stream")
-        stream = box.streams.video[0]
-        stream.thread_count = 1
         packets = [p for p in box.demux(stream) if p.size]
         n = len(packets)
         idx = [int(i) for i in (indices(n) if callable(indices) else indices)]
@@ -308,15 +316,8 @@ def transcode(data: bytes, short_side: int | None, gop: int = 16, crf: int = 23,
     probe."""
     if frame_step < 1:
         raise ValueError(f"frame_step must be >= 1, got {frame_step}")
-    try:
-        src = av.open(io.BytesIO(data))
-    except Exception as e:
-        raise VideoDecodeError(f"cannot open as video: {_short(e)}") from None
+    src, stream = _open_pyav(data)
     with src:
-        if not src.streams.video:
-            raise VideoDecodeError("no video stream")
-        stream = src.streams.video[0]
-        stream.thread_count = 1
         rate = stream.average_rate or stream.guessed_rate or 25
         size = None
 

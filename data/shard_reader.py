@@ -85,6 +85,19 @@ def numbered_samples(url: str, unit: Unit, local: set) -> Iterator[tuple[int, di
         log.warning("shard %s is damaged (%s); its remaining samples are skipped", url, e)
 
 
+def leading_samples(shard_set, limit: int) -> Iterator[dict]:
+    """The first ``limit`` raw samples of a shard set, in shard order (a look at a set, not a
+    training stream: no shuffle, no hash check)."""
+    from .plan import plan_units
+    left = limit
+    for s, unit in zip(shard_set.shards, plan_units([s.samples for s in shard_set.shards], 1)):
+        if left <= 0:
+            return
+        for _, raw in numbered_samples(s.url, unit, set(range(min(unit.count, left)))):
+            left -= 1
+            yield raw
+
+
 def decode_sample(raw: dict) -> tuple[str, object, int]:
     """Raw tar sample -> ('video', bytes, label) or ('volume', ndarray, label).
 

@@ -23,13 +23,12 @@ import json
 import os
 
 
-def export_classifier(run: str, out: str) -> str:
-    """Write model.safetensors + model.json of ``run`` (a run folder or an export) to ``out``."""
+def export_classifier(meta: dict, weights: dict, out: str) -> str:
+    """Write model.safetensors + model.json of a model (``trained.read_model``) to ``out``."""
     from safetensors.torch import save_file
 
     from data.atomic import umask_mode, write_text_atomic
-    from .trained import META, WEIGHTS, read_model
-    meta, weights = read_model(run)
+    from .trained import META, WEIGHTS
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, WEIGHTS)
     save_file({k: v.detach().float().contiguous().cpu() for k, v in weights.items()},
@@ -40,12 +39,17 @@ def export_classifier(run: str, out: str) -> str:
     return out
 
 
-def hf_classifier_blockers(model: dict) -> list[str]:
-    """What keeps a model (its resolved ``model`` section) out of VideoMAEForVideoClassification."""
+def check_hf_classifier(model: dict):
+    """Refuse, naming each setting, a model (its resolved ``model`` section) that
+    VideoMAEForVideoClassification cannot hold."""
     want = {"family": "vivit", "variant": 1, "tokenizer": "tubelet", "pool": "mean",
             "pos": "sincos", "head_norm": "layer", "norm_layout": "pooled"}
-    return [f"model.{k}={model.get(k)!r} (needs {v!r})" for k, v in want.items()
-            if model.get(k) != v]
+    blockers = [f"model.{k}={model.get(k)!r} (needs {v!r})" for k, v in want.items()
+                if model.get(k) != v]
+    if blockers:
+        raise ValueError("transformers' VideoMAEForVideoClassification cannot hold this model: "
+                         + "; ".join(blockers) + ". Fine-tune with those settings to export it "
+                         "there (model.norm_layout=pooled keeps one norm, after pooling)")
 
 
 def export_hf_classifier(meta: dict, weights: dict, out: str) -> str:
@@ -56,11 +60,7 @@ def export_hf_classifier(meta: dict, weights: dict, out: str) -> str:
     from pretrain.convert import ours_to_hf
     from pretrain.export import hf_file_names, write_hf_processor
     m = meta["model"]
-    blockers = hf_classifier_blockers(m)
-    if blockers:
-        raise ValueError("transformers' VideoMAEForVideoClassification cannot hold this model: "
-                         + "; ".join(blockers) + ". Fine-tune with those settings to export it "
-                         "there (model.norm_layout=pooled keeps one norm, after pooling)")
+    check_hf_classifier(m)
     enc = {("" if k.startswith(("fc_norm", "head")) else "encoder.") + k: v
            for k, v in weights.items() if not k.startswith("pos_embed")}
     sd = hf_file_names(ours_to_hf(enc))
@@ -98,13 +98,11 @@ def main(argv=None) -> int:
     def body() -> int:
         out = args.out or os.path.join(args.run, "model")
         try:
+            from .trained import read_model
+            meta, weights = read_model(args.run)
             if args.hf:         # checked first: a refused --hf writes nothing
-                from .trained import read_model
-                meta, weights = read_model(args.run)
-                blockers = hf_classifier_blockers(meta["model"])
-                if blockers:
-                    export_hf_classifier(meta, weights, args.hf)    # raises, naming them
-            export_classifier(args.run, out)
+                check_hf_classifier(meta["model"])
+            export_classifier(meta, weights, out)
             print(out)
             if args.hf:
                 print(export_hf_classifier(meta, weights, args.hf))

@@ -100,17 +100,11 @@ def _is_prepared(path: str) -> bool:
 def first_samples(folder: str, limit: int) -> list[Item]:
     """The first ``limit`` samples of a prepared split as loose items (label known)."""
     from data.manifest import load_shard_set
-    from data.plan import plan_units
-    from data.shard_reader import decode_sample, numbered_samples
-    ss = load_shard_set(folder)
+    from data.shard_reader import decode_sample, leading_samples
     items = []
-    for s, unit in zip(ss.shards, plan_units([s.samples for s in ss.shards], 1)):
-        for _, raw in numbered_samples(s.url, unit, set(range(min(unit.count,
-                                                                   limit - len(items))))):
-            kind, payload, label = decode_sample(raw)
-            items.append(Item(f"{folder}#{raw['__key__']}", kind, lambda p=payload: p, label))
-        if len(items) >= limit:
-            break
+    for raw in leading_samples(load_shard_set(folder), limit):
+        kind, payload, label = decode_sample(raw)
+        items.append(Item(f"{folder}#{raw['__key__']}", kind, lambda p=payload: p, label))
     return items
 
 
@@ -289,6 +283,7 @@ def predict(model: str, inputs: list[str], top_k: int = 5, device: str | None = 
     units, failures = gather(inputs, classes, t.model.cfg.in_chans, limit)
     rows: list[dict] = []
     scored = {"index": [], "logits": [], "labels": []}
+    next_index = [0]              # sample numbers of later groups start after earlier ones
 
     def row(name: str, scores: np.ndarray, label: int | None) -> dict:
         top = np.argsort(-scores)[:k]
@@ -296,8 +291,8 @@ def predict(model: str, inputs: list[str], top_k: int = 5, device: str | None = 
                 "top_k": [{"label": classes[i], "score": float(scores[i])} for i in top]}
 
     def add_scored(logits: np.ndarray, labels: np.ndarray, index: np.ndarray):
-        base = len(scored["labels"]) and int(np.concatenate(scored["index"]).max()) + 1
-        scored["index"].append(index + base)
+        scored["index"].append(index + next_index[0])
+        next_index[0] += int(index.max()) + 1
         scored["logits"].append(logits)
         scored["labels"].append(labels)
 
@@ -307,8 +302,9 @@ def predict(model: str, inputs: list[str], top_k: int = 5, device: str | None = 
                disable=None if progress is None else not progress, dynamic_ncols=True)
 
     def on_result(item: Item, logits):
-        probs = torch.softmax(logits.double(), 1).mean(0).numpy()
-        rows.append(row(item.name, probs, item.label))
+        views = np.zeros(len(logits), np.int64)     # one sample: its views averaged
+        _, probs, _ = aggregate_views(views, logits.numpy(), views)
+        rows.append(row(item.name, probs[0], item.label))
         if item.label is not None:
             add_scored(logits.numpy(), np.full(len(logits), item.label),
                        np.full(len(logits), len(rows)))

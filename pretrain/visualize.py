@@ -31,7 +31,6 @@ import numpy as np
 def load_pretraining_model(path: str):
     """(VideoMAE in eval mode, stride or None, what was loaded) from a run folder, one of its
     checkpoints, or a published pre-training file or folder."""
-    import torch
     from .model import ModelConfig, VideoMAE
     path = os.path.expanduser(path)
     if not os.path.exists(path):
@@ -76,7 +75,6 @@ def load_pretraining_model(path: str):
     if missing:
         raise ValueError(f"{path} does not fit a VideoMAE of the geometry found "
                          f"(missing {missing[:3]})")
-    del torch
     return model.eval(), None, path
 
 

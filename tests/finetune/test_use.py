@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 import pytest
-import yaml
 
 from tests.conftest import write_video
 
@@ -13,24 +12,12 @@ from tests.conftest import write_video
 def trained_run(synthetic_set, tmp_path_factory):
     """A finished ViViT fine-tune (fp32, pinned) on the synthetic set, 2 loader workers."""
     from finetune.__main__ import main
-    tmp = tmp_path_factory.mktemp("use")
-    run_dir = str(tmp / "ft")
-    recipe = {
-        "run": {"dir": run_dir, "seed": 0},
-        "data": {"shards": synthetic_set, "batch_size": 8, "num_workers": 2, "stride": 2,
-                 "flip": False, "mask": "none", "shuffle_buffer": 8, "test_clips": 2,
-                 "test_crops": 2},
-        "model": {"variant": 1, "tokenizer": "tubelet", "preset": "vit_tiny", "img_size": 32,
-                  "patch_size": 8, "num_frames": 8, "tubelet_size": 2,
-                  "norm_layout": "pooled"},       # one norm, after pooling: exportable to HF
-        "optim": {"lr": 1.0e-3, "warmup_epochs": 1},
-        "runtime": {"engine": "plain", "precision": "fp32"},
-        "log": {"every": 4, "progress": False},
-        "train": {"epochs": 2},
-    }
-    path = str(tmp / "ft.yaml")
-    with open(path, "w") as f:
-        yaml.safe_dump(recipe, f)
+    from tests.finetune.conftest import write_ft_recipe
+    path, run_dir = write_ft_recipe(
+        tmp_path_factory.mktemp("use"), synthetic_set,
+        data={"num_workers": 2, "test_clips": 2, "test_crops": 2},
+        model={"norm_layout": "pooled"},       # one norm, after pooling: exportable to HF
+        log={"every": 4})
     assert main(["--config", path, "--init", "none"]) == 0
     return run_dir
 

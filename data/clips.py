@@ -34,7 +34,9 @@ def check_stride(cfg: "StreamConfig"):
         folder = os.path.join(folder, cfg.split or "train")
     if not os.path.isfile(os.path.join(folder, "manifest.json")):
         return                 # not a prepared set (yet): the readers say what it lacks
-    stored_stride(cfg, load_shard_set(folder, verify=False))
+    shard_set = load_shard_set(folder, verify=False)
+    stored_stride(cfg, shard_set)
+    start_every(cfg, shard_set)
 
 
 def stored_stride(cfg: StreamConfig, shard_set: ShardSet) -> int:
@@ -47,6 +49,20 @@ def stored_stride(cfg: StreamConfig, shard_set: ShardSet) -> int:
                          f"{step} that {shard_set.root} was prepared with (--frame-step): use a "
                          f"stride of {step}, {2 * step}, ...")
     return cfg.stride // step
+
+
+def start_every(cfg: StreamConfig, shard_set: ShardSet) -> int:
+    """Stored frames between the starts a training clip may take: 1, or with
+    ``data.clip_starts: keyframe`` the keyframe interval prep wrote (``--gop``)."""
+    if cfg.clip_starts != "keyframe" or shard_set.kind != "video":
+        return 1
+    gop = shard_set.options.get("gop")
+    if not gop:
+        raise ValueError(f"data.clip_starts=keyframe needs shards whose keyframes prep placed "
+                         f"(transcoded: --short-side, --frame-step or --transcode, every --gop "
+                         f"frames); {shard_set.root} holds the videos as they came: re-prepare "
+                         f"it so, or set data.clip_starts=any")
+    return int(gop)
 
 
 def short_samples(cfg: StreamConfig, shard_set: ShardSet, limit: int = 64
@@ -73,6 +89,7 @@ class SampleMaker:
 
     def __init__(self, cfg: StreamConfig, shard_set: ShardSet):
         self.cfg, self.stride = cfg, stored_stride(cfg, shard_set)
+        self.start_every = start_every(cfg, shard_set)
         self.num_classes = shard_set.num_classes
 
     def decode(self, raw: dict) -> tuple[str, object, int]:
@@ -99,7 +116,8 @@ class SampleMaker:
                     n, cfg.num_frames, stride,
                     rngs[0] if r == 0 else np.random.default_rng(
                         clip_seed(cfg.seed, epoch, shard, member, r)),
-                    cfg.short_video) for r in range(windows)] * (cfg.repeats // windows)
+                    cfg.short_video, self.start_every)
+                    for r in range(windows)] * (cfg.repeats // windows)
                 picked["union"] = np.unique(np.concatenate(picked["clips"]))
                 return picked["union"]
             # one open, one decode for every repeat

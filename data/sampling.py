@@ -27,8 +27,10 @@ def _indices_from(start: int, video_frames: int, num_frames: int, stride: int,
 
 
 def sample_frame_indices(video_frames: int, num_frames: int, stride: int,
-                         rng: np.random.Generator, short: str = "clamp") -> np.ndarray:
-    """Indices (num_frames,) int64 of one training clip from a uniformly random start.
+                         rng: np.random.Generator, short: str = "clamp",
+                         start_every: int = 1) -> np.ndarray:
+    """Indices (num_frames,) int64 of one training clip from a uniformly random start; with
+    ``start_every`` k, uniformly among the starts 0, k, 2k, ... that fit (keyframes).
 
     When the video is shorter than the clip span the start is 0 and the indices past the end
     are clamped to the last frame ("clamp") or wrapped around ("loop").
@@ -36,7 +38,8 @@ def sample_frame_indices(video_frames: int, num_frames: int, stride: int,
     if video_frames < 1:
         raise ValueError("video has no frames")
     span = clip_span(num_frames, stride)
-    start = int(rng.integers(0, video_frames - span + 1)) if video_frames >= span else 0
+    start = (int(rng.integers(0, (video_frames - span) // start_every + 1)) * start_every
+             if video_frames >= span else 0)
     return _indices_from(start, video_frames, num_frames, stride, short)
 
 

@@ -60,6 +60,10 @@ class StreamConfig:
                                       # decoded); spatial: the repeats share one window's
                                       # frames, each with its own crop, flip and mask
                                       # (VideoMAE V2)
+    clip_starts: str = "any"          # any: a training clip starts on any stored frame;
+                                      # keyframe: only on a keyframe (every --gop stored
+                                      # frames of shards transcoded at prep), so no frame
+                                      # before the clip is decoded
     mask: str = "tube"                # tube | random | none
     mask_ratio: float = 0.9
     decoder_mask_ratio: float = 0.0   # >0: VideoMAEv2 running-cell decoder masking
@@ -89,6 +93,9 @@ class StreamConfig:
         if self.repeat_mode not in ("temporal", "spatial"):
             raise ValueError(f"data.repeat_mode must be temporal or spatial, not "
                              f"{self.repeat_mode!r}")
+        if self.clip_starts not in ("any", "keyframe"):
+            raise ValueError(f"data.clip_starts must be any or keyframe, not "
+                             f"{self.clip_starts!r}")
         if self.mask not in ("tube", "random", "none"):
             raise ValueError(f"data.mask must be tube, random or none, not {self.mask!r}")
         if self.short_video not in SHORT_MODES:
@@ -300,7 +307,8 @@ class TrainStream:
                 "world_size": self.world_size, "workers": self.workers, "seed": c.seed,
                 "batch_size": c.batch_size, "repeats": c.repeats,
                 "shuffle_buffer": c.shuffle_buffer,
-                **({"repeat_mode": c.repeat_mode} if c.repeat_mode != "temporal" else {})}
+                **({"repeat_mode": c.repeat_mode} if c.repeat_mode != "temporal" else {}),
+                **({"clip_starts": c.clip_starts} if c.clip_starts != "any" else {})}
 
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "rank": self.rank, "fingerprint": self._fingerprint(),

@@ -45,6 +45,20 @@ def synthetic_set(tmp_path_factory) -> str:
     return out
 
 
+@pytest.fixture(scope="session")
+def keyframe_set(tmp_path_factory):
+    """Eight 40-frame videos transcoded at prep with a keyframe every 4 frames."""
+    root = tmp_path_factory.mktemp("keyframes")
+    for c in range(2):
+        (root / "videos" / f"class{c}").mkdir(parents=True)
+        for i in range(4):
+            write_video(str(root / "videos" / f"class{c}" / f"v{i}.mp4"), n=40, seed=4 * c + i)
+    out = str(root / "set")
+    assert prep_main(["videos", str(root / "videos"), "--out", out, "--transcode", "--gop", "4",
+                      "--workers", "0"]) == 0
+    return out
+
+
 def make_medmnist_npz(path: str, n=(6, 3, 4), side: int = 28, classes: int = 11,
                       seed: int = 0) -> dict:
     """An npz with the official keys and layout: (N, D, H, W) uint8 images, (N, 1) labels."""

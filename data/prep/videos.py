@@ -181,7 +181,7 @@ def read_tree(root: str) -> tuple[list[VideoItem], list[str]]:
 
 
 def process_video(item_and_index, short_side: int | None, gop: int, crf: int,
-                  transcode_video: bool, frame_step: int = 1) -> dict:
+                  transcode_video: bool, frame_step: int = 1, tune: str | None = None) -> dict:
     """Read, check (and optionally transcode) one video -> a shard sample or a failure."""
     index, item = item_and_index
     ext = os.path.splitext(item.path)[1][1:].lower()
@@ -216,7 +216,7 @@ def process_video(item_and_index, short_side: int | None, gop: int, crf: int,
         rotation = display_rotation(data)
         if transcode_video or window or rotation:
             data, info = transcode(data, short_side, gop=gop, crf=crf, frame_step=frame_step,
-                                   window=window, rotation=rotation)
+                                   window=window, rotation=rotation, tune=tune)
             ext = "mp4"
     except VideoDecodeError as e:
         return {"ok": False, "reason": str(e)}
@@ -233,9 +233,9 @@ def process_video(item_and_index, short_side: int | None, gop: int, crf: int,
 
 
 def video_work(short_side: int | None, gop: int, crf: int, transcode_video: bool,
-               frame_step: int = 1):
+               frame_step: int = 1, tune: str | None = None):
     return partial(process_video, short_side=short_side, gop=gop, crf=crf,
-                   transcode_video=transcode_video, frame_step=frame_step)
+                   transcode_video=transcode_video, frame_step=frame_step, tune=tune)
 
 
 # Which copy of a file found in several splits is kept: the evaluation's (a training copy of a

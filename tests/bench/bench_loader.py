@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -40,7 +41,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from data.decode import decode_frames  # noqa: E402
+from data.decode import decode_frames, decord  # noqa: E402
 from data.manifest import load_shard_set  # noqa: E402
 from data.masks import make_mask  # noqa: E402
 from data.sampling import sample_frame_indices  # noqa: E402
@@ -56,6 +57,7 @@ from data.stream import batch_to_device  # noqa: E402
 FRAMES, STRIDE, SIZE, RATIO = 16, 4, 224, 0.9
 REFERENCE = "resampled +device, repeats 4"     # the best path before repeat modes: ratios
 GRID = (FRAMES // 2, SIZE // 16, SIZE // 16)
+BEST = "fast-decode gop 16 keyframe starts +device yuv420, repeats 4 spatial"
 
 
 def source_video() -> str:
@@ -124,12 +126,13 @@ class DecodeCounter:
 
 def recipe_stream(shards: str, batch: int, workers: int, repeats: int, augment: str,
                   decode: str = "cpu", repeat_mode: str = "temporal",
-                  device_format: str = "rgb") -> StreamConfig:
+                  device_format: str = "rgb", clip_starts: str = "any") -> StreamConfig:
     """The stream of every row: the recipe's 16 frames at stride 4, 224^2, tube mask 0.9."""
     return StreamConfig(shards=shards, batch_size=batch, num_workers=workers,
                         num_frames=FRAMES, stride=STRIDE, size=SIZE, repeats=repeats,
                         mask="tube", mask_ratio=RATIO, shuffle_buffer=4, augment=augment,
-                        decode=decode, repeat_mode=repeat_mode, device_format=device_format)
+                        decode=decode, repeat_mode=repeat_mode, device_format=device_format,
+                        clip_starts=clip_starts)
 
 
 def batch_bytes(b: dict) -> int:
@@ -140,14 +143,15 @@ def batch_bytes(b: dict) -> int:
 
 def stream_rate(shards: str, clips: int, repeats: int, augment: str = "cpu", workers: int = 0,
                 batch: int | None = None, repeat_mode: str = "temporal",
-                device_format: str = "rgb") -> dict:
+                device_format: str = "rgb", clip_starts: str = "any") -> dict:
     """clips/s out of a TrainStream (``workers`` loader processes; 0 = this process), CPU-ms per
     clip (this process's CPU time; with workers, theirs as well) and bytes shipped per clip."""
     import resource
     batch = batch or repeats
     it = iter(TrainStream(recipe_stream(shards, batch, workers, repeats, augment,
                                         repeat_mode=repeat_mode,
-                                        device_format=device_format)))
+                                        device_format=device_format,
+                                        clip_starts=clip_starts)))
     for _ in range(max(1, 2 * workers)):
         next(it)  # warm-up: workers started, first shards opened
 
@@ -235,9 +239,137 @@ def decoder_rate(shards: str, repeats: int, nvdec: bool, seconds: float = 10.0):
     return videos / dt, frames / dt, (decoder.cpu_fallbacks if decoder else 0)
 
 
-def prep_shards(tree: str, out: str, *options: str):
+def shard_videos(shards: str) -> list[tuple[dict, int, int]]:
+    """Every raw sample of a shard set with its (shard, member) numbers, read into memory."""
+    ss = load_shard_set(shards)
+    units = plan_units([s.samples for s in ss.shards], 1)
+    out = []
+    for i, (s, u) in enumerate(zip(ss.shards, units)):
+        out += [(raw, i, m) for m, raw in numbered_samples(s.url, u, set(range(u.count)))]
+    return out
+
+
+def _pyav_seek_rgb(data: bytes, idx: np.ndarray) -> np.ndarray:
+    """PyAV with the container's seek: jump to the keyframe before the first frame (by
+    timestamp), decode to the last, convert the wanted ones to RGB."""
+    import av
+    with av.open(io.BytesIO(data)) as box:
+        stream = box.streams.video[0]
+        stream.thread_count = 1
+        rate, base = stream.average_rate, stream.time_base
+        t0 = stream.start_time or 0
+
+        def number(frame):
+            return int(round(float((frame.pts - t0) * base * rate)))
+        box.seek(t0 + int(int(idx[0]) / rate / base), stream=stream, backward=True)
+        want, got = set(int(i) for i in idx), {}
+        for frame in box.decode(stream):
+            k = number(frame)
+            if k in want:
+                got[k] = frame.to_ndarray(format="rgb24")
+            if k >= int(idx[-1]):
+                break
+    return np.stack([got[int(i)] for i in idx])
+
+
+def decoder_costs(shards: str, clips: int, label: str) -> list[dict]:
+    """Open and decode cost per video, in ms of this process's CPU, of each decoder on the
+    same shard bytes: 16 consecutive stored frames (the resampled clip) from a seeded start.
+    Rows: decord (what the loader uses), PyAV from the stream start (decord's fallback), PyAV
+    with the container's seek, PyAV from the keyframe found in the demuxed packets (the
+    yuv420 path's decoder) with and without RGB conversion; torchcodec where it loads."""
+    from data.decode import _open_pyav, _reader, _decode_pyav, decode_yuv420
+    videos = [raw["mp4"] for raw, _, _ in shard_videos(shards)]
+    n = len(decord.VideoReader(io.BytesIO(videos[0])))
+    rng = np.random.default_rng(0)
+    starts = [int(rng.integers(0, n - FRAMES + 1)) for _ in range(clips)]
+
+    def yuv_rgb(data, idx):
+        planes, _ = decode_yuv420(data, idx)
+        return planes
+
+    def rgb_from_keyframe(data, idx):
+        # the demuxed-keyframe decoder, then the same frames converted as decord does
+        import av
+        planes, _ = decode_yuv420(data, idx)
+        h = planes.shape[1] * 2 // 3
+        return np.stack([av.VideoFrame.from_ndarray(p, format="yuv420p")
+                         .to_ndarray(format="rgb24") for p in planes]).reshape(-1, h,
+                                                                              planes.shape[2], 3)
+    decoders = [
+        ("decord (seek by its index), RGB", lambda d: _reader(d),
+         lambda d, idx: _reader(d).get_batch(list(idx)).asnumpy()),
+        ("PyAV from the stream start, RGB", lambda d: _open_pyav(d)[0].close(),
+         lambda d, idx: _decode_pyav(d, list(idx))),
+        ("PyAV container seek, RGB", lambda d: _open_pyav(d)[0].close(), _pyav_seek_rgb),
+        ("PyAV demuxed keyframe, YUV (no RGB)", lambda d: _open_pyav(d)[0].close(), yuv_rgb),
+        ("PyAV demuxed keyframe, +RGB", lambda d: _open_pyav(d)[0].close(),
+         rgb_from_keyframe)]
+    rows = []
+    reference = None
+    for name, opener, decode in decoders:
+        decode(videos[0], np.arange(FRAMES))          # warm-up
+        t0 = time.process_time()
+        for i in range(clips):
+            opener(videos[i % len(videos)])
+        t_open = (time.process_time() - t0) / clips
+        t0 = time.process_time()
+        for i, s in enumerate(starts):
+            out = decode(videos[i % len(videos)], np.arange(s, s + FRAMES))
+        t_all = (time.process_time() - t0) / clips
+        if "YUV" not in name:
+            if reference is None:
+                reference = out
+            same = bool(np.array_equal(out, reference))
+        else:
+            same = None
+        rows.append({"decoder": f"{label}: {name}", "open_ms": round(1000 * t_open, 2),
+                     "open_decode_ms": round(1000 * t_all, 2), "same_frames_as_decord": same})
+    try:
+        from torchcodec.decoders import VideoDecoder
+        VideoDecoder(videos[0], seek_mode="approximate")
+        t0 = time.process_time()
+        for i, s in enumerate(starts):
+            VideoDecoder(videos[i % len(videos)], seek_mode="approximate",
+                         num_ffmpeg_threads=1).get_frames_at(list(range(s, s + FRAMES)))
+        rows.append({"decoder": f"{label}: torchcodec approximate", "open_ms": None,
+                     "open_decode_ms": round(1000 * (time.process_time() - t0) / clips, 2),
+                     "same_frames_as_decord": None})
+    except Exception as e:  # not installed, or its FFmpeg libraries are missing
+        rows.append({"decoder": f"{label}: torchcodec", "unavailable": str(e).splitlines()[0][:120]})
+    return rows
+
+
+def thread_rate(shards: str, clips: int, threads: int, repeats: int, mode: str,
+                fmt: str, clip_starts: str = "any") -> dict:
+    """clips/s and CPU-ms per clip of ``threads`` threads in this process, each turning raw
+    samples (read beforehand) into a video's training clips, as a loader worker does with
+    data.augment=device: no process boundary and nothing shipped."""
+    from concurrent.futures import ThreadPoolExecutor
+    from data.clips import SampleMaker
+    cfg = recipe_stream(shards, repeats, 0, repeats, "device", repeat_mode=mode,
+                        device_format=fmt, clip_starts=clip_starts)
+    maker = SampleMaker(cfg, load_shard_set(shards))
+    samples = shard_videos(shards)
+    jobs = [samples[i % len(samples)] for i in range(-(-clips // repeats))]
+
+    def one(job):
+        raw, shard, member = job
+        return len(maker.train_clips(raw, 0, shard, member)[0])
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, jobs[:threads]))               # warm-up
+        t0, c0 = time.perf_counter(), time.process_time()
+        n = sum(pool.map(one, jobs))
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"clips_s": n / dt, "cpu_ms": 1000 * cpu / n, "bytes": None}
+
+
+def prep_shards(tree: str, out: str, *options: str, fast: bool = False):
+    """Shards of the videos under ``tree``; ``fast``: prep's fast-decode encoding (its default),
+    otherwise the encoding of the rows before it (--no-fast-decode)."""
     subprocess.run([sys.executable, "-m", "data.prep", "videos", os.path.dirname(tree),
-                    "--out", out, "--workers", str(min(8, os.cpu_count() or 2)), *options],
+                    "--out", out, "--workers", str(min(8, os.cpu_count() or 2)), *options,
+                    "--fast-decode" if fast else "--no-fast-decode"],
                    check=True, cwd=ROOT, stderr=subprocess.DEVNULL)
 
 
@@ -290,6 +422,8 @@ def main():
                     help="repeated sampling of the --device rows")
     ap.add_argument("--nvdec-workers", type=int, nargs="+", default=[4, 8],
                     help="loader processes of the nvdec rows")
+    ap.add_argument("--no-extra", action="store_true",
+                    help="skip the GOP, keyframe-start, thread and decoder rows")
     ap.add_argument("--skip-cpu-rows", action="store_true",
                     help="only the --device rows")
     args = ap.parse_args()
@@ -310,7 +444,8 @@ def main():
         prep_shards(tree, new, "--short-side", "256", "--gop", "8", "--frame-step", "4")
         size_of = {p: sum(s.bytes for s in load_shard_set(p).shards) / copies
                    for p in (old, new)}
-        rows, parts, multi, gpu, alone = [], {}, [], [], []
+        rows, parts, multi, gpu, alone, threads = [], {}, [], [], [], []
+        gops, decoders = {}, []
         if not args.skip_cpu_rows:
             base = baseline(paths, args.clips)
             print(f"  baseline: {base:.2f} clips/s", file=sys.stderr, flush=True)
@@ -335,25 +470,71 @@ def main():
                 rows.append((name, rate, counter.frames / max(counter.calls, 1) / repeats))
                 print(f"  {name}: {rate['clips_s']:.2f} clips/s, {rate['cpu_ms']:.1f} CPU-ms "
                       f"per clip", file=sys.stderr, flush=True)
+            if not args.no_extra:
+                # prep's default since the fast-decode rows: x264 --tune fastdecode
+                extra = []
+                for gop in (4, 8, 16, 32):
+                    path = os.path.join(work, f"fast256s4g{gop}")
+                    prep_shards(tree, path, "--short-side", "256", "--gop", str(gop),
+                                "--frame-step", "4", fast=True)
+                    size_of[path] = sum(s.bytes for s in load_shard_set(path).shards) / copies
+                    gops[gop] = path
+                extra.append(("fast-decode gop 8 +device, repeats 4", gops[8], 8, 4, "rgb",
+                              "temporal", "any"))
+                for gop in (4, 8, 16, 32):
+                    extra += [(f"fast-decode gop {gop} +device yuv420", gops[gop], gop, 1,
+                               "yuv420", "temporal", "any"),
+                              (f"fast-decode gop {gop} +device yuv420, repeats 4 spatial",
+                               gops[gop], gop, 4, "yuv420", "spatial", "any")]
+                for gop in (8, 16):
+                    extra += [(f"fast-decode gop {gop} keyframe starts +device yuv420",
+                               gops[gop], gop, 1, "yuv420", "temporal", "keyframe"),
+                              (f"fast-decode gop {gop} keyframe starts +device yuv420, "
+                               f"repeats 4 spatial", gops[gop], gop, 4, "yuv420", "spatial",
+                               "keyframe")]
+                for name, shards, gop, repeats, fmt, mode, starts in extra:
+                    with DecodeCounter(gop) as counter:
+                        rate = stream_rate(shards, args.clips, repeats, "device",
+                                           repeat_mode=mode, device_format=fmt,
+                                           clip_starts=starts)
+                    rows.append((name, rate,
+                                 counter.frames / max(counter.calls, 1) / repeats))
+                    print(f"  {name}: {rate['clips_s']:.2f} clips/s", file=sys.stderr,
+                          flush=True)
+                decoders = (decoder_costs(new, args.clips, "gop 8")
+                            + decoder_costs(gops[8], args.clips, "fast-decode gop 8"))
+                print(f"  decoders: {decoders}", file=sys.stderr, flush=True)
             parts = breakdown(old, args.clips)
         if not args.skip_cpu_rows:
             cores = os.cpu_count() or 1
             for n_workers in sorted({w for w in (args.workers, cores) if w}):
-                for name, shards, repeats, augment, mode in [
-                        ("shards 320p gop 16", old, 1, "cpu", "temporal"),
-                        ("resampled, repeats 4", new, 4, "cpu", "temporal"),
-                        ("resampled +device", new, 1, "device", "temporal"),
-                        (REFERENCE, new, 4, "device", "temporal"),
+                for name, shards, repeats, augment, mode, starts in [
+                        ("shards 320p gop 16", old, 1, "cpu", "temporal", "any"),
+                        ("resampled, repeats 4", new, 4, "cpu", "temporal", "any"),
+                        ("resampled +device", new, 1, "device", "temporal", "any"),
+                        (REFERENCE, new, 4, "device", "temporal", "any"),
                         ("resampled +device, repeats 4 spatial", new, 4, "device",
-                         "spatial"),
+                         "spatial", "any"),
                         ("resampled +device yuv420, repeats 4 spatial", new, 4, "device",
-                         "spatial")]:
+                         "spatial", "any")] + ([
+                        (BEST, gops[16], 4, "device", "spatial", "keyframe")]
+                                               if gops else []):
                     batch = args.batch if n_workers == args.workers else 8 * repeats
                     r = stream_rate(shards, 10 * batch, repeats, augment, n_workers, batch,
-                                    mode, "yuv420" if "yuv420" in name else "rgb")
+                                    mode, "yuv420" if "yuv420" in name else "rgb", starts)
                     multi.append((f"{n_workers} workers, {name}", r))
                     print(f"  {n_workers} workers, {name}: {r['clips_s']:.1f} clips/s",
                           file=sys.stderr, flush=True)
+            if not args.no_extra:
+                for n_threads in sorted({1, cores}):
+                    for name, shards, repeats, mode, fmt, starts in [
+                            (REFERENCE, new, 4, "temporal", "rgb", "any"),
+                            (BEST, gops[16], 4, "spatial", "yuv420", "keyframe")]:
+                        r = thread_rate(shards, 8 * args.clips, n_threads, repeats, mode, fmt,
+                                        starts)
+                        threads.append((f"{n_threads} threads, {name}", r))
+                        print(f"  {n_threads} threads, {name}: {r['clips_s']:.1f} clips/s",
+                              file=sys.stderr, flush=True)
         if args.device:
             device = torch.device(args.device)
             for repeats in args.repeats:
@@ -392,6 +573,22 @@ def main():
                   f"{cell(r['cpu_ms'], '12.1f')} {cell(cpu_ratio, '6.2f')}"
                   f"{'x' if cpu_ratio else ' '} {cell(frames, '12.1f')} "
                   f"{cell(r['bytes'] and r['bytes'] / 1e3, '16.1f')}")
+        named = {n: r for n, r, _ in rows}
+        best1 = BEST.replace(", repeats 4 spatial", "")
+        if BEST in named and best1 in named:
+            targets = {"repeats 4: best / reference clips/s":
+                       named[BEST]["clips_s"] / ref["clips_s"],
+                       "repeats 4: best / reference CPU-ms":
+                       named[BEST]["cpu_ms"] / ref["cpu_ms"],
+                       "repeats 1: best / 'resampled +device' clips/s":
+                       named[best1]["clips_s"] / named["resampled +device"]["clips_s"],
+                       "repeats 1: best / 'resampled +device' CPU-ms":
+                       named[best1]["cpu_ms"] / named["resampled +device"]["cpu_ms"]}
+            print(f"\nbest path: {BEST}")
+            for k, v in targets.items():
+                print(f"  {k}: {v:.2f}")
+            out["targets"] = {k: round(v, 3) for k, v in targets.items()}
+            out["best"] = BEST
         print("\nearlier shard path per clip: " + ", ".join(f"{k} {1000 * v:.1f} ms"
                                                          for k, v in parts.items())
               + f"; augment + mask = {100 * aug_mask:.1f}% of the clip time")
@@ -414,6 +611,28 @@ def main():
         print("\nloader processes (device crop not timed); CPU-ms counts every process")
         for name, r in multi:
             print(f"{name:<58} {r['clips_s']:8.1f} clips/s {r['cpu_ms']:8.1f} CPU-ms/clip")
+    if threads:
+        print("\nthreads in one process, each making a video's clips from samples read "
+              "beforehand (no shard reading, batching or shipping)")
+        for name, r in threads:
+            print(f"{name:<58} {r['clips_s']:8.1f} clips/s {r['cpu_ms']:8.1f} CPU-ms/clip")
+        out["threads"] = {n: {"clips_s": round(r["clips_s"], 1),
+                              "cpu_ms_per_clip": round(r["cpu_ms"], 2)} for n, r in threads}
+    if decoders:
+        print(f"\ndecoders from bytes, 16 consecutive stored frames (256p, gop 8), CPU-ms "
+              f"per video")
+        for d in decoders:
+            if "unavailable" in d:
+                print(f"{d['decoder']:<58} unavailable: {d['unavailable']}")
+            else:
+                print(f"{d['decoder']:<58} open {d['open_ms']:6.2f}  open+decode "
+                      f"{d['open_decode_ms']:6.2f}  same frames as decord: "
+                      f"{d['same_frames_as_decord']}")
+        out["decoders"] = decoders
+    if gops:
+        print("shard bytes per video by GOP (256p, step 4): " + ", ".join(
+            f"gop {g} {size_of[p] / 1e6:.3f} MB" for g, p in sorted(gops.items())))
+        out["gop_mb_per_video"] = {g: round(size_of[p] / 1e6, 4) for g, p in gops.items()}
     if gpu:
         print(f"\nclips/s ready on {args.device} (decoded, cropped, resized), batch "
               f"{args.batch}, resampled shards, through the prefetch thread")

@@ -175,6 +175,33 @@ def test_transcode_shrinks_to_the_short_side_with_short_gop(tmp_path):
     assert sum(keys) == 6  # a keyframe every 4 frames
 
 
+def test_transcoding_encodes_for_fast_decoding_unless_told_not_to(tmp_path):
+    """prep's default: x264 --tune fastdecode (no CABAC, no deblocking filter; x264 writes its
+    settings into the stream), recorded in the manifest; --no-fast-decode keeps x264's
+    defaults. Both show the same picture within a few levels."""
+    os.makedirs(tmp_path / "in" / "c")
+    write_video(str(tmp_path / "in" / "c" / "v.mp4"), 24, h=96, w=128)
+    got = {}
+    for flag in ("--fast-decode", "--no-fast-decode"):
+        out = tmp_path / flag
+        assert prep(["videos", str(tmp_path / "in"), "--out", str(out), "--short-side", "48",
+                     "--workers", "0", flag] + (["--gop", "4"] if flag == "--fast-decode"
+                                                else [])) == 0
+        ss, samples = read_all(str(out))
+        got[flag] = (ss.options, samples[0]["mp4"])
+    fast_opts, fast = got["--fast-decode"]
+    slow_opts, slow = got["--no-fast-decode"]
+    assert fast_opts["tune"] == "fastdecode" and "tune" not in slow_opts
+    assert b"cabac=0" in fast and b"deblock=0" in fast
+    assert b"cabac=1" in slow and b"deblock=1" in slow
+    a = decode_frames(fast).astype(np.float32)
+    b = decode_frames(slow).astype(np.float32)
+    assert a.shape == b.shape and np.abs(a - b).mean() < 3.0
+    # an earlier set (made without it) is not resumed with the new encoding
+    assert prep(["videos", str(tmp_path / "in"), "--out", str(tmp_path / "--no-fast-decode"),
+                 "--short-side", "48", "--workers", "0"]) != 0
+
+
 def test_interrupted_prep_resumes_to_the_same_shards(tmp_path, monkeypatch):
     make_tree(tmp_path / "in")
     for i in range(6):

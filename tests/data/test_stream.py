@@ -391,3 +391,69 @@ def test_yuv_planes_to_the_device_make_the_rgb_paths_clips_within_a_level(synthe
     assert all(torch.equal(want[k], got[k]) for k in want if k != "frames")
     with pytest.raises(ValueError, match="device_format=yuv420 ships the CPU decoder"):
         TrainStream(cfg_for(synthetic_set, device_format="yuv420"))
+
+
+@pytest.mark.parametrize("mode", ["temporal", "spatial"])
+def test_keyframe_starts_decode_no_frame_before_the_clip_and_resume(keyframe_set, monkeypatch,
+                                                                    mode):
+    """data.clip_starts=keyframe: every training clip starts on a keyframe (a multiple of the
+    prep's --gop), the starts still spread over the video, the CPU and device paths agree and
+    the stream resumes exactly."""
+    import data.clips as clips_module
+    from data.stream import batch_to_device
+    real, firsts = clips_module.decode_frames, []
+
+    def recording(data, indices=None, num_threads=1):
+        def pick(n):
+            idx = np.asarray(indices(n))
+            firsts.append(int(idx.min()))
+            return idx
+        return real(data, pick, num_threads)
+    monkeypatch.setattr(clips_module, "decode_frames", recording)
+    kw = dict(batch_size=4, repeats=2, repeat_mode=mode, num_frames=4, stride=1,
+              clip_starts="keyframe", shuffle_buffer=8)
+    it = iter(TrainStream(cfg_for(keyframe_set, **kw)))
+    for _ in range(8):
+        next(it)
+    assert firsts and all(f % 4 == 0 for f in firsts)
+    assert len(set(firsts)) >= 5                         # 0, 4, ..., 36 are possible
+    firsts.clear()
+    it = iter(TrainStream(cfg_for(keyframe_set, **{**kw, "clip_starts": "any"})))
+    for _ in range(8):
+        next(it)
+    assert any(f % 4 for f in firsts)                    # any start, as before
+    cpu = next(iter(TrainStream(cfg_for(keyframe_set, **kw))))
+    dev = next(iter(TrainStream(cfg_for(keyframe_set, augment="device", **kw))))
+    on_dev = batch_to_device(dev, torch.device("cpu"), 32)
+    assert [k for k in cpu if not torch.equal(cpu[k], on_dev[k])] == []
+    s = TrainStream(cfg_for(keyframe_set, **kw))
+    it = iter(s)
+    next(it)
+    state = s.state_dict()
+    want = next(it)
+    r = TrainStream(cfg_for(keyframe_set, **kw))
+    r.load_state_dict(state)
+    got = next(iter(r))
+    assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_keyframe_starts_on_videos_stored_as_they_came_are_refused(synthetic_set):
+    """The synthetic set's videos were not transcoded by prep: their keyframes are not known,
+    and the stream says what to do instead of sampling another distribution."""
+    with pytest.raises(ValueError, match="clip_starts=keyframe needs shards whose keyframes"):
+        next(iter(TrainStream(cfg_for(synthetic_set, clip_starts="keyframe"))))
+    with pytest.raises(ValueError, match="data.clip_starts must be any or keyframe"):
+        TrainStream(cfg_for(synthetic_set, clip_starts="gop"))
+
+
+def test_keyframe_sampling_is_uniform_over_the_starts_that_fit():
+    from data.sampling import sample_frame_indices
+    rng = np.random.default_rng(0)
+    starts = [int(sample_frame_indices(40, 4, 2, rng, start_every=8)[0]) for _ in range(2000)]
+    assert set(starts) == {0, 8, 16, 24, 32}             # 32 + 7 = 39 still fits 40 frames
+    counts = np.bincount(starts)[::8]
+    assert counts.min() > 0.8 * counts.max()
+    a = [sample_frame_indices(40, 4, 2, np.random.default_rng(s)).tolist() for s in range(5)]
+    b = [sample_frame_indices(40, 4, 2, np.random.default_rng(s), start_every=1).tolist()
+         for s in range(5)]
+    assert a == b                                        # every start: the draws of before

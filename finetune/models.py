@@ -42,6 +42,24 @@ def layer_decay_scale(model: ClipClassifier, decay: float):
     return lambda name: decay ** (top - model.layer_id(name))
 
 
+def describe_layer_decay(model: ClipClassifier, decay: float) -> str:
+    """The lr scale of each depth with its parameters' first names, e.g. ``x0.24 depth 0
+    (patch_embed, ...), ..., x1 depth 5 (norm, fc_norm, head)``."""
+    scale = layer_decay_scale(model, decay)
+    depths: dict = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            depths.setdefault(model.layer_id(name), []).append(name.split(".")[0])
+    parts = []
+    for d in sorted(depths):
+        tops = list(dict.fromkeys(depths[d]))
+        first = next(n for n, p in model.named_parameters() if p.requires_grad and
+                     model.layer_id(n) == d)
+        where = ", ".join(tops) if tops != ["blocks"] else ".".join(first.split(".")[:2])
+        parts.append(f"x{scale(first):.3g} depth {d} ({where})")
+    return ", ".join(parts)
+
+
 def describe(model: nn.Module) -> str:
     params = sum(p.numel() for p in model.parameters()) / 1e6
     return f"{model.describe()}, {params:.1f}M parameters"

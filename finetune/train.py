@@ -34,7 +34,7 @@ from pretrain.runtime.optim import cosine_lr, param_groups, peak_lr
 from pretrain.runtime.resume import check_resume_config
 from .evaluate import confusion_picture, per_class, summarize
 from .init import init_from, report_counts, resolve_norm_layout, take_export_geometry
-from .models import build_model, describe, layer_decay_scale
+from .models import build_model, describe, describe_layer_decay, layer_decay_scale
 from .vivit import VivitConfig
 
 
@@ -243,6 +243,9 @@ def _train(cfg: FinetuneConfig, dist, stop: StopRequested) -> dict:
               f"{engine.precision}, {train_set.num_samples} training samples, "
               f"{steps_per_epoch} steps/epoch x {cfg.train.epochs} epochs, peak lr "
               f"{lr:.3g}, init {cfg.run.init or 'none (from scratch)'}", file=sys.stderr)
+        if decay is not None:
+            print(f"finetune: layer-wise lr decay {cfg.optim.layer_decay:g}: "
+                  f"{describe_layer_decay(model, cfg.optim.layer_decay)}", file=sys.stderr)
     stage = FinetuneStage(cfg, engine, dist, logger, ckpt, train_set.classes, train_set.kind,
                           steps_per_epoch, _mixup(cfg, train_set.num_classes), client)
     loop = Loop("finetune", total_steps,

@@ -61,6 +61,11 @@ def test_every_family_and_preset_runs_learns_pools_and_round_trips(family, prese
     assert ids["head.weight"] == model.num_layers + 1 and min(ids.values()) == 0
     scale = models.layer_decay_scale(model, 0.5)
     assert scale("head.weight") == 1.0
+    # what the fine-tuning log prints: every depth once, bottom to top, with its lr scale
+    said = models.describe_layer_decay(model, 0.5)
+    depths = [int(p.split(" depth ")[1].split(" ")[0]) for p in said.split("), ")]
+    assert depths == sorted(set(ids.values())) and said.startswith(
+        f"x{0.5 ** (model.num_layers + 1):.3g} depth 0") and "x1 depth" in said
     assert models.describe(model).endswith("M parameters")
     # a save/load round trip through safetensors gives the same model
     path = str(tmp_path / "model.safetensors")

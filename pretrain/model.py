@@ -76,6 +76,10 @@ class ModelConfig(ClipGeometry):
     drop_path: float = 0.0
     norm_eps: float = 1e-6
     norm_pix_loss: bool = True
+    target_std_floor: float = 0.0    # with norm_pix_loss: each tubelet's std is taken as at
+                                     # least this (pixels in [0, 1]); 0 = VideoMAE's (+1e-6).
+                                     # A floor keeps flat tubelets (codec noise) from becoming
+                                     # unit-variance noise targets
     mean: tuple | None = None        # None: ImageNet for 3 channels, 0.5 otherwise
     std: tuple | None = None
     predict_stats: bool = True       # a detached head predicting each patch's mean/std (pictures)
@@ -231,11 +235,14 @@ class VideoMAE(nn.Module):
 
     def target(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, C, T, H, W) in [0, 1] -> (B, N, patch_dim) in (t, p, p, c) order: each tubelet
-        normalised per channel by its own mean and unbiased std (+1e-6) when norm_pix_loss."""
+        normalised per channel by its own mean and unbiased std (+1e-6; at least
+        ``target_std_floor``) when norm_pix_loss."""
         p = patchify(pixels, self.cfg.tubelet_size, self.cfg.patch_size)
         if self.cfg.norm_pix_loss:
-            p = (p - p.mean(dim=-2, keepdim=True)) / (
-                p.var(dim=-2, unbiased=True, keepdim=True).sqrt() + 1e-6)
+            std = p.var(dim=-2, unbiased=True, keepdim=True).sqrt()
+            if self.cfg.target_std_floor > 0:
+                std = std.clamp_min(self.cfg.target_std_floor)
+            p = (p - p.mean(dim=-2, keepdim=True)) / (std + 1e-6)
         return rearrange(p, "b n p c -> b n (p c)")
 
     # -- forward ----------------------------------------------------------------------------

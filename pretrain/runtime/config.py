@@ -171,6 +171,7 @@ RANGES = {
     "optim.mixup": (0, True), "optim.cutmix": (0, True),
     "model.drop_path": (0, True, 1, False), "model.dropout": (0, True, 1, False),
     "model.head_init_scale": (0, False), "model.mlp_ratio": (0, False),
+    "model.target_std_floor": (0, True, 1, True),
 }
 
 

@@ -74,6 +74,21 @@ def test_target_is_per_tubelet_normalised_pixels():
     assert torch.allclose(per_tubelet.std(2), torch.ones(1, 1, 3), atol=1e-3)
 
 
+def test_a_target_std_floor_keeps_flat_tubelets_flat():
+    """model.target_std_floor: a tubelet whose std is below the floor (a flat background with
+    codec noise) is scaled by the floor, so its target stays near zero instead of becoming
+    unit-variance noise; tubelets with more texture are normalised exactly as without it."""
+    torch.manual_seed(0)
+    pixels = torch.full((1, 3, 8, 32, 32), 0.3) + 0.002 * torch.randn(1, 3, 8, 32, 32)
+    pixels[..., :8, :8] = torch.rand(1, 3, 8, 8, 8)            # one textured column of tubelets
+    plain, floored = tiny(), tiny(target_std_floor=0.02)
+    a, b = plain.target(pixels), floored.target(pixels)
+    textured = [0, 16, 32, 48]                                  # the tubelets at (t, 0, 0)
+    flat = [i for i in range(a.shape[1]) if i not in textured]
+    assert a[0, flat].std() > 0.9 and b[0, flat].abs().max() < 0.5
+    assert torch.allclose(a[0, textured], b[0, textured])
+
+
 def test_uint8_and_prenormalised_inputs_agree():
     m = tiny().eval()
     video, mask = clip_and_mask(m)

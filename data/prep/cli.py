@@ -102,6 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--hard", action="store_true",
                    help="nuisance the class does not depend on: camera shake and a speed "
                         "spread around each class's speed")
+    s.add_argument("--background", choices=("flat", "moving"), default="flat",
+                   help="flat: a plain colour with static clutter; moving: plane waves over "
+                        "it and the whole background drifting in a random direction, the same "
+                        "for every class (content at every pixel that pre-training can predict)")
     _common(s)
 
     k = sub.add_parser("subset", help="a k-shot copy of a prepared set (k train samples per "
@@ -238,10 +242,14 @@ def cmd_synthetic(args) -> int:
     if args.size % 2 or args.size < 16:
         raise ValueError(f"--size must be even and >= 16, got {args.size}")
     nuisance = syn.HARD if args.hard else syn.NONE
+    if args.background == "moving":
+        nuisance = replace(nuisance, waves=syn.MOVING.waves, drift=syn.MOVING.drift)
     options = {"count": args.count, "num_classes": args.num_classes, "size": args.size,
                "frames": args.frames, "fps": args.fps, "seed": args.seed,
                "shard_samples": args.shard_samples, "shard_bytes": args.shard_bytes,
                "hard": args.hard}
+    if args.background != "flat":   # only when used, so earlier sets keep their options
+        options["background"] = args.background
     if args.pool:
         options.update(pool=args.pool, train_per_class=args.train_per_class,
                        val_per_class=args.val_per_class, test_per_class=args.test_per_class)

@@ -35,10 +35,18 @@ class Nuisance:
     jitter: int = 0                  # camera shake: per-frame shift of up to this many pixels
     speed_spread: float = 0.0        # speed drawn uniformly in class speed x [1 -/+ spread]
     texture: float = 0.0             # amplitude of a smooth (low-frequency) background texture
+    waves: float = 0.0               # amplitude (levels) of a periodic texture of 4 plane
+                                     # waves over the whole background
+    drift: float = 0.0               # the background (colour, clutter, waves) drifts at a
+                                     # speed up to this (pixels per frame at 64 px) in a random
+                                     # direction, the same for every class
 
 
 NONE = Nuisance()
 HARD = Nuisance(jitter=1, speed_spread=0.3)
+# --background moving: every pixel has content that moves, and the content is predictable
+# from what the tube mask shows (plane waves drifting together), none of it about the class
+MOVING = Nuisance(waves=24.0, drift=1.0)
 
 
 def class_names(num_classes: int) -> list[str]:
@@ -99,11 +107,30 @@ def render_clip(label: int, rng: np.random.Generator, size: int, frames: int,
         canvas = canvas * (1 - alpha) + d_colour * alpha
     if nuisance.speed_spread:
         step *= float(rng.uniform(1 - nuisance.speed_spread, 1 + nuisance.speed_spread))
+    vy = vx = 0.0
+    waves = None
+    if nuisance.drift or nuisance.waves:
+        speed = float(rng.uniform(0.25, 1.0)) * nuisance.drift * size / 64
+        angle = float(rng.uniform(0, 2 * np.pi))
+        vy, vx = speed * np.sin(angle), speed * np.cos(angle)
+        # whole cycles per frame side, so the waves wrap around the edges as the motion does
+        freq = rng.integers(1, 5, size=(4, 2)) * rng.choice([-1, 1], size=(4, 2))
+        phase = rng.uniform(0, 2 * np.pi, 4)
+        tint = rng.normal(0.0, 1.0, (4, 3))
+        waves = (freq, phase, tint / np.linalg.norm(tint, axis=1, keepdims=True))
     out = np.empty((frames, size, size, 3), np.uint8)
     for t in range(frames):
         py, px = (cy + dy * step * t) % size, (cx + dx * step * t) % size
         alpha = _coverage(shape, radius, yy, xx, py, px, size)
-        frame = canvas * (1 - alpha) + colour * alpha
+        back = canvas
+        if waves is not None:
+            oy, ox = vy * t, vx * t
+            back = np.roll(canvas, (int(round(oy)), int(round(ox))), axis=(0, 1))
+            freq, phase, tint = waves
+            for (fy, fx), ph, c in zip(freq, phase, tint):
+                arg = 2 * np.pi * (fy * (yy - oy) + fx * (xx - ox)) / size + ph
+                back = back + nuisance.waves * np.sin(arg)[..., None] * c
+        frame = back * (1 - alpha) + colour * alpha
         if nuisance.jitter:
             j = nuisance.jitter
             frame = np.roll(frame, tuple(rng.integers(-j, j + 1, 2)), axis=(0, 1))

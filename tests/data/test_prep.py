@@ -79,6 +79,29 @@ def test_synthetic_class_is_motion_not_appearance():
     assert max(means.values()) - min(means.values()) < 10
 
 
+def test_a_moving_background_moves_everywhere_and_says_nothing_about_the_class(tmp_path):
+    """--background moving: plane waves and the whole background drift, so almost every pixel
+    changes from frame to frame (flat: only the shape's pixels); the drift is drawn apart from
+    the class; the flat set's clips are unchanged; the manifest records it."""
+    from data.prep.synthetic import MOVING, NONE, render_clip
+    flat = render_clip(0, np.random.default_rng(3), 64, 4, NONE).astype(int)
+    again = render_clip(0, np.random.default_rng(3), 64, 4).astype(int)
+    moving = render_clip(0, np.random.default_rng(3), 64, 4, MOVING).astype(int)
+    assert np.array_equal(flat, again)
+    changed = lambda c: (np.abs(c[1] - c[0]).sum(-1) > 0).mean()        # noqa: E731
+    assert changed(flat) < 0.1 and changed(moving) > 0.8
+    # mean frame-to-frame motion energy of the background alike for every class
+    energy = {c: np.mean([np.abs(np.diff(render_clip(c, np.random.default_rng(s), 32, 3,
+                                                     MOVING).astype(float), axis=0)).mean()
+                          for s in range(20)]) for c in range(4)}
+    assert max(energy.values()) < 1.5 * min(energy.values())
+    out = tmp_path / "m"
+    assert prep(["synthetic", "--out", str(out), "--count", "8", "--num-classes", "2",
+                 "--size", "32", "--frames", "8", "--background", "moving",
+                 "--workers", "0"]) == 0
+    assert load_shard_set(str(out / "train")).options["background"] == "moving"
+
+
 def make_tree(root):
     """root/<class>/ with h264 mp4, vp9 webm, av1 mkv, plus bad inputs."""
     for c in ("cats", "dogs"):

@@ -6,7 +6,7 @@
 #      64 labeled clips per class, a 400-clip test split; shard it
 #   3. stream one batch (strided clips + tube masks) and draw it
 #   4. pre-train a tiny VideoMAE on the unlabeled pool and export the encoder
-#   5. with 16 labels per class: fine-tune ViViT (8 epochs of 128 clips) from the encoder and
+#   5. with 16 labels per class: fine-tune ViViT (12 epochs of 256 clips) from the encoder and
 #      from scratch, probe both frozen encoders, and fine-tune the encoder armed with UniFormer
 #      blocks; print the table
 # Output goes under runs/quickstart/ (QUICKSTART_DIR to change it). Re-running reuses finished
@@ -26,7 +26,7 @@ fi
 scaled() { awk -v n="$1" -v lo="$2" -v s="$SCALE" 'BEGIN { v = int(n * s + 0.999999); print (v < lo ? lo : v) }'; }
 POOL=$(scaled 2000 64); TRAIN_PC=$(scaled 64 16); VAL_PC=$(scaled 16 4); TEST_PC=$(scaled 100 8)
 STEPS=$(scaled 300 6); CKPT_EVERY=$(scaled "$STEPS" 1 | awk '{ print int(($1 + 2) / 3) }')
-EPOCHS=$(scaled 8 1); CLIPS=$(scaled 128 16)
+EPOCHS=$(scaled 12 1); CLIPS=$(scaled 256 16)
 . launch/setup.sh
 if [ "$SCALE" = 1 ]; then OUT=${QUICKSTART_DIR:-runs/quickstart}; else
   OUT=${QUICKSTART_DIR:-runs/quickstart-s$SCALE}
@@ -57,7 +57,7 @@ echo "== 4/5 16 labels per class: pre-trained vs scratch (fine-tuned and frozen)
   --per-class 16 --seed 0 --out "$OUT/study/data/k16_s0"
 OMP_NUM_THREADS=1 python -m finetune --config launch/configs/finetune/synthetic_uniformer_head.yaml \
   --init "$OUT/pretrain/export" run.dir="$OUT/finetune_uniformer_head" \
-  data.shards="$OUT/study/data/k16_s0" data.repeats=2 train.epochs="$EPOCHS" \
+  data.shards="$OUT/study/data/k16_s0" data.repeats=$(( (CLIPS + 63) / 64 )) train.epochs="$EPOCHS" \
   > "$OUT/uniformer_head.log" 2>&1 &
 HEAD_PID=$!
 trap 'kill $HEAD_PID 2>/dev/null || true' EXIT

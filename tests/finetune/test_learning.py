@@ -120,5 +120,13 @@ def test_the_pretrained_encoder_fine_tunes_to_the_top_in_both_numerics(quick_sta
     assert acc["pretrained"] >= acc["scratch"] + GAIN, acc
 
 
-# MEASURED-BELOW
-MIN_ACC, GAIN = 0.9, 0.2
+# Measured with the test's layout (`pays_in_fine_tuning` is the run of README "Does pre-training
+# pay?", table "at 16 labels per class"), data / pre-training / fine-tuning seeds 0 / 1 / 2,
+# test accuracy on 400 clips:
+#   bf16  pre-trained 0.980 / 0.990 / 0.983, scratch 0.713 / 0.680 / 0.453 (gains +0.267 /
+#         +0.310 / +0.530)
+#   fp32  pre-trained 0.925 / 0.995 / 0.932, scratch 0.637 / 0.802 / 0.477 (gains +0.288 /
+#         +0.193 / +0.455)
+# The bars sit below the lowest of the six (0.925 and +0.193); this test runs seed 0. CPU
+# numerics only: no GPU was lent to measure them there.
+MIN_ACC, GAIN = 0.9, 0.15

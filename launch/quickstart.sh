@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job on the embedded default, end to end, on this machine's CPU (about 5 minutes on
-# 2 cores with the set-up cached: 4m31s measured; 6m50s from a cold set-up):
+# The main job on the embedded default, end to end, on this machine's CPU (12 minutes of CPU on
+# 2 cores, three 192-step fine-tunes side by side, not re-timed on an idle machine; 4m31s wall
+# with the earlier 64-step fine-tunes):
 #   1. set-up (cached after the first run)
 #   2. generate the synthetic motion set (real H.264 clips): an unlabeled pool for pre-training,
 #      64 labeled clips per class, a 400-clip test split; shard it

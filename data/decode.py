@@ -316,8 +316,8 @@ def transcode(data: bytes, short_side: int | None, gop: int = 16, crf: int = 23,
     ``frame_step``-th frame (0, k, 2k, ...; the frame rate divided by k), a keyframe every
     ``gop`` kept frames, no audio; with ``window`` (start, end) in seconds only the frames
     shown in [start, end); with ``rotation`` (``display_rotation``) the frames turned upright,
-    as a player shows them, and no display matrix left; ``tune`` as in ``encode_video``. Returns the new bytes (mp4) and their
-    probe."""
+    as a player shows them, and no display matrix left; ``tune`` as in ``encode_video``.
+    Returns the new bytes (mp4) and their probe."""
     if frame_step < 1:
         raise ValueError(f"frame_step must be >= 1, got {frame_step}")
     src, stream = _open_pyav(data)

@@ -438,11 +438,11 @@ def batch_to_device(batch: dict, device: torch.device, size: int | None) -> dict
     """A training batch on ``device``; a device-augmentation batch gets its ``video`` made
     there (crop and resize of the shipped frames, the same values as the CPU path)."""
     out = {k: v.to(device, non_blocking=True) for k, v in batch.items()
-           if torch.is_tensor(v) and k not in ("clip_frames", "clip_source", "clip_crop")}
+           if torch.is_tensor(v) and k not in ("clip_frames", "clip_source", "clip_crop",
+                                               "frame_colour")}
     if "frames" in batch:
         frames = [f.to(device, non_blocking=True) for f in batch["frames"]]
         colour = batch.get("frame_colour")
-        out.pop("frame_colour", None)
         out["video"] = crop_batch(frames, batch["clip_source"], batch["clip_frames"],
                                   batch["clip_crop"], size,
                                   None if colour is None else colour.tolist())

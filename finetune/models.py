@@ -46,17 +46,18 @@ def describe_layer_decay(model: ClipClassifier, decay: float) -> str:
     """The lr scale of each depth with its parameters' first names, e.g. ``x0.24 depth 0
     (patch_embed, ...), ..., x1 depth 5 (norm, fc_norm, head)``."""
     scale = layer_decay_scale(model, decay)
-    depths: dict = {}
+    first: dict = {}          # depth -> its first parameter's name
+    tops: dict = {}           # depth -> the top-level modules of its parameters, in order
     for name, p in model.named_parameters():
         if p.requires_grad:
-            depths.setdefault(model.layer_id(name), []).append(name.split(".")[0])
+            d = model.layer_id(name)
+            first.setdefault(d, name)
+            tops.setdefault(d, {})[name.split(".")[0]] = None
     parts = []
-    for d in sorted(depths):
-        tops = list(dict.fromkeys(depths[d]))
-        first = next(n for n, p in model.named_parameters() if p.requires_grad and
-                     model.layer_id(n) == d)
-        where = ", ".join(tops) if tops != ["blocks"] else ".".join(first.split(".")[:2])
-        parts.append(f"x{scale(first):.3g} depth {d} ({where})")
+    for d in sorted(first):
+        where = (".".join(first[d].split(".")[:2]) if list(tops[d]) == ["blocks"]
+                 else ", ".join(tops[d]))
+        parts.append(f"x{scale(first[d]):.3g} depth {d} ({where})")
     return ", ".join(parts)
 
 

@@ -223,11 +223,7 @@ def feed_rate(shards: str, repeats: int, workers: int, batch: int, device: torch
 def decoder_rate(shards: str, repeats: int, nvdec: bool, seconds: float = 10.0):
     """(videos/s, frames/s) of one process's decoder alone, each video's frames of
     ``repeats`` clips: NVDEC (a kept decoder) or the CPU decoder."""
-    ss = load_shard_set(shards)
-    units = plan_units([s.samples for s in ss.shards], 1)
-    items = []
-    for s, u in zip(ss.shards, units):
-        items += [raw["mp4"] for _, raw in numbered_samples(s.url, u, set(range(u.count)))]
+    items = [raw["mp4"] for raw, _, _ in shard_videos(shards)]
     rng = np.random.default_rng(0)
 
     def pick(n):
@@ -290,7 +286,7 @@ def decoder_costs(shards: str, clips: int, label: str) -> list[dict]:
     rng = np.random.default_rng(0)
     starts = [int(rng.integers(0, n - FRAMES + 1)) for _ in range(clips)]
 
-    def yuv_rgb(data, idx):
+    def yuv_planes(data, idx):
         planes, _ = decode_yuv420(data, idx)
         return planes
 
@@ -298,17 +294,16 @@ def decoder_costs(shards: str, clips: int, label: str) -> list[dict]:
         # the demuxed-keyframe decoder, then the same frames converted as decord does
         import av
         planes, _ = decode_yuv420(data, idx)
-        h = planes.shape[1] * 2 // 3
         return np.stack([av.VideoFrame.from_ndarray(p, format="yuv420p")
-                         .to_ndarray(format="rgb24") for p in planes]).reshape(-1, h,
-                                                                              planes.shape[2], 3)
+                         .to_ndarray(format="rgb24") for p in planes])
     decoders = [
         ("decord (seek by its index), RGB", lambda d: _reader(d),
          lambda d, idx: _reader(d).get_batch(list(idx)).asnumpy()),
         ("PyAV from the stream start, RGB", lambda d: _open_pyav(d)[0].close(),
          lambda d, idx: _decode_pyav(d, list(idx))),
         ("PyAV container seek, RGB", lambda d: _open_pyav(d)[0].close(), _pyav_seek_rgb),
-        ("PyAV demuxed keyframe, YUV (no RGB)", lambda d: _open_pyav(d)[0].close(), yuv_rgb),
+        ("PyAV demuxed keyframe, YUV (no RGB)", lambda d: _open_pyav(d)[0].close(),
+         yuv_planes),
         ("PyAV demuxed keyframe, +RGB", lambda d: _open_pyav(d)[0].close(),
          rgb_from_keyframe)]
     rows = []
@@ -342,7 +337,8 @@ def decoder_costs(shards: str, clips: int, label: str) -> list[dict]:
                      "open_decode_ms": round(1000 * (time.process_time() - t0) / clips, 2),
                      "same_frames_as_decord": None})
     except Exception as e:  # not installed, or its FFmpeg libraries are missing
-        rows.append({"decoder": f"{label}: torchcodec", "unavailable": str(e).splitlines()[0][:120]})
+        rows.append({"decoder": f"{label}: torchcodec",
+                     "unavailable": str(e).splitlines()[0][:120]})
     return rows
 
 
@@ -625,8 +621,8 @@ def main():
         out["threads"] = {n: {"clips_s": round(r["clips_s"], 1),
                               "cpu_ms_per_clip": round(r["cpu_ms"], 2)} for n, r in threads}
     if decoders:
-        print(f"\ndecoders from bytes, 16 consecutive stored frames (256p, gop 8), CPU-ms "
-              f"per video")
+        print("\ndecoders from bytes, 16 consecutive stored frames (256p, gop 8), CPU-ms "
+              "per video")
         for d in decoders:
             if "unavailable" in d:
                 print(f"{d['decoder']:<58} unavailable: {d['unavailable']}")

@@ -312,41 +312,61 @@ def export_folder(path: str) -> str | None:
     return None
 
 
+# The input normalisation an encoder was trained with (encoder.json's model.mean / model.std):
+# the model applies it, so a fine-tune must apply the same one.
+INPUT_STATS = ("mean", "std")
+
+
 def encoder_geometry(path: str) -> dict:
-    """The geometry keys stored beside our export (encoder.json); {} for other sources."""
+    """The geometry keys and input statistics (as tuples) stored beside our export
+    (encoder.json); {} for other sources."""
     folder = export_folder(path)
     if folder is None:
         return {}
     with open(os.path.join(folder, "encoder.json")) as f:
         m = json.load(f)["model"]
-    return {k: m[k] for k in GEOMETRY if k in m}
+    return {k: tuple(m[k]) if k in INPUT_STATS else m[k]
+            for k in GEOMETRY + INPUT_STATS if m.get(k) is not None}
+
+
+def _show(v) -> str:
+    return "[" + ", ".join(f"{x:g}" for x in v) + "]" if isinstance(v, tuple) else str(v)
 
 
 def take_export_geometry(cfg, stated=(), verbose: bool = True):
-    """``cfg`` with the clip geometry of the export in ``run.init`` over the recipe's: an encoder
-    is fine-tuned at the geometry it was trained at. A key in ``stated`` (``model.KEY`` given on
-    the command line) that differs from the export's is an InitMismatch naming both, unless
+    """``cfg`` with the clip geometry and input statistics of the export in ``run.init`` over
+    the recipe's: an encoder is fine-tuned at the geometry it was trained at, on inputs
+    normalised as in its pre-training. A key in ``stated`` (``model.KEY`` given on the command
+    line) that differs from the export's is an InitMismatch naming both, unless
     ``run.init_partial`` (then the stated value stays, and only what fits loads)."""
     from dataclasses import replace
+    from pretrain.model import channel_stats
     from .models import family_class
     geo = encoder_geometry(cfg.run.init)
     if not geo or not family_class(cfg.model.family).takes_vit_encoder:
         return cfg
-    diffs = {k: v for k, v in geo.items() if getattr(cfg.model, k) != v}
+    stats = dict(zip(INPUT_STATS, channel_stats(geo.get("in_chans", cfg.model.in_chans),
+                                                cfg.model.mean, cfg.model.std)))
+
+    def current(k):  # the recipe's value; its input statistics as they resolve
+        return tuple(stats[k]) if k in INPUT_STATS else getattr(cfg.model, k)
+
+    diffs = {k: v for k, v in geo.items() if current(k) != v}
     explicit = [k for k in diffs if f"model.{k}" in stated]
     if explicit and not cfg.run.init_partial:
-        given = ", ".join(f"model.{k}={getattr(cfg.model, k)}" for k in explicit)
-        want = ", ".join(f"{k} {geo[k]}" for k in explicit)
+        given = ", ".join(f"model.{k}={_show(current(k))}" for k in explicit)
+        want = ", ".join(f"{k} {_show(geo[k])}" for k in explicit)
         raise InitMismatch(f"{given} on the command line, but the encoder {cfg.run.init} was "
                            f"trained at {want} (encoder.json): drop the override to fine-tune "
-                           f"at the encoder's geometry, or set run.init_partial=true to load "
-                           f"what fits the geometry you gave")
+                           f"at the encoder's geometry and input statistics, or set "
+                           f"run.init_partial=true to keep what you gave")
     take = {k: v for k, v in diffs.items() if k not in explicit}
     if not take:
         return cfg
     if verbose:
-        print(f"finetune: clip geometry from {export_folder(cfg.run.init)}/encoder.json: "
-              + ", ".join(f"model.{k} {v} (the recipe says {getattr(cfg.model, k)})"
+        print(f"finetune: clip geometry and input statistics from "
+              f"{export_folder(cfg.run.init)}/encoder.json: "
+              + ", ".join(f"model.{k} {_show(v)} (the recipe says {_show(current(k))})"
                           for k, v in take.items()), file=sys.stderr)
     model = replace(cfg.model, **take)
     return replace(cfg, model=model, data=cfg.data.with_geometry(model))

@@ -259,3 +259,40 @@ def test_finetuning_from_an_export_takes_its_geometry_and_refuses_a_conflicting_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("finetune: error: model.img_size=64 on the command")
     assert not (tmp_path / "ft").exists()                  # refused before the run folder exists
+
+
+def test_finetuning_from_an_export_normalises_inputs_as_its_pre_training_did(tmp_path, capsys):
+    """An encoder pre-trained on inputs normalised with its set's own statistics is fine-tuned
+    with those, not with the recipe's ImageNet ones (the model normalises, so a mismatch would
+    train silently on shifted inputs); a differing command-line value is refused, unless
+    run.init_partial=true."""
+    from finetune.init import InitMismatch
+    from finetune.train import config_from_cli
+    from pretrain.export import export_encoder
+    from pretrain.model import IMAGENET_MEAN, ModelConfig, initial_model
+    stats = dict(mean=(0.2, 0.25, 0.3), std=(0.15, 0.16, 0.17))
+    mcfg = ModelConfig(preset="vit_tiny", img_size=64, patch_size=8, num_frames=16,
+                       tubelet_size=2, **stats).resolved()
+    export = str(tmp_path / "export")
+    export_encoder(initial_model(mcfg, 0).state_dict(), mcfg, export, {"step": 0})
+    recipe = "launch/configs/finetune/synthetic_vivit.yaml"
+    cfg = config_from_cli(recipe, export, [])
+    assert (tuple(cfg.model.mean), tuple(cfg.model.std)) == (stats["mean"], stats["std"])
+    err = capsys.readouterr().err
+    assert "model.mean [0.2, 0.25, 0.3] (the recipe says [0.485, 0.456, 0.406])" in err
+    assert "model.img_size" not in err                      # the geometry already agreed
+    same = config_from_cli(recipe, export, ["model.mean=[0.2,0.25,0.3]"])
+    assert tuple(same.model.mean) == stats["mean"]
+    with pytest.raises(InitMismatch, match=r"model.mean=\[0.485, 0.456, 0.406\] on the command "
+                                           r"line, but the encoder .* was trained at mean "
+                                           r"\[0.2, 0.25, 0.3\]"):
+        config_from_cli(recipe, export, [f"model.mean={list(IMAGENET_MEAN)}"])
+    kept = config_from_cli(recipe, export, [f"model.mean={list(IMAGENET_MEAN)}",
+                                            "run.init_partial=true"])
+    assert tuple(kept.model.mean) == IMAGENET_MEAN and tuple(kept.model.std) == stats["std"]
+    # an export at ImageNet's statistics with a recipe that leaves them unset: nothing to take
+    plain = ModelConfig(preset="vit_tiny", img_size=64, patch_size=8, num_frames=16).resolved()
+    export_encoder(initial_model(plain, 0).state_dict(), plain, str(tmp_path / "plain"), {})
+    capsys.readouterr()
+    assert config_from_cli(recipe, str(tmp_path / "plain"), []).model.mean is None
+    assert "input statistics" not in capsys.readouterr().err

@@ -14,7 +14,12 @@ channel) and weight RMS.
 
     python tests/bench/token_stats.py runs/quickstart/data/test enc0 enc30 enc300 [--clips 128]
 
-Prints a table per export and one JSON line.
+Prints a table per export and one JSON line. ``--recentre OUT`` (one export) also writes the
+export with that common part taken out, layer by layer, as an export in OUT: the split's mean
+token subtracted from the patch-embedding bias, then each block's mean increment from its last
+bias (the experiment of README, "Harder sets, a ViT-Ti, and what the common part does").
+
+    python tests/bench/token_stats.py runs/quickstart/data/pool enc300 --recentre enc300_rc
 """
 from __future__ import annotations
 
@@ -80,6 +85,33 @@ def export_stats(folder: str, video_of) -> dict:
     return rows
 
 
+@torch.no_grad()
+def recentre(folder: str, video_of, out: str) -> dict:
+    """Write ``folder``'s encoder with the part common to the clips taken out of its residual
+    stream to ``out``; returns the statistics after its final norm."""
+    from pretrain.export import export_encoder
+    meta = json.load(open(os.path.join(folder, "encoder.json")))
+    cfg = ModelConfig(**meta["model"])
+    enc = VideoMAEEncoder(cfg).eval()
+    enc.load_state_dict(load_safetensors(os.path.join(folder, "encoder.safetensors")))
+    mean, std = channel_stats(cfg.in_chans, cfg.mean, cfg.std)
+    shape = (1, cfg.in_chans, 1, 1, 1)
+    x = (video_of(cfg).float() / 255 - torch.tensor(mean).view(shape)) / torch.tensor(
+        std).view(shape)
+    h = enc.embed(x)
+    common = h.mean((0, 1))
+    enc.patch_embed.proj.bias -= common
+    h = h - common
+    for blk in enc.blocks:
+        nxt = blk(h)
+        step = (nxt - h).mean((0, 1))
+        blk.mlp.fc2.bias -= step
+        h = nxt - step
+    export_encoder({f"encoder.{k}": v for k, v in enc.state_dict().items()}, cfg, out,
+                   {"recentred_from": folder})
+    return stats(enc.norm(h))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -87,7 +119,11 @@ def main():
     ap.add_argument("exports", nargs="+", help="encoder export folders")
     ap.add_argument("--clips", type=int, default=128)
     ap.add_argument("--stride", type=int, default=2, help="stored frames between frames")
+    ap.add_argument("--recentre", metavar="OUT",
+                    help="write the (one) export with the common part taken out to OUT")
     args = ap.parse_args()
+    if args.recentre and len(args.exports) != 1:
+        ap.error("--recentre takes one export")
     torch.set_num_threads(1)
     cache = {}
 
@@ -107,6 +143,11 @@ def main():
         for name, r in rows.items():
             print(f"{name:<8} {r['common']:8.3f} {r['spread']:8.3f} {r['tokens']:8.3f}")
         rows["patch_embed"] = pe
+    if args.recentre:
+        after = recentre(args.exports[0], video_of, args.recentre)
+        print(f"\nrecentred export in {args.recentre}; after its final norm: common "
+              f"{after['common']:.3f}, spread {after['spread']:.3f}, tokens {after['tokens']:.3f}")
+        out[args.recentre] = {"norm": after}
     print()
     print(json.dumps({"bench": "token_stats", "clips": args.clips, "exports": out}))
 

@@ -345,8 +345,8 @@ def take_export_geometry(cfg, stated=(), verbose: bool = True):
     geo = encoder_geometry(cfg.run.init)
     if not geo or not family_class(cfg.model.family).takes_vit_encoder:
         return cfg
-    stats = dict(zip(INPUT_STATS, channel_stats(geo.get("in_chans", cfg.model.in_chans),
-                                                cfg.model.mean, cfg.model.std)))
+    stats = dict(zip(INPUT_STATS, channel_stats(cfg.model.in_chans, cfg.model.mean,
+                                                cfg.model.std)))
 
     def current(k):  # the recipe's value; its input statistics as they resolve
         return tuple(stats[k]) if k in INPUT_STATS else getattr(cfg.model, k)

@@ -63,8 +63,8 @@ def stats(x: torch.Tensor) -> dict:
             "tokens": rms(x.std(1))}
 
 
-@torch.no_grad()
-def export_stats(folder: str, video_of) -> dict:
+def encoder_and_input(folder: str, video_of):
+    """The export's encoder (eval), its clips normalised as the encoder's input, its config."""
     meta = json.load(open(os.path.join(folder, "encoder.json")))
     cfg = ModelConfig(**meta["model"])
     enc = VideoMAEEncoder(cfg).eval()
@@ -73,6 +73,12 @@ def export_stats(folder: str, video_of) -> dict:
     shape = (1, cfg.in_chans, 1, 1, 1)
     x = (video_of(cfg).float() / 255 - torch.tensor(mean).view(shape)) / torch.tensor(
         std).view(shape)
+    return enc, x, cfg
+
+
+@torch.no_grad()
+def export_stats(folder: str, video_of) -> dict:
+    enc, x, _ = encoder_and_input(folder, video_of)
     h = enc.embed(x)
     rows = {"embed": stats(h)}
     for i, blk in enumerate(enc.blocks):
@@ -90,14 +96,7 @@ def recentre(folder: str, video_of, out: str) -> dict:
     """Write ``folder``'s encoder with the part common to the clips taken out of its residual
     stream to ``out``; returns the statistics after its final norm."""
     from pretrain.export import export_encoder
-    meta = json.load(open(os.path.join(folder, "encoder.json")))
-    cfg = ModelConfig(**meta["model"])
-    enc = VideoMAEEncoder(cfg).eval()
-    enc.load_state_dict(load_safetensors(os.path.join(folder, "encoder.safetensors")))
-    mean, std = channel_stats(cfg.in_chans, cfg.mean, cfg.std)
-    shape = (1, cfg.in_chans, 1, 1, 1)
-    x = (video_of(cfg).float() / 255 - torch.tensor(mean).view(shape)) / torch.tensor(
-        std).view(shape)
+    enc, x, cfg = encoder_and_input(folder, video_of)
     h = enc.embed(x)
     common = h.mean((0, 1))
     enc.patch_embed.proj.bias -= common

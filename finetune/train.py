@@ -239,7 +239,7 @@ def _train(cfg: FinetuneConfig, dist, stop: StopRequested) -> dict:
     if dist.is_main:
         what = f"resuming at step {step}" if client else "new run"
         print(f"finetune: {what} in {run_dir}: {describe(model)}, {dist.world_size} "
-              f"process(es) on {dist.device.type}, engine {engine.name}, precision "
+              f"process(es) on {dist.where}, engine {engine.name}, precision "
               f"{engine.precision}, {train_set.num_samples} training samples, "
               f"{steps_per_epoch} steps/epoch x {cfg.train.epochs} epochs, peak lr "
               f"{lr:.3g}, init {cfg.run.init or 'none (from scratch)'}", file=sys.stderr)

@@ -120,7 +120,7 @@ def _train(cfg: PretrainConfig, dist, stop: StopRequested) -> dict:
     if dist.is_main:
         what = f"resuming {run_dir} at step {step} ({client['tag']})" if client \
             else f"new run in {run_dir}"
-        print(f"pretrain: {what}; {dist.world_size} process(es) on {dist.device.type}, engine "
+        print(f"pretrain: {what}; {dist.world_size} process(es) on {dist.where}, engine "
               f"{engine.name}, precision {engine.precision}, batch {cfg.data.batch_size} "
               f"x accum {cfg.runtime.grad_accum} x {dist.world_size} = {total_batch}, peak lr "
               f"{lr:.3g}, data.decode {run.decode}", file=sys.stderr)

@@ -23,6 +23,15 @@ class Dist:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def where(self) -> str:
+        """The device as a run's start line names it. On a CPU with the thread count: it sets
+        the order in which sums are taken, so the same run with another OMP_NUM_THREADS gives
+        other numbers (with the same count it repeats exactly)."""
+        if self.device.type == "cpu":
+            return f"cpu, {torch.get_num_threads()} thread(s)"
+        return self.device.type
+
 
 def pick_device(name: str, local_rank: int) -> torch.device:
     if name == "auto":

@@ -175,18 +175,19 @@ STOP_GRACE_S = 120.0   # how long a stopped study waits for its runs to checkpoi
 
 def run_pool(todo: list[tuple], jobs: int, fn=execute, grace: float = STOP_GRACE_S):
     """Run (what, config) jobs through ``fn``, ``jobs`` at once in spawned processes with
-    cores/jobs threads each, or in this process.
+    cores/jobs threads each, or in this process (a single job too gets cores/jobs threads,
+    so a run's numbers do not depend on how many others are left).
 
     A SIGTERM or SIGINT (to this process or its whole group) stops the study the way a single
     fine-tune stops: the workers were born ignoring both, so none dies half-way; a fine-tune
     running in one has its own handlers, gets the signal (passed on here if it came to the
     study alone), checkpoints and returns; jobs not started are cancelled. Whatever is still
     running after ``grace`` seconds is killed. Then StopSignal is raised here."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
     if jobs > 1 and len(todo) > 1:
         import concurrent.futures as cf
         import multiprocessing as mp
         import signal
-        threads = max(1, (os.cpu_count() or 1) // jobs)
         with _signals_ignored():
             pool = cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"),
                                           initializer=_worker_init, initargs=(threads,))
@@ -213,6 +214,16 @@ def run_pool(todo: list[tuple], jobs: int, fn=execute, grace: float = STOP_GRACE
             # thread now, instead of leaving it to race the interpreter's exit
             pool.shutdown(wait=True, cancel_futures=True)
     else:
-        with sigterm_interrupts():
-            for what, cfg in todo:
-                fn(what, cfg)
+        # One job left (a resumed study, a grid of one) runs here, on the threads it would have
+        # had in the pool: the thread count sets the order of sums, so a run's numbers would
+        # otherwise depend on how many other runs its study had left.
+        import torch
+        before = torch.get_num_threads()
+        if jobs > 1:
+            torch.set_num_threads(threads)
+        try:
+            with sigterm_interrupts():
+                for what, cfg in todo:
+                    fn(what, cfg)
+        finally:
+            torch.set_num_threads(before)

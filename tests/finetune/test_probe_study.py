@@ -163,6 +163,33 @@ def _sleep_job(what, seconds):
     time.sleep(seconds)
 
 
+def _threads_job(what, out):
+    import torch
+    with open(os.path.join(out, what), "w") as f:
+        f.write(str(torch.get_num_threads()))
+
+
+def test_a_run_gets_the_same_threads_alone_as_in_the_pool(tmp_path, monkeypatch):
+    """The thread count sets the order of sums, so a study resumed with one run left (run in
+    the study's own process) must give that run the threads it would have had in the pool:
+    cores / jobs. The study's own thread count is back afterwards."""
+    import torch
+    from finetune.study_run import run_pool
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        run_pool([("pool_a", str(tmp_path)), ("pool_b", str(tmp_path))], jobs=2,
+                 fn=_threads_job)
+        run_pool([("alone", str(tmp_path))], jobs=2, fn=_threads_job)
+        assert torch.get_num_threads() == 3
+        run_pool([("one_job", str(tmp_path))], jobs=1, fn=_threads_job)
+    finally:
+        torch.set_num_threads(before)
+    counts = {p.name: int(p.read_text()) for p in tmp_path.iterdir()}
+    assert counts == {"pool_a": 2, "pool_b": 2, "alone": 2, "one_job": 3}, counts
+
+
 def test_a_sigterm_to_the_study_stops_its_pool_workers(tmp_path):
     """SIGTERM to the study's process (a scheduler, `kill PID`) interrupts it and terminates the
     workers it spawned, instead of leaving them to finish their runs."""

@@ -220,7 +220,7 @@ def run_pool(todo: list[tuple], jobs: int, fn=execute, grace: float = STOP_GRACE
         import torch
         before = torch.get_num_threads()
         if jobs > 1:
-            torch.set_num_threads(threads)
+            _worker_init(threads)
         try:
             with sigterm_interrupts():
                 for what, cfg in todo:

@@ -159,12 +159,10 @@ class SampleMaker:
         return eval_views(kind, payload, self.cfg, self.stride), label
 
 
-def eval_views(kind: str, payload, cfg: StreamConfig, stride: int, rotation: int = 0
-               ) -> list[torch.Tensor]:
+def eval_views(kind: str, payload, cfg: StreamConfig, stride: int) -> list[torch.Tensor]:
     """The evaluation's views of one sample: a volume resampled to ``cfg.num_frames`` slices,
     or ``cfg.test_clips`` clips (spread over the video, ``stride`` in the frames given) x
-    ``cfg.test_crops`` crops. ``rotation``: turn the decoded frames upright first (a raw video
-    file with a display matrix; prepared shards are upright already)."""
+    ``cfg.test_crops`` crops. A raw file's display rotation is applied by the decoder."""
     if kind == "volume":
         depth = resample_depth_indices(payload.shape[0], cfg.num_frames)
         return [volume_transform(payload, depth, cfg.size)]
@@ -176,8 +174,6 @@ def eval_views(kind: str, payload, cfg: StreamConfig, stride: int, rotation: int
         picked["union"] = np.unique(picked["clips"])
         return picked["union"]
     frames = decode_frames(payload, pick)
-    if rotation:
-        frames = np.ascontiguousarray(np.rot90(frames, (rotation // 90) % 4, axes=(1, 2)))
     where = np.searchsorted(picked["union"], picked["clips"])
     views = []
     for c in range(cfg.test_clips):

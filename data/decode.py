@@ -97,8 +97,8 @@ def _short(e: Exception) -> str:
 def probe_video(data: bytes) -> VideoInfo:
     """Open the video and decode its first and last frames; raise VideoDecodeError if either fails.
 
-    Checking the last frame catches files cut short after their index was written.
-    """
+    Checking the last frame catches files cut short after their index was written. Width and
+    height are those of the frames as shown (a display rotation applied)."""
     vr = _reader(data)
     n = len(vr)
     if n < 1:
@@ -108,11 +108,29 @@ def probe_video(data: bytes) -> VideoInfo:
                      width=int(frames.shape[2]), height=int(frames.shape[1]))
 
 
+_DECORD_TURNS: list = []
+
+
+def decord_turns() -> bool:
+    """Whether this decord applies a video's display matrix itself (decord2 does, decord 0.6.0
+    does not). Measured once per process on a small video turned 180 degrees, at a size decord
+    decodes (it mis-sizes some small widths)."""
+    if not _DECORD_TURNS:
+        frame = np.zeros((128, 192, 3), np.uint8)
+        frame[:32, :48] = 255                        # a white corner, top left as stored
+        data = encode_video([frame, frame], fps=25, crf=0, rotation=180)
+        shown = decord.VideoReader(io.BytesIO(data), num_threads=1)[0].asnumpy()
+        _DECORD_TURNS.append(bool(shown[-16:, -16:].mean() > shown[:16, :16].mean()))
+    return _DECORD_TURNS[0]
+
+
 def _get_batch(vr, data: bytes, idx: list) -> np.ndarray:
+    """Frames ``idx`` as a player shows them: every decoder's output passes through here, so a
+    display rotation is applied exactly once, whichever decoder ran."""
     try:
         out = vr.get_batch(idx).asnumpy()
         if out.ndim == 4 and out.shape[-1] == 3:
-            return out
+            return out if decord_turns() else upright(out, display_rotation(data), axes=(1, 2))
     except Exception:
         pass
     # decord mis-sizes the frames of some widths (16, 24, 32, 48, 96, 144 px seen) and fails
@@ -121,13 +139,17 @@ def _get_batch(vr, data: bytes, idx: list) -> np.ndarray:
 
 
 def _decode_pyav(data: bytes, idx: list) -> np.ndarray:
+    """Frames ``idx`` (presentation order) by PyAV, turned upright as decord2 turns them."""
     wanted = {i: [] for i in idx}
     last = max(idx)
+    rotation = 0
     try:
         with av.open(io.BytesIO(data)) as box:
             stream = box.streams.video[0]
             stream.thread_count = 1
             for n, frame in enumerate(box.decode(stream)):
+                if n == 0:
+                    rotation = _quarter(frame.rotation)
                 if n in wanted:
                     wanted[n] = frame.to_ndarray(format="rgb24")
                 if n >= last:
@@ -137,13 +159,14 @@ def _decode_pyav(data: bytes, idx: list) -> np.ndarray:
     missing = [i for i in idx if isinstance(wanted[i], list)]
     if missing:
         raise VideoDecodeError(f"cannot decode frames {missing[:3]}: the stream ends early")
-    return np.stack([wanted[i] for i in idx])
+    return upright(np.stack([wanted[i] for i in idx]), rotation, axes=(1, 2))
 
 
 def decode_frames(data: bytes,
                   indices: Iterable[int] | Callable[[int], Iterable[int]] | None = None,
                   num_threads: int = 1) -> np.ndarray:
-    """Frames at ``indices`` (all frames when None) -> (T, H, W, 3) uint8.
+    """Frames at ``indices`` (all frames when None) -> (T, H, W, 3) uint8, as a player shows
+    them (a display rotation applied once, whichever decoder ran).
 
     ``indices`` may be a function of the video's frame count: a caller that picks frames by
     the length (strided sampling) then opens the video once, not once to count and again to
@@ -167,20 +190,22 @@ def display_rotation(data: bytes) -> int:
             stream = box.streams.video[0]
             stream.thread_count = 1
             for frame in box.decode(stream):
-                angle = float(frame.rotation or 0)
-                break
-            else:
-                return 0
+                return _quarter(frame.rotation)
     except Exception:
-        return 0
-    quarter = int(round(angle / 90)) % 4
-    return (0, 90, 180, -90)[quarter]
+        pass
+    return 0
 
 
-def upright(frame: np.ndarray, rotation: int) -> np.ndarray:
-    """An (H, W, C) frame as it is shown: turned ``rotation`` degrees counterclockwise."""
+def _quarter(angle) -> int:
+    """A display matrix's angle rounded to a quarter turn: 0, 90, 180 or -90."""
+    return (0, 90, 180, -90)[int(round(float(angle or 0) / 90)) % 4]
+
+
+def upright(frames: np.ndarray, rotation: int, axes=(0, 1)) -> np.ndarray:
+    """Frames as shown: turned ``rotation`` degrees counterclockwise in the plane of ``axes``
+    (rows, columns): (0, 1) for one (H, W, C) frame, (1, 2) for (T, H, W, C)."""
     k = (rotation // 90) % 4
-    return np.ascontiguousarray(np.rot90(frame, k)) if k else frame
+    return np.ascontiguousarray(np.rot90(frames, k, axes=axes)) if k else frames
 
 
 # AVColorSpace values that mean BT.709; everything else (unspecified included) converts as

@@ -202,7 +202,7 @@ class Predictor:
         """Views of each loose item, batched; calls ``on_result(item, per-view outputs)``."""
         import torch
         from data.clips import eval_views
-        from data.decode import VideoDecodeError, display_rotation
+        from data.decode import VideoDecodeError
         pending, owners, counts = [], [], {}
         outputs: dict = {}
 
@@ -225,8 +225,7 @@ class Predictor:
                     _check_volume(item, payload, in_chans)
                     views = eval_views("volume", payload, self.t.data, 1)
                 else:
-                    views = eval_views("video", payload, self.t.data, self.t.data.stride,
-                                       display_rotation(payload))
+                    views = eval_views("video", payload, self.t.data, self.t.data.stride)
             except (VideoDecodeError, ValueError, OSError) as e:
                 on_failure(Failure(item.name, str(e)))
                 if bar is not None:

@@ -100,11 +100,10 @@ def video_bytes(path: str, sample: int = 0) -> tuple[bytes, str, int]:
 def clip_of(data: bytes, num_frames: int, stride: int, size: int) -> np.ndarray:
     """The centre clip (T, S, S, 3) uint8, upright, short side resized and centre-cropped."""
     from data.clips import eval_views
-    from data.decode import display_rotation
     from data.stream import StreamConfig
     cfg = StreamConfig(num_frames=num_frames, size=size, stride=stride, test_clips=1,
                        test_crops=1, mask="none")
-    view = eval_views("video", data, cfg, stride, display_rotation(data))[0]   # (C, T, S, S)
+    view = eval_views("video", data, cfg, stride)[0]   # (C, T, S, S)
     return view.permute(1, 2, 3, 0).numpy()
 
 

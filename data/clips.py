@@ -2,14 +2,15 @@
 a mask) or evaluation views, then the batch itself."""
 from __future__ import annotations
 
+import json
 import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .decode import decode_frames, decode_yuv420
-from .manifest import ShardSet
+from .decode import UnshippableFrames, decode_frames, decode_yuv420
+from .manifest import DataSetError, ShardSet
 from .masks import make_mask, running_cell_mask
 from .nvdec import worker_decoder
 from .plan import clip_seed
@@ -37,6 +38,31 @@ def check_stride(cfg: "StreamConfig"):
     shard_set = load_shard_set(folder, verify=False)
     stored_stride(cfg, shard_set)
     start_every(cfg, shard_set)
+    check_device_format(cfg, shard_set)
+
+
+def check_device_format(cfg: "StreamConfig", shard_set: ShardSet):
+    """With ``data.device_format: yuv420``, refuse before the run a set holding videos whose
+    frames that path cannot ship (4:4:4 or 4:2:2 chroma, other bit depths, odd sizes), naming
+    them and the way out; read from the pixel format prep records for each sample (sets
+    prepared before it recorded one are checked by the loader workers, which stop the run on
+    the first such video instead of skipping it)."""
+    from .decode import YUV420_FORMATS
+    from .shard_reader import sample_metadata
+    if cfg.device_format != "yuv420" or shard_set.kind != "video":
+        return
+    bad = [(key, meta) for key, meta in sample_metadata(shard_set)
+           if meta.get("pix_fmt") and (meta["pix_fmt"] not in YUV420_FORMATS
+                                       or int(meta.get("width", 0)) % 2
+                                       or int(meta.get("height", 0)) % 2)]
+    if bad:
+        named = ", ".join(f"{m.get('source', k)} ({m['pix_fmt']} {m.get('width')}x"
+                          f"{m.get('height')})" for k, m in bad[:3])
+        raise ValueError(
+            f"data.device_format=yuv420 cannot ship {len(bad)} video(s) of {shard_set.root} "
+            f"as they are: {named}{' ...' if len(bad) > 3 else ''}; it takes even-sized "
+            f"{'/'.join(YUV420_FORMATS)}. Re-prepare the set transcoded (data.prep videos ... "
+            f"--transcode) or use data.device_format=rgb")
 
 
 def stored_stride(cfg: StreamConfig, shard_set: ShardSet) -> int:
@@ -125,7 +151,12 @@ class SampleMaker:
             if cfg.decode == "nvdec":
                 frames = torch.from_numpy(worker_decoder().frames(payload, pick))
             elif cfg.augment == "device" and cfg.device_format == "yuv420":
-                planes, colour = decode_yuv420(payload, pick)
+                try:
+                    planes, colour = decode_yuv420(payload, pick)
+                except UnshippableFrames as e:      # a setting to change: stop, never skip
+                    source = json.loads(raw.get("json") or b"{}").get("source", "")
+                    raise DataSetError(f"{raw.get('__key__')} ({source}) in "
+                                       f"{raw.get('__url__')}: {e}") from None
                 frames = torch.from_numpy(planes)
             else:
                 frames = torch.from_numpy(decode_frames(payload, pick))

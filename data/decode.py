@@ -208,9 +208,46 @@ def upright(frames: np.ndarray, rotation: int, axes=(0, 1)) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(frames, k, axes=axes)) if k else frames
 
 
-# AVColorSpace values that mean BT.709; everything else (unspecified included) converts as
-# BT.601, which is what FFmpeg's swscale (and so decord's RGB) does for them.
-_BT709 = {1}
+# The colour matrix of a stream, as the device path's ``yuv420_to_rgb`` takes it: AVColorSpace
+# BT.709 (1) -> 1, BT.2020 (9 non-constant, 10 constant luminance) -> 2; everything else
+# (unspecified included) converts as BT.601 (0), which is what FFmpeg's swscale (and so
+# decord's RGB) does for them.
+_MATRIX = {1: 1, 9: 2, 10: 2}
+# Pixel formats the yuv420 device path ships: 4:2:0 planes, 8-bit (full range as the j formats
+# say it) or 10-bit (scaled to 8 bits, as the RGB path's conversion does).
+YUV420_FORMATS = ("yuv420p", "yuvj420p", "yuv420p10le")
+
+
+def pixel_format(data: bytes) -> str | None:
+    """The pixel format the video's decoder puts out (``yuv420p``, ``yuv444p``, ...), read
+    from the stream's parameters without decoding; None when it cannot be read."""
+    try:
+        with av.open(io.BytesIO(data)) as box:
+            fmt = box.streams.video[0].codec_context.format
+            return fmt.name if fmt is not None else None
+    except Exception:
+        return None
+
+
+class UnshippableFrames(ValueError):
+    """Frames the yuv420 device path cannot ship as they are (another chroma layout, a bit
+    depth it does not convert, odd sizes): a setting to change, not a corrupt sample."""
+
+
+def _i420(frame) -> tuple[np.ndarray, tuple[int, int]]:
+    """One decoded frame -> its I420 planes (H * 3 // 2, W) uint8 and its colour (matrix,
+    full range); UnshippableFrames for what the device path cannot take."""
+    name = frame.format.name
+    if name not in YUV420_FORMATS or frame.width % 2 or frame.height % 2:
+        raise UnshippableFrames(
+            f"frames are {name} {frame.width}x{frame.height}; data.device_format=yuv420 ships "
+            f"even-sized {'/'.join(YUV420_FORMATS)} only: re-prepare the set transcoded "
+            f"(data.prep ... --transcode) or use data.device_format=rgb")
+    planes = frame.to_ndarray()
+    if planes.dtype != np.uint8:        # 10-bit: to 8 bits, rounded, as swscale's RGB does
+        planes = np.minimum((planes.astype(np.uint16) + 2) >> 2, 255).astype(np.uint8)
+    full = int(name == "yuvj420p" or frame.color_range == 2)
+    return planes, (_MATRIX.get(int(frame.colorspace), 0), full)
 
 
 def _open_pyav(data: bytes):
@@ -230,39 +267,59 @@ def _open_pyav(data: bytes):
 
 def decode_yuv420(data: bytes, indices: Callable[[int], Iterable[int]] | Iterable[int]
                   ) -> tuple[np.ndarray, tuple[int, int]]:
-    """Frames at ``indices`` as they leave the decoder, in I420 planes: (T, H * 3 // 2, W)
-    uint8 (Y rows, then U and V, each (H/2) x (W/2) packed into H/4 rows of W), and the colour
-    (1 for BT.709 else 0, 1 for full range else 0). No RGB conversion: ``yuv420_to_rgb`` does
-    it where the frames are used. Decodes from the last keyframe at or before the first
-    wanted frame (frames counted in stream order). ``indices`` may be a function of the frame
+    """Frames at ``indices`` (presentation order, as ``decode_frames`` counts them) as they
+    leave the decoder, in I420 planes: (T, H * 3 // 2, W) uint8 (Y rows, then U and V, each
+    (H/2) x (W/2) packed into H/4 rows of W), and the colour (matrix: 0 BT.601, 1 BT.709,
+    2 BT.2020; 1 for full range else 0). No RGB conversion: ``yuv420_to_rgb`` does it where
+    the frames are used. 10-bit frames are scaled to 8 bits; other layouts raise
+    UnshippableFrames.
+
+    Packets are stored in decoding order, which with B-frames is not the order they are shown
+    in: each packet's place in presentation order is read from its timestamp, decoding starts
+    at the last keyframe shown at or before the first wanted frame and goes on, in storage
+    order, until every wanted frame has come out. ``indices`` may be a function of the frame
     count, as in ``decode_frames``."""
     box, stream = _open_pyav(data)
     with box:
+        if not stream.codec_context.format or stream.codec_context.format.name not in \
+                YUV420_FORMATS:
+            fmt = stream.codec_context.format
+            raise UnshippableFrames(
+                f"frames are {fmt.name if fmt else 'of an unknown pixel format'}; "
+                f"data.device_format=yuv420 ships {'/'.join(YUV420_FORMATS)} only: re-prepare "
+                f"the set transcoded (data.prep ... --transcode) or use "
+                f"data.device_format=rgb")
         packets = [p for p in box.demux(stream) if p.size]
         n = len(packets)
         idx = [int(i) for i in (indices(n) if callable(indices) else indices)]
         if not idx or min(idx) < 0 or max(idx) >= n:
             raise VideoDecodeError(f"frame indices out of range for a video of {n} frames")
-        first, last, wanted = min(idx), max(idx), set(idx)
-        start = max((k for k in range(first + 1) if packets[k].is_keyframe), default=0)
+        timed = all(p.pts is not None for p in packets)
+        if timed:       # presentation index of each stored packet
+            by_time = sorted(range(n), key=lambda s: packets[s].pts)
+            shown = np.empty(n, np.int64)
+            shown[by_time] = np.arange(n)
+            place = {packets[s].pts: int(shown[s]) for s in range(n)}
+        else:           # no timestamps: storage order is the only order there is
+            shown = np.arange(n)
+        first, wanted = min(idx), set(idx)
+        start = max((s for s in range(n) if packets[s].is_keyframe and shown[s] <= first),
+                    default=0)
         got: dict = {}
         colour = (0, 0)
         ctx = stream.codec_context
-        k = start
+        counted = int(shown[start])
         try:
-            for p in packets[start:last + 1] + [None]:
+            for p in packets[start:] + [None]:
                 for frame in ctx.decode(p):
-                    if k in wanted:
-                        if frame.format.name != "yuv420p" or frame.width % 2 or \
-                                frame.height % 2:
-                            raise VideoDecodeError(
-                                f"frames are {frame.format.name} {frame.width}x{frame.height},"
-                                f" not even-sized yuv420p; use data.device_format=rgb")
-                        got[k] = frame.to_ndarray(format="yuv420p")
-                        colour = (int(frame.colorspace in _BT709),
-                                  int(frame.color_range == 2))
-                    k += 1
-                if k > last:
+                    if timed and frame.pts in place:
+                        k = place[frame.pts]
+                    else:
+                        k = counted
+                    counted = k + 1
+                    if k in wanted and k not in got:
+                        got[k], colour = _i420(frame)
+                if len(got) == len(wanted):
                     break
         except av.error.FFmpegError as e:
             raise VideoDecodeError(f"cannot decode frames: {_short(e)}") from None

@@ -98,6 +98,24 @@ def leading_samples(shard_set, limit: int) -> Iterator[dict]:
             yield raw
 
 
+def sample_metadata(shard_set) -> Iterator[tuple[str, dict]]:
+    """(sample key, its json) for every sample of a local shard set, reading the tar headers
+    and the json members only (the payloads are seeked over): a whole set's metadata in a
+    fraction of a second per thousand samples, for preflight checks before a run."""
+    import tarfile
+    for shard in shard_set.shards:
+        if "://" in shard.url:
+            continue
+        try:
+            with tarfile.open(shard.url, "r:") as tar:
+                for member in tar:
+                    if member.isfile() and member.name.endswith(".json"):
+                        key = member.name.rsplit(".", 1)[0]
+                        yield key, json.loads(tar.extractfile(member).read())
+        except (OSError, tarfile.TarError, ValueError):
+            continue        # a damaged shard: the readers warn and skip it
+
+
 def decode_sample(raw: dict) -> tuple[str, object, int]:
     """Raw tar sample -> ('video', bytes, label) or ('volume', ndarray, label).
 

@@ -175,6 +175,8 @@ def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, units: list[Unit], w
                 shard = mine[int(np.searchsorted(ends, p, side="right"))].shard
                 try:
                     c, m, d, label, frames = maker.train_clips(raw, epoch, shard, member)
+                except DataSetError:    # a setting or a set to change: stop, never skip
+                    raise
                 except Exception as e:  # corrupt payload: counted, skipped, stream goes on
                     counter.skip(f"{raw.get('__key__')} in {raw.get('__url__')}", e)
                 else:

@@ -90,12 +90,17 @@ def train_transform(frames: np.ndarray | torch.Tensor, size: int, rng: np.random
     return apply_crop(frames, train_crop_params(h, w, rng, scales, flip), size)
 
 
-def yuv420_to_rgb(y: torch.Tensor, u: torch.Tensor, v: torch.Tensor, bt709: bool,
+# (kr, kb) of each colour matrix ``decode_yuv420`` names: BT.601, BT.709, BT.2020
+_KR_KB = {0: (0.299, 0.114), 1: (0.2126, 0.0722), 2: (0.2627, 0.0593)}
+
+
+def yuv420_to_rgb(y: torch.Tensor, u: torch.Tensor, v: torch.Tensor, matrix: int,
                   full_range: bool) -> torch.Tensor:
     """Planes of the same shape (chroma already upsampled), uint8 on any device -> RGB (..., 3)
-    uint8 with FFmpeg's matrix and range for the stream; within 1 level of 255 of swscale's
-    output on average (flooring as its fixed-point code does)."""
-    kr, kb = (0.2126, 0.0722) if bt709 else (0.299, 0.114)
+    uint8 with FFmpeg's matrix (0 BT.601, 1 BT.709, 2 BT.2020) and range for the stream;
+    within 1 level of 255 of swscale's output on average (flooring as its fixed-point code
+    does)."""
+    kr, kb = _KR_KB[int(matrix)]
     kg = 1 - kr - kb
     yf, uf, vf = y.float(), u.float() - 128, v.float() - 128
     if full_range:
@@ -123,7 +128,7 @@ def _yuv_crop(planes: torch.Tensor, pos: torch.Tensor, top: int, left: int, ch: 
     r_idx = torch.arange(top, top + ch, device=dev) // 2
     c_idx = torch.arange(left, left + cw, device=dev) // 2
     chroma = chroma.index_select(2, r_idx).index_select(3, c_idx)      # (T, 2, ch, cw)
-    return yuv420_to_rgb(y, chroma[:, 0], chroma[:, 1], bool(colour[0]), bool(colour[1]))
+    return yuv420_to_rgb(y, chroma[:, 0], chroma[:, 1], int(colour[0]), bool(colour[1]))
 
 
 def crop_batch(frames: list[torch.Tensor], source: torch.Tensor, positions: torch.Tensor,
@@ -136,7 +141,7 @@ def crop_batch(frames: list[torch.Tensor], source: torch.Tensor, positions: torc
     Clips with the same crop size are resized together (multi-scale cropping has at most ten
     sizes), so a batch costs a few resize calls, not one per clip.
 
-    With ``colour`` (one (bt709, full_range) per video), ``frames`` are I420 planes
+    With ``colour`` (one (matrix, full_range) per video), ``frames`` are I420 planes
     (``decode_yuv420``): each crop is converted to RGB before it is resized."""
     rows, src = params.tolist(), source.tolist()
     channels = 3 if colour is not None else frames[0].shape[-1]

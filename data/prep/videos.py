@@ -10,7 +10,8 @@ from functools import partial
 
 import numpy as np
 
-from ..decode import VIDEO_EXTS, VideoDecodeError, display_rotation, probe_video, transcode
+from ..decode import (VIDEO_EXTS, VideoDecodeError, display_rotation, pixel_format,
+                      probe_video, transcode)
 from .shards import encode_sample, safe_key
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
@@ -222,7 +223,7 @@ def process_video(item_and_index, short_side: int | None, gop: int, crf: int,
         return {"ok": False, "reason": str(e)}
     meta = {"label": item.label, "label_name": item.label_name, "source": item.path,
             "num_frames": info.num_frames, "fps": info.fps, "width": info.width,
-            "height": info.height}
+            "height": info.height, "pix_fmt": pixel_format(data)}
     if frame_step > 1:
         meta["frame_step"] = frame_step  # stored frame i is source frame i * frame_step
     if window:

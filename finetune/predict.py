@@ -75,6 +75,8 @@ def _volumes_from_npy(path: str, in_chans: int) -> list[Item]:
 
 def _volumes_from_npz(spec: str, classes: list[str]) -> list[Item]:
     import numpy as np
+
+    from data.prep.medmnist import class_numbers
     path, _, split = spec.rpartition(":") if not spec.endswith(".npz") else (spec, "", "")
     with np.load(path, allow_pickle=False) as z:
         have = sorted({k.rsplit("_", 1)[0] for k in z.files if k.endswith("_images")})
@@ -86,7 +88,10 @@ def _volumes_from_npz(spec: str, classes: list[str]) -> list[Item]:
             raise ValueError(f"{path} has no split {split!r} (no {split}_images); it holds "
                              f"{', '.join(have) or 'none'}")
         images = z[f"{split}_images"]
-        labels = z[f"{split}_labels"].reshape(-1) if f"{split}_labels" in z.files else None
+        labels = (class_numbers(z[f"{split}_labels"], f"{path}: {split}_labels")
+                  if f"{split}_labels" in z.files else None)
+    if images.ndim == 5 and images.shape[1] == 1 and images.shape[-1] not in (1, 3):
+        images = images[:, 0]                       # (N, 1, D, H, W): one channel
     if labels is not None and len(labels) and labels.max() >= len(classes):
         labels = None                     # not this model's classes: predict without scoring
     return [Item(f"{path}:{split}#{i}", "volume", lambda i=i: images[i],

@@ -85,7 +85,10 @@ def locate(flag: str, size: int, root: str, fetch: bool = False, url: str | None
 
 
 def load_npz(path: str) -> dict:
-    """The six arrays of an official file, checked; labels flattened to (N,)."""
+    """The six arrays of an official file, checked: images (N, D, H, W) or channel last
+    (N, D, H, W, C) uint8 (a channel axis in front, (N, 1, D, H, W), is taken as one channel);
+    labels as (N,) int64 class numbers, from (N,) or (N, 1) whole numbers or exactly one-hot
+    (N, K) rows. Anything else is refused naming the array and its shape."""
     with np.load(path, allow_pickle=False) as z:
         missing = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels")
                    if f"{s}_{k}" not in z.files]
@@ -94,13 +97,43 @@ def load_npz(path: str) -> dict:
         out = {k: z[k] for k in z.files}
     for s in SPLITS:
         img, lab = out[f"{s}_images"], out[f"{s}_labels"]
-        if img.ndim not in (4, 5) or img.dtype != np.uint8:
-            raise ValueError(f"{path}: {s}_images should be uint8 (N, D, H, W), "
-                             f"got {img.dtype} {img.shape}")
+        if img.ndim == 5 and img.shape[1] == 1 and img.shape[-1] not in (1, 3):
+            img = out[f"{s}_images"] = img[:, 0]            # (N, 1, D, H, W): one channel
+        if img.ndim not in (4, 5) or img.dtype != np.uint8 or \
+                (img.ndim == 5 and img.shape[-1] not in (1, 3)):
+            raise ValueError(f"{path}: {s}_images should be uint8 (N, D, H, W) or channel "
+                             f"last (N, D, H, W, C) with C 1 or 3, got {img.dtype} {img.shape}")
+        if len(img) == 0:
+            raise ValueError(f"{path}: the {s} split is empty ({s}_images {img.shape}); every "
+                             f"split needs at least one volume")
         if len(lab) != len(img):
             raise ValueError(f"{path}: {len(img)} {s} images but {len(lab)} labels")
-        out[f"{s}_labels"] = lab.reshape(len(lab), -1)[:, 0].astype(np.int64)
+        out[f"{s}_labels"] = class_numbers(lab, f"{path}: {s}_labels")
     return out
+
+
+def class_numbers(labels: np.ndarray, what: str) -> np.ndarray:
+    """Labels as (N,) int64: (N,) or (N, 1) whole numbers (integer or float dtype), or (N, K)
+    rows with exactly one 1 (one-hot, taken as the 1's column). Float labels with a fraction,
+    several labels per sample and anything else are refused in one line naming ``what``."""
+    lab = labels.reshape(len(labels), -1) if labels.ndim > 1 else labels[:, None]
+    if lab.shape[1] > 1:
+        one_hot = np.isin(lab, (0, 1)).all() and (lab.sum(axis=1) == 1).all()
+        if not one_hot:
+            raise ValueError(f"{what} has {lab.shape[1]} values per sample {labels.shape} and "
+                             f"they are not one-hot rows: tubemae trains one class per sample "
+                             f"(multi-label sets are not supported); give (N,) class numbers")
+        return lab.argmax(axis=1).astype(np.int64)
+    lab = lab[:, 0]
+    if not (np.issubdtype(lab.dtype, np.integer) or np.issubdtype(lab.dtype, np.bool_)):
+        if not np.issubdtype(lab.dtype, np.floating) or not np.isfinite(lab).all() or \
+                (lab != np.round(lab)).any():
+            frac = lab[~np.isfinite(lab) | (lab != np.round(lab))][:3] \
+                if np.issubdtype(lab.dtype, np.floating) else lab[:3]
+            raise ValueError(f"{what} are {lab.dtype} with values such as "
+                             f"{frac.tolist()} that are not class numbers; give whole numbers "
+                             f"0..K-1")
+    return lab.astype(np.int64)
 
 
 def volume_sample(split: str, i: int, volume: np.ndarray, label: int, classes: list,

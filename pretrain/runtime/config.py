@@ -242,6 +242,35 @@ def parse_args_with_overrides(ap, argv=None):
     return args
 
 
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key given twice in one mapping (two ``lr:`` lines, a
+    second ``train:`` section), which plain YAML silently resolves by keeping the last."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise _DuplicateKey(f"{key!r} is given twice, at lines {seen[key] + 1} and "
+                                    f"{key_node.start_mark.line + 1}: keep one (YAML would "
+                                    f"silently keep the last)")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(path: str):
+    """A YAML file's tree, with a key given twice refused (``ConfigError`` naming the lines)."""
+    try:
+        with open(path) as f:
+            return yaml.load(f, Loader=_StrictLoader)
+    except _DuplicateKey as e:
+        raise ConfigError(f"config file {path}: {e}") from None
+
+
 def load_config(path: str | None, overrides: typing.Sequence[str], schema):
     """YAML file + ``a.b=value`` overrides -> a checked ``schema`` instance."""
     tree = {}
@@ -250,8 +279,7 @@ def load_config(path: str | None, overrides: typing.Sequence[str], schema):
         if not os.path.isfile(path):
             raise ConfigError(f"config file {path} not found")
         try:
-            with open(path) as f:
-                tree = yaml.safe_load(f)
+            tree = load_yaml(path)
         except yaml.YAMLError as e:
             where = getattr(e, "problem_mark", None)
             line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""

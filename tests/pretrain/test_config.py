@@ -182,3 +182,24 @@ def test_device_cuda_without_a_gpu_is_one_line_and_exit_2(tmp_path):
     assert r.stderr.strip().splitlines()[-1].startswith(
         "pretrain: error: runtime.device=cuda but torch sees no CUDA device here")
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("text,lines", [
+    ("optim:\n  lr: 1.0e-3\n  weight_decay: 0.05\n  lr: 3.0e-4\n", (2, 4)),
+    ("train:\n  steps: 10\ndata:\n  batch_size: 4\ntrain:\n  epochs: 2\n", (1, 5)),
+    ("data:\n  scales: [1, 0.5]\n  batch_size: 4\n  batch_size: 4\n", (3, 4)),
+])
+def test_a_key_or_section_given_twice_is_refused_naming_both_lines(tmp_path, text, lines):
+    """YAML keeps the last of two equal keys without a word: a second ``lr:`` would win and a
+    second ``train:`` section would drop the first. Refused, for pre-training and fine-tuning
+    recipes alike, in one line naming the two lines."""
+    from finetune.train import FinetuneConfig
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    for schema in (None, FinetuneConfig):
+        with pytest.raises(ConfigError, match=rf"{path}: '\w+' is given twice, at lines "
+                                              rf"{lines[0]} and {lines[1]}: keep one"):
+            load_config(str(path), schema=schema)
+    r = subprocess.run([sys.executable, "-m", "pretrain", "--config", str(path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "given twice" in r.stderr and "Traceback" not in r.stderr

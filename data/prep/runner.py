@@ -106,6 +106,36 @@ def roll_back(out_dir: str, first_bad: str):
     os.remove(os.path.join(out_dir, "manifest.json"))
 
 
+def check_failures_list(out_dir: str, manifest: dict):
+    """A finished set's failures.jsonl holds the ``num_failures`` lines its manifest counts;
+    one deleted or cut short is rebuilt from the prep journal, which keeps every failure, and
+    without the journal the set is refused (the inputs that could not be used would be listed
+    nowhere)."""
+    path = os.path.join(out_dir, "failures.jsonl")
+    want = int(manifest.get("num_failures", 0))
+    try:
+        with open(path) as f:
+            have = sum(1 for line in f if line.strip())
+    except FileNotFoundError:
+        have = None
+    if have == want:
+        return
+    journal = os.path.join(out_dir, JOURNAL)
+    records = []
+    if os.path.isfile(journal):
+        with open(journal) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+    listed = [x for r in records[1:] for x in r.get("failures", [])]
+    what = "is missing" if have is None else f"lists {have} of them"
+    if len(listed) != want:
+        raise FileExistsError(f"{out_dir}: manifest.json counts {want} inputs that could not be "
+                              f"used but failures.jsonl {what} and the prep journal cannot "
+                              f"rebuild it; prep into a new --out to list them again")
+    write_text_atomic(path, "".join(json.dumps(x) + "\n" for x in listed))
+    print(f"{out_dir}: failures.jsonl {what}; rebuilt its {want} lines from the prep journal",
+          file=sys.stderr)
+
+
 def write_shard_set(out_dir: str, kind: str, classes: list, options: dict, items: Sequence,
                     work: Callable, source_of: Callable, workers: int, max_samples: int,
                     max_bytes: int, split: str | None = None, verify: bool = False) -> dict:
@@ -125,6 +155,7 @@ def write_shard_set(out_dir: str, kind: str, classes: list, options: dict, items
                                   f"options; choose a new --out or delete it")
         bad = first_damaged(out_dir, manifest) if verify else None
         if bad is None:
+            check_failures_list(out_dir, manifest)
             what = "every shard intact" if verify else "nothing to do"
             print(f"{out_dir}: already complete ({manifest['num_samples']} samples), {what}",
                   file=sys.stderr)

@@ -633,3 +633,33 @@ def test_prep_prints_progress_lines_when_its_output_is_not_a_terminal(tmp_path, 
                  "--frames", "4", "--workers", "0"]) == 0
     lines = [x for x in capsys.readouterr().err.splitlines() if " inputs, " in x and "/s" in x]
     assert any(x.startswith("train: ") and "min left" in x for x in lines), lines
+
+
+def test_a_deleted_failures_list_is_rebuilt_from_the_journal_or_the_set_refused(tmp_path,
+                                                                                capsys):
+    """A finished set whose failures.jsonl was deleted or cut short is not 'already complete'
+    with its failures listed nowhere: prep rebuilds the file from its journal, the same lines,
+    and without the journal refuses in one line."""
+    root = tmp_path / "in"
+    for seed, c in enumerate(("cat", "dog")):
+        (root / c).mkdir(parents=True)
+        write_video(str(root / c / "v.mp4"), n=12, seed=seed)
+        (root / c / "bad.mp4").write_bytes(b"not a video")
+        (root / c / "empty.mp4").write_bytes(b"")
+    out = tmp_path / "set"
+    args = ["videos", str(root), "--out", str(out), "--workers", "0"]
+    assert prep(args) == 0
+    listed = (out / "failures.jsonl").read_text()
+    assert len(listed.splitlines()) == json.load(open(out / "manifest.json"))["num_failures"] == 4
+    for damage in (lambda p: p.unlink(), lambda p: p.write_text(listed.splitlines()[0] + "\n")):
+        damage(out / "failures.jsonl")
+        capsys.readouterr()
+        assert prep(args) == 0
+        assert "rebuilt its 4 lines from the prep journal" in capsys.readouterr().err
+        assert (out / "failures.jsonl").read_text() == listed
+    (out / "failures.jsonl").unlink()
+    (out / ".progress.jsonl").unlink()
+    assert prep(args) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "counts 4 inputs that could not be used but " \
+        "failures.jsonl is missing" in err and "new --out" in err

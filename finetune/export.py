@@ -27,15 +27,14 @@ def export_classifier(meta: dict, weights: dict, out: str) -> str:
     """Write model.safetensors + model.json of a model (``trained.read_model``) to ``out``."""
     from safetensors.torch import save_file
 
-    from data.atomic import umask_mode, write_text_atomic
+    from data.atomic import atomic_path, output_folder, umask_mode, write_text_atomic
     from .trained import META, WEIGHTS
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, WEIGHTS)
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in weights.items()},
-              path + ".tmp", metadata={"format": "tubemae-classifier"})
-    umask_mode(path + ".tmp")
-    os.replace(path + ".tmp", path)
-    write_text_atomic(os.path.join(out, META), json.dumps(meta, indent=1))
+    with output_folder(out):
+        with atomic_path(os.path.join(out, WEIGHTS)) as tmp:
+            save_file({k: v.detach().float().contiguous().cpu() for k, v in weights.items()},
+                      tmp, metadata={"format": "tubemae-classifier"})
+            umask_mode(tmp)
+        write_text_atomic(os.path.join(out, META), json.dumps(meta, indent=1))
     return out
 
 
@@ -56,7 +55,7 @@ def export_hf_classifier(meta: dict, weights: dict, out: str) -> str:
     """transformers' VideoMAEForVideoClassification folder of a ViViT model 1 classifier."""
     from safetensors.torch import save_file
 
-    from data.atomic import umask_mode, write_text_atomic
+    from data.atomic import atomic_path, output_folder, umask_mode, write_text_atomic
     from pretrain.convert import ours_to_hf
     from pretrain.export import hf_file_names, write_hf_processor
     m = meta["model"]
@@ -64,10 +63,6 @@ def export_hf_classifier(meta: dict, weights: dict, out: str) -> str:
     enc = {("" if k.startswith(("fc_norm", "head")) else "encoder.") + k: v
            for k, v in weights.items() if not k.startswith("pos_embed")}
     sd = hf_file_names(ours_to_hf(enc))
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, "model.safetensors")
-    save_file(sd, path, metadata={"format": "pt"})
-    umask_mode(path)
     classes = meta["classes"]
     config = {"model_type": "videomae", "architectures": ["VideoMAEForVideoClassification"],
               "image_size": m["img_size"], "patch_size": m["patch_size"],
@@ -79,8 +74,12 @@ def export_hf_classifier(meta: dict, weights: dict, out: str) -> str:
               "layer_norm_eps": m["norm_eps"],
               "id2label": {str(i): c for i, c in enumerate(classes)},
               "label2id": {c: i for i, c in enumerate(classes)}}
-    write_text_atomic(os.path.join(out, "config.json"), json.dumps(config, indent=1))
-    write_hf_processor(out, m["img_size"], m["in_chans"], m.get("mean"), m.get("std"))
+    with output_folder(out):
+        with atomic_path(os.path.join(out, "model.safetensors")) as tmp:
+            save_file(sd, tmp, metadata={"format": "pt"})
+            umask_mode(tmp)
+        write_text_atomic(os.path.join(out, "config.json"), json.dumps(config, indent=1))
+        write_hf_processor(out, m["img_size"], m["in_chans"], m.get("mean"), m.get("std"))
     return out
 
 

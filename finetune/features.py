@@ -74,8 +74,9 @@ def shard_set_features(model, data_cfg, shard_set, device, parts: str | None = N
             else:
                 idx, f, lab = np.zeros(0, np.int64), None, np.zeros(0, np.int64)
             if part and f is not None:
-                np.savez(part + ".tmp.npz", features=f, labels=lab, index=idx)
-                os.replace(part + ".tmp.npz", part)
+                from data.atomic import atomic_path
+                with atomic_path(part) as tmp, open(tmp, "wb") as fh:
+                    np.savez(fh, features=f, labels=lab, index=idx)
         if f is not None and len(f):
             out_f.append(f)
             out_l.append(lab)
@@ -128,64 +129,96 @@ def features(model: str, inputs: list[str], out: str, config: str | None = None,
         t = _EncoderModel(trained.model, trained.data, device, tokens)
         classes, in_chans = trained.classes, trained.model.cfg.in_chans
     units, failures = gather(inputs, classes, in_chans)
-    key = hashlib.sha256(json.dumps([os.path.abspath(model), [os.path.abspath(i) for i in inputs],
-                                     config, list(overrides), tokens]).encode()).hexdigest()[:16]
+    key = parts_key(t.model, t.data, inputs, tokens)
     parts = out + ".parts"
     if os.path.isdir(parts) and not os.path.isfile(os.path.join(parts, key)):
         shutil.rmtree(parts)              # parts of another command: not this one's
-    os.makedirs(parts, exist_ok=True)
-    open(os.path.join(parts, key), "w").close()
-    rows, feats = [], []
-    predictor = Predictor(t, None, features=True)
-    loose: list[Item] = []
+    try:
+        os.makedirs(parts, exist_ok=True)
+        open(os.path.join(parts, key), "w").close()
+        rows, feats = [], []
+        predictor = Predictor(t, None, features=True)
+        loose: list[Item] = []
 
-    def on_result(item, per_view):
-        feats.append(per_view.mean(0).numpy()[None])
-        rows.append((item.name, None if item.label is None else
-                     (classes[item.label] if classes else str(item.label))))
-    for n, u in enumerate(units + [None]):
-        if isinstance(u, Item):
-            loose.append(u)
-            continue
-        if loose:
-            predictor.items(loose, on_result, failures.append)
-            loose = []
-        if u is None:
-            break
-        from data.manifest import load_shard_set
-        ss = load_shard_set(u)
-        data = dataclasses.replace(t.data, shards=u)
-        f, lab, idx = shard_set_features(t.model, data, ss, t.device, parts, name=f"in{n}",
-                                         tokens=tokens)
-        feats.append(f)
-        rows += [(f"{u}#{int(i)}", ss.classes[int(lb)] if ss.classes else str(int(lb)))
-                 for i, lb in zip(idx, lab)]
-    for f in failures:
-        print(f"finetune.features: skipped {f.name}: {f.reason}", file=sys.stderr)
-    if not feats:
-        raise ValueError("no input could be read (each is listed above with its reason)")
-    array = np.concatenate(feats).astype(np.float32)
-    _write(out, array, rows)
-    shutil.rmtree(parts, ignore_errors=True)
+        def on_result(item, per_view):
+            feats.append(per_view.mean(0).numpy()[None])
+            rows.append((item.name, None if item.label is None else
+                         (classes[item.label] if classes else str(item.label))))
+        for n, u in enumerate(units + [None]):
+            if isinstance(u, Item):
+                loose.append(u)
+                continue
+            if loose:
+                predictor.items(loose, on_result, failures.append)
+                loose = []
+            if u is None:
+                break
+            from data.manifest import load_shard_set
+            ss = load_shard_set(u)
+            data = dataclasses.replace(t.data, shards=u)
+            f, lab, idx = shard_set_features(t.model, data, ss, t.device, parts, name=f"in{n}",
+                                             tokens=tokens)
+            feats.append(f)
+            rows += [(f"{u}#{int(i)}", ss.classes[int(lb)] if ss.classes else str(int(lb)))
+                     for i, lb in zip(idx, lab)]
+        for f in failures:
+            print(f"finetune.features: skipped {f.name}: {f.reason}", file=sys.stderr)
+        if not feats:
+            raise ValueError("no input could be read (each is listed above with its reason)")
+        array = np.concatenate(feats).astype(np.float32)
+        _write(out, array, rows)
+        shutil.rmtree(parts, ignore_errors=True)
+    except BaseException:
+        # finished parts are kept for the rerun; a parts folder with none is removed
+        if not any(n.endswith(".npz") for n in
+                   (os.listdir(parts) if os.path.isdir(parts) else [])):
+            shutil.rmtree(parts, ignore_errors=True)
+        raise
     return {"features": out, "shape": list(array.shape), "failures": len(failures)}
+
+
+def parts_key(model, data_cfg, inputs: list[str], tokens: bool) -> str:
+    """What the saved parts of an interrupted run were computed from, by content: the model's
+    weights (a model re-exported in place is another model), the inputs (a prepared set by its
+    manifests, a file by its size and modification time), the data settings and ``tokens``.
+    Parts under another key are thrown away, never mixed in."""
+    import torch
+    h = hashlib.sha256()
+    for name, v in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(v.dtype).encode() + str(tuple(v.shape)).encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    seen = []
+    for path in inputs:
+        base = path.rpartition(":")[0] if ":" in path and not os.path.exists(path) else path
+        manifests = sorted(os.path.join(d, "manifest.json") for d in
+                           [base] + [os.path.join(base, s) for s in ("train", "val", "test")]
+                           if os.path.isfile(os.path.join(d, "manifest.json")))
+        if manifests:
+            for m in manifests:
+                with open(m, "rb") as f:
+                    seen.append([path, hashlib.sha256(f.read()).hexdigest()])
+        else:
+            st = os.stat(base) if os.path.exists(base) else None
+            seen.append([os.path.abspath(path), st and [st.st_size, st.st_mtime_ns]])
+    h.update(json.dumps([seen, repr(data_cfg), tokens]).encode())
+    return h.hexdigest()[:16]
 
 
 def _write(out: str, array: np.ndarray, rows: list):
     import csv
     import io
-    from data.atomic import write_text_atomic
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    if out.endswith(".safetensors"):
-        import torch
-        from safetensors.torch import save_file
-        save_file({"features": torch.from_numpy(array)}, out + ".tmp")
-        os.replace(out + ".tmp", out)
-    else:
-        if not out.endswith(".npy"):
-            raise ValueError(f"--out {out}: name a .npy or .safetensors file")
-        with open(out + ".tmp", "wb") as f:
-            np.save(f, array)
-        os.replace(out + ".tmp", out)
+    from data.atomic import atomic_path, write_text_atomic
+    if not out.endswith((".npy", ".safetensors")):
+        raise ValueError(f"--out {out}: name a .npy or .safetensors file")
+    with atomic_path(out) as tmp:
+        if out.endswith(".safetensors"):
+            import torch
+            from safetensors.torch import save_file
+            save_file({"features": torch.from_numpy(array)}, tmp)
+        else:
+            with open(tmp, "wb") as f:
+                np.save(f, array)
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["row", "input", "label"])

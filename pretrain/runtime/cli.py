@@ -60,9 +60,10 @@ def recipe_args(prog: str, doc: str, argv=None, init_help: str | None = None,
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that carry a message naming the thing and the fix: shown as one line."""
+    from data.atomic import OutputError
     from data.manifest import DataSetError
     from .config import ConfigError
-    return ConfigError, DataSetError, FileNotFoundError, ValueError
+    return ConfigError, DataSetError, FileNotFoundError, ValueError, OutputError
 
 
 EXIT_INTERRUPTED = 130
@@ -85,6 +86,14 @@ def run_command(prog: str, body: Callable[[], dict | int]) -> int:
             return EXIT_NONFINITE
         if isinstance(e, user_errors()):
             print(f"{prog}: error: {e}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        from data.atomic import disk_errno, output_error
+        if disk_errno(e):                                   # a full or read-only disk
+            print(f"{prog}: error: {output_error(e, 'an output')}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        if isinstance(e, MemoryError):
+            print(f"{prog}: error: out of memory ({e or 'an allocation failed'}); use a "
+                  f"smaller data.batch_size or fewer loader workers", file=sys.stderr)
             return EXIT_USER_ERROR
         raise
     except KeyboardInterrupt as e:

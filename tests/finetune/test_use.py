@@ -287,3 +287,81 @@ def test_features_of_the_token_grid(trained_run, synthetic_set, tmp_path):
     pooled, grid = np.load(tmp_path / "p.npy"), np.load(tmp_path / "t.npy")
     assert grid.shape == (pooled.shape[0], 4 * 4 * 4, pooled.shape[1])    # 8/2 x 32/8 x 32/8
     assert np.allclose(grid.mean(1), pooled, atol=1e-5)
+
+
+def _fill(folder):
+    """Fill the tmpfs at ``folder`` up to its last byte."""
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def test_outputs_on_a_full_disk_end_in_one_line_and_leave_nothing_half_written(
+        trained_run, synthetic_set, tmp_path, capsys):
+    """predict --out, finetune.export and finetune.features on a full disk (a real tmpfs):
+    each ends in one line naming the file and the fix, exit 2, with no .tmp file, no empty
+    model folder and no parts left; predict's table was printed before."""
+    from finetune.export import main as export
+    from finetune.features import main as features
+    from finetune.predict import main as predict
+    from tests.conftest import tmpfs
+    test = os.path.join(synthetic_set, "test")
+    with tmpfs(tmp_path / "full", "size=256k") as full:
+        _fill(full)
+        capsys.readouterr()
+        assert predict([trained_run, test, "--limit", "4", "--out", str(full / "p.jsonl")]) == 2
+        out, err = capsys.readouterr()
+        assert "input" in out                                   # the table was shown
+        err = err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("finetune.predict: error: could not write ")
+        assert "No space left on device" in err[0] and "free some space" in err[0]
+        assert export([trained_run, "--out", str(full / "model")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("finetune.export: error: could not write")
+        assert features([trained_run, test, "--out", str(full / "f.npy")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("finetune.features: error: could not write")
+        assert sorted(os.listdir(full)) == ["filler"], os.listdir(full)
+
+
+def test_outputs_go_into_folders_that_do_not_exist_yet(trained_run, synthetic_set, tmp_path):
+    from finetune.predict import main as predict
+    test = os.path.join(synthetic_set, "test")
+    out = tmp_path / "new" / "deeper" / "p.csv"
+    assert predict([trained_run, test, "--limit", "2", "--out", str(out)]) == 0
+    assert out.read_text().startswith("input,label,top1")
+
+
+def test_features_resumed_after_the_model_was_re_exported_in_place_use_the_new_model(
+        trained_run, synthetic_set, tmp_path, monkeypatch):
+    """The parts of an interrupted finetune.features are keyed on what they were computed
+    from (the model's weights, the inputs' manifests), not on paths: re-exporting another
+    model into the same folder makes the rerun compute everything with the new model."""
+    import finetune.features as feats
+    from finetune.export import main as export
+    from safetensors.torch import load_file, save_file
+    model = tmp_path / "model"
+    assert export([trained_run, "--out", str(model)]) == 0
+    test = os.path.join(synthetic_set, "test")
+    out = tmp_path / "f.npy"
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(feats, "_write", crash)
+    with pytest.raises(KeyboardInterrupt):
+        feats.features(str(model), [test], str(out))
+    assert os.listdir(str(out) + ".parts")              # the old model's parts are there
+    monkeypatch.undo()
+    weights = load_file(str(model / "model.safetensors"))
+    name = next(k for k in weights if k.startswith("blocks.") and k.endswith("weight"))
+    weights[name] = weights[name] * 1.5                   # another model, same folder
+    save_file(weights, str(model / "model.safetensors"))
+    feats.features(str(model), [test], str(out))
+    fresh = tmp_path / "fresh.npy"
+    feats.features(str(model), [test], str(fresh))
+    assert np.array_equal(np.load(out), np.load(fresh))

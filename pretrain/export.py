@@ -21,7 +21,7 @@ import json
 import os
 import sys
 
-from data.atomic import umask_mode, write_text_atomic
+from data.atomic import atomic_path, output_folder, umask_mode, write_text_atomic
 from .model import ModelConfig
 
 
@@ -29,19 +29,19 @@ def export_encoder(weights: dict, model_cfg: ModelConfig, out_dir: str, provenan
     """Write encoder.safetensors + encoder.json; returns the safetensors path."""
     from safetensors.torch import save_file
 
-    os.makedirs(out_dir, exist_ok=True)
     enc = {k[len("encoder."):]: v.detach().float().contiguous().cpu()
            for k, v in weights.items() if k.startswith("encoder.")}
     if not enc:
         raise ValueError("no encoder weights found (keys starting with 'encoder.')")
     path = os.path.join(out_dir, "encoder.safetensors")
-    save_file(enc, path + ".tmp", metadata={"format": "tubemae-encoder"})
-    umask_mode(path + ".tmp")
-    os.replace(path + ".tmp", path)
     meta = {"format": "tubemae-encoder", "version": 1,
             "model": json.loads(json.dumps(dataclasses.asdict(model_cfg.resolved()))),
             "source": provenance}
-    write_text_atomic(os.path.join(out_dir, "encoder.json"), json.dumps(meta, indent=1))
+    with output_folder(out_dir):
+        with atomic_path(path) as tmp:
+            save_file(enc, tmp, metadata={"format": "tubemae-encoder"})
+            umask_mode(tmp)
+        write_text_atomic(os.path.join(out_dir, "encoder.json"), json.dumps(meta, indent=1))
     return path
 
 
@@ -70,10 +70,7 @@ def export_hf(weights: dict, model_cfg: ModelConfig, out_dir: str) -> str:
     from .convert import ours_to_hf
 
     c = model_cfg.resolved()
-    os.makedirs(out_dir, exist_ok=True)
     sd = hf_file_names(ours_to_hf(weights))
-    save_file(sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-    umask_mode(os.path.join(out_dir, "model.safetensors"))
     config = {"model_type": "videomae", "architectures": ["VideoMAEForPreTraining"],
               "image_size": c.img_size, "patch_size": c.patch_size, "num_channels": c.in_chans,
               "num_frames": c.num_frames, "tubelet_size": c.tubelet_size,
@@ -86,9 +83,12 @@ def export_hf(weights: dict, model_cfg: ModelConfig, out_dir: str) -> str:
               "decoder_num_attention_heads": c.decoder_num_heads,
               "decoder_intermediate_size": int(c.decoder_embed_dim * c.mlp_ratio),
               "norm_pix_loss": c.norm_pix_loss}
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(config, f, indent=1)
-    write_hf_processor(out_dir, c.img_size, c.in_chans, c.mean, c.std)
+    with output_folder(out_dir):
+        with atomic_path(os.path.join(out_dir, "model.safetensors")) as tmp:
+            save_file(sd, tmp, metadata={"format": "pt"})
+            umask_mode(tmp)
+        write_text_atomic(os.path.join(out_dir, "config.json"), json.dumps(config, indent=1))
+        write_hf_processor(out_dir, c.img_size, c.in_chans, c.mean, c.std)
     return out_dir
 
 

@@ -167,6 +167,7 @@ def loss_of(recon: np.ndarray, pixels: np.ndarray, mask: np.ndarray, tubelet: in
 
 def write_pictures(res: dict, out_base: str, fps: float = 4.0) -> list[str]:
     from PIL import Image
+    from data.atomic import atomic_path
     from data.decode import encode_video
     rows = [np.clip(res[k], 0, 1) for k in ("pixels", "masked", "recon")]
     if rows[0].shape[-1] == 1:
@@ -174,17 +175,19 @@ def write_pictures(res: dict, out_base: str, fps: float = 4.0) -> list[str]:
     rows = [(r * 255).round().astype(np.uint8) for r in rows]            # (T, H, W, 3)
     grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
     png = out_base + ".png"
-    Image.fromarray(grid).save(png)
+    with atomic_path(png) as tmp:
+        Image.fromarray(grid).save(tmp, format="PNG")
     stacked = np.concatenate(rows, axis=1)                                # (T, 3H, W, 3)
     h, w = stacked.shape[1:3]
     stacked = np.pad(stacked, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
     mp4 = out_base + ".mp4"
-    with open(mp4, "wb") as f:
+    with atomic_path(mp4) as tmp, open(tmp, "wb") as f:
         f.write(encode_video(list(stacked), fps=fps, crf=18))
     npz = out_base + ".npz"
-    np.savez(npz, pixels=res["pixels"], masked=res["masked"], recon=res["recon"],
-             mask=res["mask"], loss=res["loss"], tubelet=res["tubelet"], patch=res["patch"],
-             norm_pix_loss=res["norm_pix_loss"])
+    with atomic_path(npz) as tmp, open(tmp, "wb") as f:
+        np.savez(f, pixels=res["pixels"], masked=res["masked"], recon=res["recon"],
+                 mask=res["mask"], loss=res["loss"], tubelet=res["tubelet"],
+                 patch=res["patch"], norm_pix_loss=res["norm_pix_loss"])
     return [png, mp4, npz]
 
 

@@ -118,8 +118,15 @@ def read_model(path: str) -> tuple[dict, dict]:
         if not os.path.isfile(weights_path):
             raise FileNotFoundError(f"{weights_path} not found; export the run again "
                                     f"(python -m finetune.export RUN --out {path})")
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
-        return meta, load_file(weights_path)
+        try:
+            return meta, load_file(weights_path)
+        except (SafetensorError, OSError, MemoryError) as e:
+            why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+            raise ModelFolderError(f"{weights_path} is not a readable safetensors file "
+                                   f"({why}); export the run again (python -m finetune.export "
+                                   f"RUN --out {path})") from None
     meta, tag = run_meta(path)
     from pretrain.runtime.engine import read_model_weights
     ckpt_dir = os.path.join(path, "checkpoints")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -32,8 +33,43 @@ def _guarded(fn: Callable, item) -> dict:
         return {"ok": False, "reason": f"{type(e).__name__}: {e}"[:500]}
 
 
+def die_with_parent(parent: int):
+    """Make this process end when ``parent`` does, kill -9 included (Linux's parent-death
+    signal), instead of living on blocked on a pipe nobody reads."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)          # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:                          # the parent died before the call
+        os._exit(1)
+
+
+def _worker_init(parent: int):
+    """Each prep worker: Ctrl-C (which a terminal sends to the whole process group) is left to
+    the parent, which stops the pool and says one line; the worker dies with the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent)
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(os.getpid(),))
+
+
+def _stop_pool(pool: ProcessPoolExecutor):
+    """Stop a pool at once on an interrupt or an error: queued inputs are dropped and the
+    workers ended, not waited for (their finished shards are already on disk)."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in list((getattr(pool, "_processes", None) or {}).values()):
+        if p.is_alive():
+            p.kill()
+    for p in list((getattr(pool, "_processes", None) or {}).values()):
+        p.join(5)
+
+
 def _isolated(fn: Callable, item) -> dict:
-    with ProcessPoolExecutor(1) as pool:
+    with _pool(1) as pool:
         try:
             return pool.submit(_guarded, fn, item).result()
         except BrokenProcessPool:
@@ -49,19 +85,25 @@ def ordered_map(fn: Callable, items: Sequence, workers: int) -> Iterator[dict]:
     window = 4 * workers
     pos = 0
     while pos < len(items):
-        with ProcessPoolExecutor(workers) as pool:
-            pending = []
-            try:
-                while pos < len(items) or pending:
-                    while pos < len(items) and len(pending) < window:
-                        pending.append(pool.submit(_guarded, fn, items[pos]))
-                        pos += 1
-                    yield pending.pop(0).result()
-            except BrokenProcessPool:
-                # Re-run the inputs that were in flight one at a time to find the culprit.
-                back = len(pending) + 1
-                for item in items[pos - back:pos]:
-                    yield _isolated(fn, item)
+        pool = _pool(workers)
+        pending = []
+        try:
+            while pos < len(items) or pending:
+                while pos < len(items) and len(pending) < window:
+                    pending.append(pool.submit(_guarded, fn, items[pos]))
+                    pos += 1
+                yield pending.pop(0).result()
+        except BrokenProcessPool:
+            pool.shutdown(wait=True)
+            # Re-run the inputs that were in flight one at a time to find the culprit.
+            back = len(pending) + 1
+            for item in items[pos - back:pos]:
+                yield _isolated(fn, item)
+        except BaseException:          # Ctrl-C, a signal, the consumer closing the stream
+            _stop_pool(pool)
+            raise
+        else:
+            pool.shutdown(wait=True)
 
 
 def human_bytes(n: float) -> str:

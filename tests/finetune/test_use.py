@@ -365,3 +365,30 @@ def test_features_resumed_after_the_model_was_re_exported_in_place_use_the_new_m
     fresh = tmp_path / "fresh.npy"
     feats.features(str(model), [test], str(fresh))
     assert np.array_equal(np.load(out), np.load(fresh))
+
+
+@pytest.mark.parametrize("damage", ["empty", "huge_header", "cut"])
+def test_a_damaged_model_file_is_one_line_in_predict_and_features(trained_run, synthetic_set,
+                                                                  tmp_path, capsys, damage):
+    import shutil
+    import struct
+    from finetune.export import main as export
+    from finetune.features import main as features
+    from finetune.predict import main as predict
+    model = tmp_path / "model"
+    assert export([trained_run, "--out", str(model)]) == 0
+    weights = model / "model.safetensors"
+    body = weights.read_bytes()
+    weights.write_bytes({"empty": b"", "huge_header": struct.pack("<Q", 1 << 60) + b"{}",
+                         "cut": body[:len(body) // 2]}[damage])
+    test = os.path.join(synthetic_set, "test")
+    capsys.readouterr()
+    for prog, run in (("predict", lambda: predict([str(model), test, "--limit", "2"])),
+                      ("features", lambda: features([str(model), test, "--out",
+                                                     str(tmp_path / "f.npy")]))):
+        assert run() == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        assert err[0].startswith(f"finetune.{prog}: error: {weights} is not a readable "
+                                 f"safetensors file") and "export the run again" in err[0]
+    shutil.rmtree(model)

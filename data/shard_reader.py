@@ -2,9 +2,11 @@
 keeping only the planned positions, and a raw tar sample decoded by explicit decoders."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
+import os
 from typing import Iterator
 
 import numpy as np
@@ -18,25 +20,59 @@ from .plan import Unit
 log = logging.getLogger("data.stream")
 
 
-_VERIFIED: dict = {}  # shard path -> its bytes match the manifest's sha256 (per process)
+_VERIFIED: dict = {}  # shard path -> (its file's identity when hashed, whether it matched)
+
+
+def _identity(path: str):
+    """What changes when a file is rewritten or modified in place: size, mtime, inode."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
+
+
+def _damaged(shard: Shard, strict: bool, why: str):
+    msg = (f"shard {shard.url} does not match the sha256 in its manifest ({why}); repair it "
+           f"by running the same prep command with --verify")
+    if strict:
+        raise DataSetError(msg)
+    log.warning("%s; its samples are skipped", msg)
 
 
 def shard_intact(shard: Shard, strict: bool = False) -> bool:
-    """Whether a local shard's bytes have the sha256 its manifest recorded, hashed the first
-    time this process opens it (one read, small next to decoding its videos). A damaged shard
-    is skipped with a warning, or stops the run under ``data.strict``."""
+    """Whether a local shard's bytes have the sha256 its manifest recorded. Hashed the first
+    time this process opens it (one read, small next to decoding its videos), and again
+    whenever the file has changed since (size, modification or change time, inode): a shard
+    rewritten or modified under a running job is caught before it is read again. A damaged
+    shard is skipped with a warning, or stops the run under ``data.strict``."""
     if not shard.sha256 or "://" in shard.url:
         return True
-    ok = _VERIFIED.get(shard.url)
-    if ok is None:
-        ok = _VERIFIED[shard.url] = file_sha256(shard.url) == shard.sha256
-    if not ok:
-        msg = (f"shard {shard.url} does not match the sha256 in its manifest (damaged after "
-               f"prep); repair it by running the same prep command with --verify")
-        if strict:
-            raise DataSetError(msg)
-        log.warning("%s; its samples are skipped", msg)
-    return ok
+    try:
+        ident = _identity(shard.url)
+    except OSError:
+        return True                 # gone: the reader says so, naming the shard
+    known = _VERIFIED.get(shard.url)
+    if known is None or known[0] != ident:
+        why = "damaged after prep" if known is None else "it changed while the job ran"
+        known = _VERIFIED[shard.url] = (ident, file_sha256(shard.url) == shard.sha256)
+        if not known[1]:
+            _damaged(shard, strict, why)
+    return known[1]
+
+
+class _Hashing:
+    """A file object's reads, hashed as they pass (sha256 of every byte read, in order)."""
+
+    def __init__(self, f):
+        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+
+    def read(self, n=-1):
+        b = self.f.read(n)
+        self.sha.update(b)
+        self.size += len(b)
+        return b
+
+    def rest(self):
+        while self.read(1 << 20):
+            pass
 
 
 class ShardReader:
@@ -57,12 +93,17 @@ class ShardReader:
             local = set((self.wanted[bounds[ui]:bounds[ui + 1]] - base).tolist())
             if not local or not shard_intact(self.shards[unit.shard], self.strict):
                 continue
-            for j, sample in numbered_samples(self.shards[unit.shard].url, unit, local):
+            for j, sample in numbered_samples(self.shards[unit.shard].url, unit, local,
+                                              self.shards[unit.shard], self.strict):
                 yield base + j // unit.parts, j, sample
 
 
-def numbered_samples(url: str, unit: Unit, local: set) -> Iterator[tuple[int, dict]]:
-    """(member number j in the shard, raw sample) for the unit's samples in ``local``."""
+def numbered_samples(url: str, unit: Unit, local: set, shard: Shard | None = None,
+                     strict: bool = False) -> Iterator[tuple[int, dict]]:
+    """(member number j in the shard, raw sample) for the unit's samples in ``local``. With
+    ``shard`` (a local one with a sha256), the bytes are hashed as they are read and checked
+    at the end: a shard modified while it was being read is reported (and skipped from then
+    on) even where its file's times were kept."""
     counter = {"key": None, "j": -1}
     numbers: dict = {}
 
@@ -74,13 +115,22 @@ def numbered_samples(url: str, unit: Unit, local: set) -> Iterator[tuple[int, di
         j = counter["j"]
         return j % unit.parts == unit.part and (j // unit.parts) in local
 
+    check = shard is not None and bool(shard.sha256) and "://" not in url
     try:
-        with wds.gopen(url, "rb") as stream:
+        with wds.gopen(url, "rb") as raw_stream:
+            stream = _Hashing(raw_stream) if check else raw_stream
             files = ({**f, "__url__": url} for f in tar_file_iterator(stream, select_files=select))
             for sample in group_by_keys(files):
                 yield numbers.pop(sample["__key__"]), sample
                 for k in [k for k, v in numbers.items() if v < counter["j"] - 1]:
                     del numbers[k]
+            if check:
+                stream.rest()
+                if stream.sha.hexdigest() != shard.sha256:
+                    _VERIFIED[url] = (None, False)
+                    _damaged(shard, strict, "it changed while it was being read")
+    except DataSetError:
+        raise
     except Exception as e:  # a truncated or unreadable shard: keep what was read
         log.warning("shard %s is damaged (%s); its remaining samples are skipped", url, e)
 

@@ -663,3 +663,53 @@ def test_a_deleted_failures_list_is_rebuilt_from_the_journal_or_the_set_refused(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "counts 4 inputs that could not be used but " \
         "failures.jsonl is missing" in err and "new --out" in err
+
+
+def test_a_shard_changed_under_a_running_job_is_caught_and_its_samples_skipped(tmp_path,
+                                                                               caplog):
+    """A shard the workers hashed, then modified in place while the job runs (a byte flipped,
+    a re-prep into the same folder): before it is read again its file is seen to have changed
+    and hashed again, so its samples are skipped and counted, with a warning naming it; a
+    change made while the shard is being read is caught by hashing the bytes as they pass."""
+    from data.shard_reader import _VERIFIED, numbered_samples, shard_intact
+    from data.stream import TrainStream
+    out = str(tmp_path / "set")
+    assert prep(["synthetic", "--out", out, "--count", "24", "--size", "64", "--frames", "16",
+                 "--shard-samples", "4", "--workers", "0"]) == 0
+    _VERIFIED.clear()
+    cfg = StreamConfig(shards=out, batch_size=1, num_workers=0, num_frames=4, stride=1, size=32,
+                       patch=8, mask="none", shuffle_buffer=1)
+    stream = TrainStream(cfg)
+    n = load_shard_set(out).num_samples
+    it = iter(stream)
+    first = {int(b["index"]) for _, b in zip(range(n), it)}     # a whole epoch, every shard
+    assert first == set(range(n)) and sum(stream.skipped) == 0
+    shard = os.path.join(out, "train", "shard-000001.tar")
+    body = bytearray(open(shard, "rb").read())
+    body[len(body) // 2] ^= 0xFF
+    with open(shard, "r+b") as f:                      # in place: same inode, same size
+        f.write(body)
+    with caplog.at_level("WARNING"):
+        second = {int(b["index"]) for _, b in zip(range(n - 4), it)}
+    assert second == set(range(n)) - {4, 5, 6, 7} and sum(stream.skipped) == 4
+    assert any("shard-000001.tar does not match the sha256" in r.message and
+               "changed while the job ran" in r.message for r in caplog.records)
+    # changed while it is being read: reported at its end, and skipped from then on
+    body[len(body) // 2] ^= 0xFF
+    open(shard, "wb").write(body)                      # repaired
+    _VERIFIED.clear()
+    ss = load_shard_set(os.path.join(out, "train"))
+    s1 = ss.shards[1]
+    assert shard_intact(s1)
+    unit = plan_units([s.samples for s in ss.shards], 1)[1]
+    reader = numbered_samples(s1.url, unit, set(range(unit.count)), s1)
+    next(reader)
+    body[-2048] ^= 0xFF                                 # in a later member, not yet read
+    with open(shard, "r+b") as f:
+        f.write(body)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        list(reader)
+    assert any("changed while it was being read" in r.message for r in caplog.records)
+    assert not shard_intact(s1)
+    _VERIFIED.clear()

@@ -85,8 +85,14 @@ class StreamConfig:
     decode: str = "cpu"               # cpu | nvdec: the loader workers decode videos on the
                                       # CPU, or on the GPU's NVDEC engines (needs augment:
                                       # device; falls back to cpu where NVDEC is missing)
+    timeout: float = 300.0            # seconds a loader worker may take for one batch before
+                                      # the run stops naming it (a hung network read, a
+                                      # stopped process); a warning comes at half of it
 
     def check(self):
+        if not self.timeout > 0:
+            raise ValueError(f"data.timeout must be a positive number of seconds, not "
+                             f"{self.timeout!r}")
         if self.batch_size % self.repeats:
             raise ValueError(f"data.batch_size ({self.batch_size}) must be a multiple of "
                              f"data.repeats ({self.repeats})")
@@ -202,7 +208,49 @@ def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, units: list[Unit], w
         epoch, pos = epoch + 1, 0
 
 
-def loader_batches(loader) -> Iterator[dict]:
+def _stopped(pid: int | None) -> bool:
+    """Whether process ``pid`` is stopped (SIGSTOP, a debugger): it answers nothing."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][:1] in "Tt"
+    except (OSError, IndexError, TypeError):
+        return False
+
+
+class WorkerWatch:
+    """Deaths of a rank's loader workers, as SIGCHLD reports them. torch's own handler raises
+    wherever the main thread happens to be (in a backward, in an optimizer step, leaving a
+    step half done); this one raises ``LoaderWorkerLost`` only while the trainer waits on the
+    loader (``waiting``), and otherwise keeps the news until the trainer next waits
+    (``check``)."""
+
+    def __init__(self):
+        self.waiting = False
+        self.lost: str | None = None
+
+    def install(self):
+        """Take SIGCHLD over from torch (after a loader's iterator started, in the main
+        thread; elsewhere the loader's own checks stay in charge)."""
+        import threading
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum, frame):
+            try:
+                torch._C._error_if_any_worker_fails()
+            except RuntimeError as e:
+                self.lost = self.lost or (_lost_worker(str(e), None) or str(e))
+            if self.lost and self.waiting:
+                self.waiting = False
+                raise LoaderWorkerLost(self.lost)
+        signal.signal(signal.SIGCHLD, handler)
+
+    def check(self):
+        if self.lost:
+            raise LoaderWorkerLost(self.lost)
+
+
+def loader_batches(loader, watch: WorkerWatch | None = None) -> Iterator[dict]:
     """The loader's batches, with its worker processes shut down on every way out (the end, an
     error, the consumer closing the stream): after a worker's error the loader's iterator stays
     referenced from the traceback, and its workers, which ignore signals, would keep the
@@ -221,11 +269,16 @@ def loader_batches(loader) -> Iterator[dict]:
         it = iter(loader)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
+    if watch is not None and hasattr(it, "_workers"):
+        watch.install()
     try:
         yield from it
     except Exception as e:
         text = str(e)
         if "Original Traceback" not in text:
+            lost = _lost_worker(text, loader)
+            if lost is not None:
+                raise LoaderWorkerLost(lost) from None
             raise
         last = text.strip().splitlines()[-1]          # "DataSetError: loader worker 0: ..."
         message = last.split(": ", 1)[1] if ": " in last else last
@@ -236,8 +289,44 @@ def loader_batches(loader) -> Iterator[dict]:
         raise clean from None
     finally:
         shutdown = getattr(it, "_shutdown_workers", None)   # a multi-process loader's
+        if watch is not None:           # the workers ended here are no news to raise
+            watch.waiting = False
         if shutdown is not None:
-            shutdown()
+            for w in getattr(it, "_workers", []):   # stopped (SIGSTOP): shutdown would wait
+                if _stopped(w.pid):
+                    w.kill()
+            try:
+                shutdown()
+            except RuntimeError:    # torch's SIGCHLD handler, again, for a worker that died
+                pass
+            for w in getattr(it, "_workers", []):   # one stopped (SIGSTOP) ignores SIGTERM
+                if w.is_alive():
+                    w.kill()
+        if watch is not None:
+            watch.lost = None
+
+
+class LoaderWorkerLost(DataSetError):
+    """A loader worker died (killed: the OOM killer's usual choice) or made no batch within
+    ``data.timeout`` (stuck). The training process is alive and can checkpoint."""
+
+
+def _lost_worker(text: str, loader) -> str | None:
+    """One line for torch's loader errors that mean a worker is gone or stuck, else None."""
+    import re
+    m = re.search(r"DataLoader worker \(pid\(?s?\)? ([\d, ]+)\) (is killed by signal: "
+                  r"(.+?)\.|exited unexpectedly)", text)
+    if m:
+        how = f"was killed ({m.group(3)})" if m.group(3) else "exited unexpectedly"
+        return (f"loader worker pid {m.group(1).strip()} {how} (the OOM killer's usual choice: "
+                f"if memory is short, use fewer data.num_workers or a smaller data.batch_size)")
+    m = re.search(r"DataLoader timed out after (\d+) seconds", text)
+    if m:
+        return (f"no batch came from the loader workers in {m.group(1)} s (data.timeout): a "
+                f"worker is stuck, as on a hung network read or a stopped process; check the "
+                f"storage of {getattr(getattr(loader, 'dataset', None), 'where', 'the shards')}"
+                f", or raise data.timeout")
+    return None
 
 
 def leave_signals_to_parent(_worker_id: int = 0):
@@ -253,6 +342,7 @@ class _WorkerSplit(torch.utils.data.IterableDataset):
 
     def __init__(self, cfg, shard_set, units, rank, workers, starts, offset):
         self.cfg, self.shard_set, self.units = cfg, shard_set, units
+        self.where = shard_set.root
         self.rank, self.workers, self.starts, self.offset = rank, workers, starts, offset
         self.world_workers = None
 
@@ -289,6 +379,7 @@ class TrainStream:
         self.next_worker = 0
         self.batches = 0
         self.skipped = [0] * self.workers
+        self.watch = WorkerWatch()
 
     @property
     def epoch(self) -> float:
@@ -311,6 +402,23 @@ class TrainStream:
                 "shuffle_buffer": c.shuffle_buffer,
                 **({"repeat_mode": c.repeat_mode} if c.repeat_mode != "temporal" else {}),
                 **({"clip_starts": c.clip_starts} if c.clip_starts != "any" else {})}
+
+    def waiting_on(self) -> str:
+        """The loader worker the next batch comes from, and the shard it reads for it (from the
+        plan: the shard of the next sample it owes), for a message about a stalled loader."""
+        local = self.next_worker
+        g, total = self.rank * self.workers + local, self.world_size * self.workers
+        epoch, pos = self.positions[local]
+        mine = worker_units(self.units, epoch, self.cfg.seed, g, total,
+                            self.cfg.shuffle_buffer > 1)
+        ends = np.cumsum([u.count for u in mine]).astype(int)
+        if not len(ends) or not ends[-1]:
+            return f"loader worker {local}"
+        order = buffer_order(int(ends[-1]), self.cfg.shuffle_buffer,
+                             np.random.default_rng([self.cfg.seed, epoch, g, 104729]))
+        p = int(order[min(pos, len(order) - 1)])
+        shard = self.shard_set.shards[mine[int(np.searchsorted(ends, p, side="right"))].shard]
+        return f"loader worker {local} (reading {shard.url})"
 
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "rank": self.rank, "fingerprint": self._fingerprint(),
@@ -356,10 +464,11 @@ class TrainStream:
                                                  pin_memory=self.pin_memory,
                                                  worker_init_fn=leave_signals_to_parent,
                                                  multiprocessing_context=context,
+                                                 timeout=self.cfg.timeout,
                                                  generator=torch.Generator().manual_seed(0))
         else:
             loader = ds
-        for batch in loader_batches(loader):
+        for batch in loader_batches(loader, self.watch):
             st = batch.pop("_state")
             local = st["worker"] - self.rank * self.workers
             self.positions[local] = (st["epoch"], st["pos"])

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from data.atomic import write_text_atomic
 from data.clips import check_stride
+from data.memory import check_batch_memory
 from data.manifest import DataSetError, has_splits, load_shard_set
 from data.prep.medmnist import resolve_shards
 from data.stream import EvalStream, StreamConfig, batch_to_device
@@ -141,6 +142,7 @@ def _mixup(cfg: FinetuneConfig, num_classes: int):
 def train(cfg: FinetuneConfig) -> dict:
     """Fine-tune (or resume), evaluate, test the best checkpoint; returns the report."""
     check_stride(cfg.data)
+    check_batch_memory(cfg.data, cfg.model.in_chans)
     dist = init_distributed(cfg.runtime.device)
     return run_locked(cfg.run.dir, dist, lambda stop: _train(cfg, dist, stop))
 

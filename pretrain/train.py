@@ -15,6 +15,7 @@ import torch
 from einops import rearrange
 
 from data.clips import check_stride
+from data.memory import check_batch_memory
 from data.prep.medmnist import resolve_shards
 from data.masks import token_ids
 from data.stream import batch_to_device
@@ -67,6 +68,7 @@ def train(cfg: PretrainConfig) -> dict:
     """Run (or resume) pre-training; returns a summary dict (rank 0's view)."""
     cfg.data.check()
     check_stride(cfg.data)
+    check_batch_memory(cfg.data, cfg.model.in_chans)
     dist = init_distributed(cfg.runtime.device)
     return run_locked(cfg.run.dir, dist, lambda stop: _train(cfg, dist, stop))
 

@@ -91,9 +91,11 @@ def run_command(prog: str, body: Callable[[], dict | int]) -> int:
         if disk_errno(e):                                   # a full or read-only disk
             print(f"{prog}: error: {output_error(e, 'an output')}", file=sys.stderr)
             return EXIT_USER_ERROR
-        if isinstance(e, MemoryError):
-            print(f"{prog}: error: out of memory ({e or 'an allocation failed'}); use a "
-                  f"smaller data.batch_size or fewer loader workers", file=sys.stderr)
+        if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and (
+                "can't allocate memory" in str(e) or "Cannot allocate memory" in str(e))):
+            why = str(e).strip().splitlines()[0][:200] if str(e).strip() else "an allocation"
+            print(f"{prog}: error: out of memory ({why}); use a smaller data.batch_size or "
+                  f"fewer data.num_workers", file=sys.stderr)
             return EXIT_USER_ERROR
         raise
     except KeyboardInterrupt as e:

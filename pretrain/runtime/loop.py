@@ -32,14 +32,22 @@ class NonFiniteLoss(RuntimeError):
     """``train.max_nonfinite`` steps in a row had a NaN or inf loss; the run stopped."""
 
 
+class StopWhileWaiting(Exception):
+    """A stop signal came while the loop waited for the loader: it checkpoints the last step
+    trained now, without the batch it was waiting for."""
+
+
 class StopRequested:
     """SIGTERM/SIGINT set a flag; the loop checkpoints and exits at the next step boundary.
     A second Ctrl-C interrupts at once. ``notice`` (set by whoever is running: the loop, a
-    final test) is the line a first Ctrl-C prints, saying what happens now."""
+    final test) is the line a first Ctrl-C prints, saying what happens now. While ``waiting``
+    (the loop blocked on the loader, which a stuck worker can make last long) a signal raises
+    ``StopWhileWaiting`` at once, so a pre-emption's grace period is not spent waiting."""
 
     def __init__(self):
         self.signum = None
         self.notice: str | None = None
+        self.waiting = False
         self._old = {}
 
     def __enter__(self):
@@ -55,6 +63,9 @@ class StopRequested:
         if first and signum == signal.SIGINT and self.notice:
             # os.write, not print: the handler may run while the stream is mid-write
             os.write(2, (self.notice + "\n").encode())
+        if self.waiting:
+            self.waiting = False
+            raise StopWhileWaiting
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
@@ -158,6 +169,70 @@ def memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _ignore(signum, frame):
+    pass
+
+
+class _LoaderWatch:
+    """Bounds one wait on the loader by ``data.timeout``: at half of it, one warning naming the
+    worker and the shard the batch is owed from; at all of it, ``LoaderWorkerLost`` raised in
+    the waiting (main) thread through SIGUSR1, since a worker stopped in the middle of sending
+    a batch leaves the loader blocked in a read that its own timeout never ends."""
+
+    def __init__(self, name: str, stream, timeout: float | None):
+        import threading
+        self.name, self.stream, self.timeout = name, stream, timeout
+        self.on = bool(timeout) and hasattr(stream, "waiting_on") and \
+            threading.current_thread() is threading.main_thread()
+        self.fired = False
+
+    def _who(self) -> str:
+        try:
+            return self.stream.waiting_on()
+        except Exception:
+            return "a loader worker"
+
+    def _warn(self):
+        print(f"{self.name}: warning: no batch for {self.timeout / 2:.0f} s from "
+              f"{self._who()}; the run stops at {self.timeout:.0f} s (data.timeout)",
+              file=sys.stderr, flush=True)
+
+    def _fire(self):
+        import threading
+        self.fired = True
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+
+    def _handle(self, signum, frame):
+        if self.fired:
+            from data.stream import LoaderWorkerLost
+            self.fired = False
+            raise LoaderWorkerLost(
+                f"no batch came from {self._who()} in {self.timeout:.0f} s (data.timeout): it "
+                f"is stuck, as on a hung network read or a stopped process; check the storage "
+                f"of the shards, or raise data.timeout")
+
+    def __enter__(self):
+        import threading
+        if self.on:
+            self.old = signal.signal(signal.SIGUSR1, self._handle)
+            self.timers = [threading.Timer(self.timeout / 2, self._warn),
+                           threading.Timer(self.timeout, self._fire)]
+            for t in self.timers:
+                t.daemon = True
+                t.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.on:
+            for t in self.timers:
+                t.cancel()
+            self.fired = False
+            # never back to the default action (ending the process): a SIGUSR1 sent just
+            # before the cancel would still arrive
+            signal.signal(signal.SIGUSR1, self.old if callable(self.old) or
+                          self.old == signal.SIG_IGN else _ignore)
 
 
 def open_feed(batches: Iterator[dict], stream, prepare: Callable[[dict], dict],
@@ -301,13 +376,54 @@ def train_loop(loop: Loop, stage: Stage, run: Run, dist, stop: StopRequested) ->
     if dist.is_main:
         stop.notice = (f"{loop.name}: stopping after this step, with a checkpoint; Ctrl-C "
                        f"again to stop at once (back to the last checkpoint)")
+    from data.stream import LoaderWorkerLost
+    from .checkpoint import rng_state
+    alone = dist.world_size == 1
+    watch = getattr(stream, "watch", None)
+    timeout = getattr(getattr(stream, "cfg", None), "timeout", None) \
+        if getattr(getattr(stream, "cfg", None), "num_workers", 0) else None
     try:
         while step < loop.total_steps:
             lr = loop.lr_at(step)
             engine.set_lr(lr)
+            at_start = position.state_dict()
+            # a step cut short is saved as it started: its RNG too, when batches came before
+            rng_at_start = rng_state(dist.device) if loop.grad_accum > 1 else None
             for _ in range(loop.grad_accum):
                 t0 = time.perf_counter()
-                batch = next(feed)
+                try:
+                    # One process: a stop signal while it waits on the loader stops at once
+                    # (several ranks stop together at the step's end, as their collectives
+                    # need); a lost or stuck worker checkpoints the last step, then stops.
+                    stop.waiting = alone
+                    if alone and stop.signum is not None:
+                        raise StopWhileWaiting
+                    if watch is not None:
+                        watch.check()
+                        watch.waiting = True
+                    with _LoaderWatch(loop.name, stream, timeout):
+                        batch = next(feed)
+                except (StopWhileWaiting, LoaderWorkerLost) as e:
+                    stop.waiting = False
+                    if not alone:
+                        raise
+                    if last_saved != step:
+                        ckpt.save(engine, f"step{step:08d}", {
+                            "step": step, "nonfinite_total": stats.total,
+                            "log_window": stats.window(), **stage.client_state()},
+                            {"stream": at_start,
+                             "rng": rng_at_start or rng_state(dist.device)})
+                        last_saved = step
+                    if isinstance(e, LoaderWorkerLost):
+                        raise LoaderWorkerLost(
+                            f"{e}; checkpoint saved at step {step}: run the same command to "
+                            f"resume") from None
+                    stopped = stop.signum or signal.SIGTERM
+                    break
+                finally:
+                    stop.waiting = False
+                    if watch is not None:
+                        watch.waiting = False
                 wait_window += time.perf_counter() - t0
                 loss, logged, clips = stage.forward(batch)
                 # A non-finite loss is not waited for here: the engine skips that step's
@@ -316,6 +432,8 @@ def train_loop(loop: Loop, stage: Stage, run: Run, dist, stop: StopRequested) ->
                 engine.step()
                 stats.add_loss(logged)
                 clips_window += clips
+            if stopped:
+                break
             stats.add_step(engine.nonfinite.skipped)
             step += 1
             if bar is not None:

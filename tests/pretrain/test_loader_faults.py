@@ -1,0 +1,149 @@
+"""A loader worker killed (the OOM killer's usual choice) or stopped (a hung network read)
+while pre-training runs: the trainer checkpoints and stops in one line naming the worker, and
+a stop signal meanwhile is honoured at once. The run resumes exactly."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from tests.pretrain.conftest import subprocess_env
+from tests.pretrain.test_train import losses, run_cli
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def _start(recipe, *overrides):
+    """A long pre-training with 2 loader workers, once it has logged 3 steps; (process, the
+    loader workers' pids)."""
+    p = subprocess.Popen([sys.executable, "-m", "pretrain", "--config", recipe,
+                          "data.num_workers=2", "train.steps=100000", "train.ckpt_every=100000",
+                          *overrides], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=subprocess_env())
+    run_dir = next(o.split("=", 1)[1] for o in overrides if o.startswith("run.dir="))
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    deadline = time.time() + 120
+    while time.time() < deadline and not (os.path.isfile(metrics) and
+                                          len(open(metrics).readlines()) >= 3):
+        time.sleep(0.1)
+    workers = _children(p.pid)
+    assert len(workers) == 2, workers
+    return p, workers
+
+
+def _finish(p, workers):
+    for pid in workers:                     # a stopped worker left by a failed test
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if p.poll() is None:
+        p.kill()
+    return p.communicate(timeout=60)
+
+
+def _saved_step(run_dir) -> int:
+    tag = open(os.path.join(run_dir, "checkpoints", "latest")).read().strip()
+    return int(tag[len("step"):])
+
+
+def _errors(err: str) -> list[str]:
+    return [x for x in err.splitlines() if "error" in x.lower() or "Traceback" in x]
+
+
+def test_kill_9_of_a_loader_worker_checkpoints_and_stops_in_one_line_then_resumes_exactly(
+        tiny_recipe, tmp_path):
+    recipe, _ = tiny_recipe
+    cut, straight = str(tmp_path / "cut"), str(tmp_path / "straight")
+    # a constant lr after warm-up (min_lr = lr): the straight run's length then changes nothing
+    p, workers = _start(recipe, f"run.dir={cut}", "log.every=1", "optim.min_lr=0.001")
+    os.kill(workers[1], signal.SIGKILL)
+    t0 = time.time()
+    try:
+        _, err = p.communicate(timeout=60)
+    finally:
+        _finish(p, workers)
+    assert p.returncode == 2, err[-3000:]
+    assert time.time() - t0 < 30
+    lines = _errors(err)
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    assert lines[0].startswith(f"pretrain: error: loader worker pid {workers[1]} was killed "
+                               f"(Killed)")
+    saved = _saved_step(cut)
+    assert f"checkpoint saved at step {saved}: run the same command to resume" in lines[0]
+    assert saved >= 3
+    common = [f"train.steps={saved + 3}", "train.ckpt_every=100000", "data.num_workers=2",
+              "log.every=1", "optim.min_lr=0.001"]
+    r = run_cli(recipe, f"run.dir={cut}", *common)
+    assert r.returncode == 0 and f"at step {saved}" in r.stderr, r.stderr[-3000:]
+    r = run_cli(recipe, f"run.dir={straight}", *common)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert losses(straight) == losses(cut)        # bitwise, the steps after the cut included
+
+
+def test_a_stopped_loader_worker_is_named_at_half_the_timeout_and_stops_the_run_at_it(
+        tiny_recipe, tmp_path):
+    recipe, _ = tiny_recipe
+    run_dir = str(tmp_path / "stall")
+    p, workers = _start(recipe, f"run.dir={run_dir}", "data.timeout=6")
+    os.kill(workers[0], signal.SIGSTOP)
+    os.kill(workers[1], signal.SIGSTOP)
+    t0 = time.time()
+    try:
+        _, err = p.communicate(timeout=90)
+    finally:
+        _finish(p, workers)
+    took = time.time() - t0
+    assert p.returncode == 2, err[-3000:]
+    assert 5 <= took < 40, took
+    warn = [x for x in err.splitlines() if "warning: no batch for 3 s from loader worker" in x]
+    assert len(warn) == 1 and "(reading " in warn[0] and "shard-" in warn[0], err[-3000:]
+    lines = _errors(err)
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    assert re.search(r"no batch came from loader worker \d \(reading .*shard-\d+\.tar\) in 6 s "
+                     r"\(data\.timeout\)", lines[0]), lines[0]
+    assert f"checkpoint saved at step {_saved_step(run_dir)}" in lines[0]
+
+
+def test_sigterm_while_a_loader_worker_is_stopped_checkpoints_at_once(tiny_recipe, tmp_path):
+    """A pre-emption's SIGTERM while the trainer waits on a stuck worker (default
+    data.timeout, minutes): the checkpoint needs no more batches, so it is saved at once and
+    the run exits 143 well within a grace period."""
+    recipe, _ = tiny_recipe
+    run_dir = str(tmp_path / "term")
+    p, workers = _start(recipe, f"run.dir={run_dir}")
+    os.kill(workers[0], signal.SIGSTOP)
+    os.kill(workers[1], signal.SIGSTOP)
+    time.sleep(3)                          # the trainer has used what was ready, and waits
+    assert p.poll() is None
+    p.send_signal(signal.SIGTERM)
+    t0 = time.time()
+    try:
+        _, err = p.communicate(timeout=60)
+    finally:
+        _finish(p, workers)
+    assert p.returncode == 143, err[-3000:]
+    assert time.time() - t0 < 20
+    saved = _saved_step(run_dir)
+    assert f"checkpoint saved at step {saved}" in err and "Traceback" not in err
+    assert not any(os.path.exists(f"/proc/{w}") and
+                   open(f"/proc/{w}/stat").read().split(") ", 1)[1][0] not in "ZX"
+                   for w in workers), "a stopped loader worker was left behind"
+
+
+def test_pretrain_refuses_a_huge_batch_in_one_line_before_the_run_folder(tiny_recipe):
+    recipe, run_dir = tiny_recipe
+    r = subprocess.run([sys.executable, "-m", "pretrain", "--config", recipe,
+                        "data.batch_size=1000000000"], capture_output=True, text=True,
+                       env=subprocess_env(), timeout=120)
+    assert r.returncode == 2
+    lines = [x for x in r.stderr.strip().splitlines() if "WARNING" not in x]
+    assert len(lines) == 1 and "needs at least" in lines[0] and "memory available" in lines[0]
+    assert not os.path.exists(run_dir)

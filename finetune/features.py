@@ -40,7 +40,7 @@ def token_features(model):
 
 
 def shard_set_features(model, data_cfg, shard_set, device, parts: str | None = None,
-                       name: str = "set", tokens: bool = False
+                       name: str = "set", tokens: bool = False, bar=None
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(features (S, D) averaged over views, labels (S,), sample numbers (S,)) of every sample
     of ``shard_set``, ordered by sample number; computed ``max(1, workers)`` shards at a time
@@ -59,14 +59,20 @@ def shard_set_features(model, data_cfg, shard_set, device, parts: str | None = N
         if part and os.path.isfile(part):
             with np.load(part) as z:
                 f, lab, idx = z["features"], z["labels"], z["index"]
+            if bar is not None:
+                bar.update(sum(s.samples for s in shards))
         else:
             sub = dataclasses.replace(shard_set, shards=shards)
             idx, feats, labels = [], [], []
             with torch.no_grad():
+                views = 1 if shard_set.kind == "volume" else \
+                    data_cfg.test_clips * data_cfg.test_crops
                 for batch in EvalStream(data_cfg, None, shard_set=sub):
                     feats.append(fn(batch["video"].to(device)).float().cpu().numpy())
                     idx.append(batch["index"].numpy())
                     labels.append(batch["label"].numpy())
+                    if bar is not None:
+                        bar.update(len(batch["index"]) / views)
             if idx:
                 idx, f, lab = mean_per_sample(np.concatenate(idx), np.concatenate(feats),
                                               np.concatenate(labels))
@@ -137,6 +143,10 @@ def features(model: str, inputs: list[str], out: str, config: str | None = None,
         os.makedirs(parts, exist_ok=True)
         open(os.path.join(parts, key), "w").close()
         rows, feats = [], []
+        from data.manifest import load_shard_set
+        from data.progress import Progress
+        bar = Progress(sum(1 if isinstance(u, Item) else load_shard_set(u).num_samples
+                           for u in units), "features")
         predictor = Predictor(t, None, features=True)
         loose: list[Item] = []
 
@@ -149,7 +159,7 @@ def features(model: str, inputs: list[str], out: str, config: str | None = None,
                 loose.append(u)
                 continue
             if loose:
-                predictor.items(loose, on_result, failures.append)
+                predictor.items(loose, on_result, failures.append, bar)
                 loose = []
             if u is None:
                 break
@@ -157,7 +167,7 @@ def features(model: str, inputs: list[str], out: str, config: str | None = None,
             ss = load_shard_set(u)
             data = dataclasses.replace(t.data, shards=u)
             f, lab, idx = shard_set_features(t.model, data, ss, t.device, parts, name=f"in{n}",
-                                             tokens=tokens)
+                                             tokens=tokens, bar=bar)
             feats.append(f)
             rows += [(f"{u}#{int(i)}", ss.classes[int(lb)] if ss.classes else str(int(lb)))
                      for i, lb in zip(idx, lab)]
@@ -165,6 +175,7 @@ def features(model: str, inputs: list[str], out: str, config: str | None = None,
             print(f"finetune.features: skipped {f.name}: {f.reason}", file=sys.stderr)
         if not feats:
             raise ValueError("no input could be read (each is listed above with its reason)")
+        bar.close()
         array = np.concatenate(feats).astype(np.float32)
         _write(out, array, rows)
         shutil.rmtree(parts, ignore_errors=True)

@@ -246,9 +246,10 @@ class Predictor:
                 bar.update(1)
         flush()
 
-    def shard_set(self, folder: str):
+    def shard_set(self, folder: str, bar=None):
         """(sample index, per-view outputs, labels) of a prepared split, made exactly as the
-        run's test evaluation made them (same stream, batches and precision)."""
+        run's test evaluation made them (same stream, batches and precision); ``bar`` (a
+        ``Progress``) counts its samples."""
         import dataclasses
 
         import numpy as np
@@ -257,10 +258,13 @@ class Predictor:
         ss = load_shard_set(folder)
         cfg = dataclasses.replace(self.t.data, shards=folder, batch_size=self.batch)
         idx, outs, labels = [], [], []
+        views = 1 if ss.kind == "volume" else cfg.test_clips * cfg.test_crops
         for batch in EvalStream(cfg, None, shard_set=ss):
             outs.append(self._run(list(batch["video"])).cpu().numpy())
             idx.append(batch["index"].numpy())
             labels.append(batch["label"].numpy())
+            if bar is not None:
+                bar.update(len(batch["index"]) / views)
         if not idx:
             return ss, np.zeros(0, np.int64), None, np.zeros(0, np.int64)
         return ss, np.concatenate(idx), np.concatenate(outs), np.concatenate(labels)
@@ -275,7 +279,7 @@ def predict(model: str, inputs: list[str], top_k: int = 5, device: str | None = 
 
     import numpy as np
     import torch
-    from tqdm import tqdm
+    from data.progress import Progress
     from .evaluate import aggregate_views, summarize
     from .trained import load_trained
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -302,8 +306,10 @@ def predict(model: str, inputs: list[str], top_k: int = 5, device: str | None = 
 
     p = Predictor(t, batch_size)
     loose = [u for u in units if isinstance(u, Item)]
-    bar = tqdm(total=len(loose), unit="input", file=sys.stderr, desc="predict",
-               disable=None if progress is None else not progress, dynamic_ncols=True)
+    from data.manifest import load_shard_set
+    total = len(loose) + sum(load_shard_set(u).num_samples for u in units
+                             if not isinstance(u, Item))
+    bar = Progress(total, "predict", show=progress)
 
     def on_result(item: Item, logits):
         views = np.zeros(len(logits), np.int64)     # one sample: its views averaged
@@ -322,7 +328,7 @@ def predict(model: str, inputs: list[str], top_k: int = 5, device: str | None = 
             batch_items = []
         if u is None:
             break
-        ss, idx, logits, labels = p.shard_set(u)
+        ss, idx, logits, labels = p.shard_set(u, bar)
         if logits is None:
             failures.append(Failure(u, "no sample of the set could be read"))
             continue

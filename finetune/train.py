@@ -283,7 +283,9 @@ def _train(cfg: FinetuneConfig, dist, stop: StopRequested) -> dict:
                           json.dumps(report, indent=1, default=json_default))
         print(result.totals.summary(step, os.path.join(ckpt.dir, best["tag"])),
               file=sys.stderr)
-        print(f"finetune: best epoch {best['epoch']} (val {best['primary']:.4f}); test acc "
+        metric = "auc" if train_set.kind == "volume" else "top1"     # what chose the epoch
+        print(f"finetune: best epoch {best['epoch']} (val {metric} {best['primary']:.4f}); "
+              f"test acc "
               f"{test['acc']:.4f} auc {test['auc']:.4f} top1 {test['top1']:.4f} top5 "
               f"{test['top5']:.4f}; report in {run_dir}/report.json", file=sys.stderr)
     shutdown()

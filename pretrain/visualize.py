@@ -46,7 +46,13 @@ def load_pretraining_model(path: str):
         tag = os.path.basename(os.path.abspath(path))
     if run_dir:
         from .config import PretrainConfig, load_config
+        from .runtime.config import load_yaml
         from .runtime.engine import read_model_weights
+        saved = load_yaml(os.path.join(run_dir, "config.yaml")) or {}
+        if "init" in (saved.get("run") or {}) or "family" in (saved.get("model") or {}):
+            raise ValueError(f"{run_dir} is a fine-tuning run: it has no decoder to reconstruct "
+                             f"with. Give the pre-training run its encoder came from (its "
+                             f"run.init), or use finetune.predict with this one")
         cfg = load_config(os.path.join(run_dir, "config.yaml"), schema=PretrainConfig)
         ckpts = os.path.join(run_dir, "checkpoints")
         if tag is None:

@@ -98,7 +98,7 @@ def test_killed_and_resumed_finetune_equals_the_straight_run(ft_recipe, tmp_path
     assert a["test"] == b["test"]
 
 
-def test_medmnist_straight_from_the_official_npz_file(tmp_path):
+def test_medmnist_straight_from_the_official_npz_file(tmp_path, capsys):
     from tests.conftest import make_medmnist_npz
     npz = str(tmp_path / "nodulemnist3d.npz")
     make_medmnist_npz(npz, n=(16, 6, 6), classes=2)
@@ -110,6 +110,8 @@ def test_medmnist_straight_from_the_official_npz_file(tmp_path):
     assert report["task"] == "volume" and report["test"]["samples"] == 6
     assert report["classes"] == ["benign", "malignant"]
     assert os.path.isfile(tmp_path / "run" / "data" / "nodulemnist3d" / "test" / "manifest.json")
+    # the closing line names the metric that chose the epoch: AUC for volumes
+    assert f"best epoch 1 (val auc {report['best']['primary']:.4f})" in capsys.readouterr().err
 
 
 def test_a_nan_step_is_skipped_and_counted_without_waiting_and_a_streak_stops(ft_recipe,

@@ -392,3 +392,32 @@ def test_a_damaged_model_file_is_one_line_in_predict_and_features(trained_run, s
         assert err[0].startswith(f"finetune.{prog}: error: {weights} is not a readable "
                                  f"safetensors file") and "export the run again" in err[0]
     shutil.rmtree(model)
+
+
+def test_predict_and_features_say_how_far_they_are_when_not_on_a_terminal(
+        trained_run, synthetic_set, tmp_path, capsys, monkeypatch):
+    """Off a terminal (nohup, SLURM), predict and features print a progress line every 30 s
+    (here every update) with the count, the rate and the time left."""
+    import data.progress
+    from finetune.features import main as features
+    from finetune.predict import main as predict
+    monkeypatch.setattr(data.progress, "PROGRESS_EVERY_S", 0.0)
+    test = os.path.join(synthetic_set, "test")
+    clip = write_video(str(tmp_path / "a.mp4"), n=30, h=32, w=32, seed=3)
+    capsys.readouterr()
+    assert predict([trained_run, test, clip]) == 0
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("predict: ")]
+    import re
+    assert lines and all(re.fullmatch(r"predict: \d+/\d+ inputs, [\d.]+ inputs/s, about \d+ "
+                                      r"min left", x) for x in lines), lines
+    assert lines[-1].split()[1].split("/")[0] == lines[-1].split()[1].split("/")[1]
+    assert features([trained_run, test, "--out", str(tmp_path / "f.npy")]) == 0
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("features: ")]
+    assert lines and lines[-1].split()[1].split("/")[0] == lines[-1].split()[1].split("/")[1]
+
+
+def test_visualize_given_a_fine_tuning_run_says_so(trained_run, capsys):
+    from pretrain.visualize import main
+    assert main([trained_run, "whatever.mp4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a fine-tuning run: it has no decoder" in err[0], err

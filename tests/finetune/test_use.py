@@ -421,3 +421,38 @@ def test_visualize_given_a_fine_tuning_run_says_so(trained_run, capsys):
     assert main([trained_run, "whatever.mp4"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a fine-tuning run: it has no decoder" in err[0], err
+
+
+def _readme_python_blocks() -> list[str]:
+    import re
+    import textwrap
+    text = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    return [textwrap.dedent(b) for b in
+            re.findall(r"^ *```python\n(.*?)^ *```", text, flags=re.S | re.M)]
+
+
+def test_every_python_block_of_the_readme_runs_as_written(trained_run, tmp_path, capsys,
+                                                         monkeypatch):
+    """The README's Python blocks, run as a user pastes them: only the placeholder paths
+    (hf_folder, hf_dir, clip.mp4) point at real files (a pre-training HF export, a fine-tuned
+    one, a 64-frame clip)."""
+    from finetune.export import main as export
+    from pretrain.export import export_hf
+    from pretrain.model import ModelConfig, VideoMAE
+    blocks = _readme_python_blocks()
+    assert len(blocks) >= 2
+    model_cfg = json.load(open(os.path.join(trained_run, "report.json")))["model"]
+    pre = ModelConfig(preset="vit_tiny", img_size=model_cfg["img_size"],
+                      patch_size=model_cfg["patch_size"], num_frames=model_cfg["num_frames"],
+                      tubelet_size=model_cfg["tubelet_size"])
+    export_hf(VideoMAE(pre).state_dict(), pre, str(tmp_path / "hf_folder"))
+    assert export([trained_run, "--out", str(tmp_path / "model"), "--hf",
+                   str(tmp_path / "hf_dir")]) == 0
+    write_video(str(tmp_path / "clip.mp4"), n=80, h=48, w=64, seed=4)
+    monkeypatch.chdir(tmp_path)
+    import sys
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", ".."))
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+    assert "score" in capsys.readouterr().out              # the pipeline's answer was printed
+    assert sys.modules.get("data.decode") is not None

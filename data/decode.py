@@ -275,9 +275,10 @@ def decode_yuv420(data: bytes, indices: Callable[[int], Iterable[int]] | Iterabl
     UnshippableFrames.
 
     Packets are stored in decoding order, which with B-frames is not the order they are shown
-    in: each packet's place in presentation order is read from its timestamp, decoding starts
-    at the last keyframe shown at or before the first wanted frame and goes on, in storage
-    order, until every wanted frame has come out. ``indices`` may be a function of the frame
+    in: each packet's place in presentation order is read from its timestamp (or the decoder's
+    output counted, where timestamps rise in storage order), decoding starts at the last
+    keyframe shown at or before the first wanted frame and goes on, in storage order, until
+    every wanted frame has come out. ``indices`` may be a function of the frame
     count, as in ``decode_frames``."""
     box, stream = _open_pyav(data)
     with box:
@@ -294,7 +295,12 @@ def decode_yuv420(data: bytes, indices: Callable[[int], Iterable[int]] | Iterabl
         idx = [int(i) for i in (indices(n) if callable(indices) else indices)]
         if not idx or min(idx) < 0 or max(idx) >= n:
             raise VideoDecodeError(f"frame indices out of range for a video of {n} frames")
-        timed = all(p.pts is not None for p in packets)
+        # Timestamps tell the shown order where the container keeps them (mp4, mkv, webm:
+        # stored out of order when there are B-frames). Where they rise in storage order they
+        # say nothing (AVI writes them so even with B-frames): the decoder's output is counted
+        # instead, from a keyframe whose stored position is its shown one (a closed GOP).
+        pts = [p.pts for p in packets]
+        timed = None not in pts and any(a >= b for a, b in zip(pts, pts[1:]))
         if timed:       # presentation index of each stored packet
             by_time = sorted(range(n), key=lambda s: packets[s].pts)
             shown = np.empty(n, np.int64)

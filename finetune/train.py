@@ -197,9 +197,10 @@ class FinetuneStage(Stage):
             np.array(val["confusion"]), self.classes,
             f"validation, epoch {epoch}: rows true, columns predicted"))
         if dist.is_main:
+            by = "auc" if self.kind == "volume" else "top1"     # what picks the best epoch
             print(f"finetune: epoch {epoch}/{cfg.train.epochs} val acc {val['acc']:.4f} "
                   f"auc {val['auc']:.4f} top1 {val['top1']:.4f} "
-                  f"(best epoch {self.best['epoch']})", file=sys.stderr)
+                  f"(best epoch {self.best['epoch']} by val {by})", file=sys.stderr)
         return tag, True
 
     def client_state(self) -> dict:

@@ -1,0 +1,79 @@
+"""The fine-tuning head layouts on the quick start's label-efficiency layout, over seeds: today's
+default (norm on the tokens, pool, fc_norm; a BatchNorm before the head) against the official
+VideoMAE fine-tuning layout that transformers' VideoMAEForVideoClassification holds (pool, then
+one LayerNorm: ``model.norm_layout=pooled model.head_norm=layer``).
+
+For each seed: the quick start's set (a pool of 2,000 unlabelled clips, 64 labelled clips per
+class, 400 test clips), 300 pre-training steps on the pool, then ``finetune.study`` at 16
+labels per class (12 epochs of 256 clips) from that encoder with each layout. Prints a table
+and one JSON line; ``--out`` keeps the runs.
+
+    python tests/bench/bench_head_layout.py --seeds 0 1 2 --precision bf16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+
+LAYOUTS = {"default (tokens, batch)": [],
+           "pooled, layer (HF-exportable)": ["model.norm_layout=pooled", "model.head_norm=layer"]}
+
+
+def one_seed(root: str, seed: int, precision: str) -> dict:
+    from data.prep.cli import main as prep
+    from finetune.study import main as study
+    from pretrain.config import load_config
+    from pretrain.train import train as pretrain
+    data = os.path.join(root, f"data{seed}")
+    if not os.path.isfile(os.path.join(data, "test", "manifest.json")):
+        assert prep(["synthetic", "--out", data, "--pool", "2000", "--train-per-class", "64",
+                     "--val-per-class", "16", "--test-per-class", "100", "--num-classes", "4",
+                     "--size", "64", "--frames", "40", "--shard-samples", "128",
+                     "--workers", "2", "--seed", str(seed)]) == 0
+    encoder = pretrain(load_config("launch/configs/pretrain/tiny_synthetic.yaml", [
+        f"data.shards={data}/pool", f"run.dir={root}/pre{seed}_{precision}",
+        "train.steps=300", "train.ckpt_every=300", "log.picture_every=0", f"run.seed={seed}",
+        f"runtime.precision={precision}", "data.num_workers=1", "log.progress=false"]))["export"]
+    out = {}
+    for i, (name, overrides) in enumerate(LAYOUTS.items()):
+        where = os.path.join(root, f"study{seed}_{precision}_{i}")
+        assert study(["--set", data, "--encoder", encoder, "--ks", "16", "--seeds", str(seed),
+                      "--jobs", "2", "--out", where, "--methods", "finetune",
+                      "--inits", "pretrained", "--clips-per-epoch", "256",
+                      f"runtime.precision={precision}", *overrides]) == 0
+        res = json.load(open(os.path.join(where, "results.json")))
+        out[name] = res["finetune"]["16"]["pretrained"]["mean"]
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--out", help="keep the sets and runs here (default: a temporary folder)")
+    args = ap.parse_args(argv)
+    root = args.out or tempfile.mkdtemp(prefix="head_layout_")
+    t0 = time.time()
+    rows = {s: one_seed(root, s, args.precision) for s in args.seeds}
+    print(f"\ntest accuracy at 16 labels per class, {args.precision}, seeds {args.seeds}")
+    print(f"{'layout':<32} " + " ".join(f"seed {s:<3}" for s in args.seeds) + "   mean")
+    summary = {}
+    for name in LAYOUTS:
+        accs = [rows[s][name] for s in args.seeds]
+        summary[name] = accs
+        print(f"{name:<32} " + " ".join(f"{a:8.3f}" for a in accs) +
+              f"   {sum(accs) / len(accs):.3f}")
+    print(json.dumps({"bench": "head_layout", "precision": args.precision, "seeds": args.seeds,
+                      "accuracy": summary, "wall_s": round(time.time() - t0, 1)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

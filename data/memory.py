@@ -29,7 +29,16 @@ def memory_available() -> tuple[int, str]:
         pass
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft not in (resource.RLIM_INFINITY, -1):
-        limits.append((soft, "the address-space limit (ulimit -v)"))
+        mapped = 0
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmSize:"):
+                        mapped = int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        limits.append((max(0, soft - mapped), "the address-space limit (ulimit -v) less what "
+                                              "this process has mapped"))
     return min(limits) if limits else (1 << 62, "no limit found")
 
 

@@ -286,9 +286,9 @@ def _train(cfg: FinetuneConfig, dist, stop: StopRequested) -> dict:
               file=sys.stderr)
         metric = "auc" if train_set.kind == "volume" else "top1"     # what chose the epoch
         print(f"finetune: best epoch {best['epoch']} (val {metric} {best['primary']:.4f}); "
-              f"test acc "
-              f"{test['acc']:.4f} auc {test['auc']:.4f} top1 {test['top1']:.4f} top5 "
+              f"test acc {test['acc']:.4f} auc {test['auc']:.4f} top1 {test['top1']:.4f} top5 "
               f"{test['top5']:.4f}; report in {run_dir}/report.json", file=sys.stderr)
+    barrier(dist)         # every rank leaves together (see pretrain.train)
     shutdown()
     return report
 

@@ -153,5 +153,9 @@ def _train(cfg: PretrainConfig, dist, stop: StopRequested) -> dict:
     if dist.is_main:
         print(result.totals.summary(step, os.path.join(ckpt.dir, tag or ""),
                                     summary.get("export")), file=sys.stderr)
+    # every rank leaves together: a rank that tore its process group down while rank 0 still
+    # exported aborted at exit now and then (gloo: "terminate called without an active
+    # exception", exit -6)
+    barrier(dist)
     shutdown()
     return summary

@@ -244,7 +244,7 @@ def _i420(frame) -> tuple[np.ndarray, tuple[int, int]]:
             f"even-sized {'/'.join(YUV420_FORMATS)} only: re-prepare the set transcoded "
             f"(data.prep ... --transcode) or use data.device_format=rgb")
     planes = frame.to_ndarray()
-    if planes.dtype != np.uint8:        # 10-bit: to 8 bits, rounded, as swscale's RGB does
+    if planes.dtype != np.uint8:        # 10-bit: to 8 bits, rounded
         planes = np.minimum((planes.astype(np.uint16) + 2) >> 2, 255).astype(np.uint8)
     full = int(name == "yuvj420p" or frame.color_range == 2)
     return planes, (_MATRIX.get(int(frame.colorspace), 0), full)
@@ -282,14 +282,12 @@ def decode_yuv420(data: bytes, indices: Callable[[int], Iterable[int]] | Iterabl
     count, as in ``decode_frames``."""
     box, stream = _open_pyav(data)
     with box:
-        if not stream.codec_context.format or stream.codec_context.format.name not in \
-                YUV420_FORMATS:
-            fmt = stream.codec_context.format
+        fmt = stream.codec_context.format       # known before decoding for most streams;
+        if fmt is not None and fmt.name not in YUV420_FORMATS:      # else each frame says
             raise UnshippableFrames(
-                f"frames are {fmt.name if fmt else 'of an unknown pixel format'}; "
-                f"data.device_format=yuv420 ships {'/'.join(YUV420_FORMATS)} only: re-prepare "
-                f"the set transcoded (data.prep ... --transcode) or use "
-                f"data.device_format=rgb")
+                f"frames are {fmt.name}; data.device_format=yuv420 ships "
+                f"{'/'.join(YUV420_FORMATS)} only: re-prepare the set transcoded (data.prep "
+                f"... --transcode) or use data.device_format=rgb")
         packets = [p for p in box.demux(stream) if p.size]
         n = len(packets)
         idx = [int(i) for i in (indices(n) if callable(indices) else indices)]
@@ -306,7 +304,7 @@ def decode_yuv420(data: bytes, indices: Callable[[int], Iterable[int]] | Iterabl
             shown = np.empty(n, np.int64)
             shown[by_time] = np.arange(n)
             place = {packets[s].pts: int(shown[s]) for s in range(n)}
-        else:           # no timestamps: storage order is the only order there is
+        else:           # no timestamps, or rising ones: the decoder's output is counted
             shown = np.arange(n)
         first, wanted = min(idx), set(idx)
         start = max((s for s in range(n) if packets[s].is_keyframe and shown[s] <= first),

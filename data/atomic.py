@@ -11,6 +11,8 @@ import shutil
 # elsewhere, so they end a command in one line (``OutputError``), never a traceback.
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
                errno.EIO, errno.ENOTDIR, errno.EISDIR}
+# those of them that can only come from writing, wherever they are raised
+FULL_DISK = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
 class OutputError(OSError):
@@ -21,9 +23,9 @@ class OutputError(OSError):
         return self.args[0] if self.args else "could not write an output"
 
 
-def disk_errno(e: BaseException) -> int | None:
-    """The errno of a disk error in ``DISK_ERRORS``, from an OSError or from a writer that
-    wraps it in its own exception ("... (os error 28)", as safetensors does); else None."""
+def disk_errno(e: BaseException, codes=DISK_ERRORS) -> int | None:
+    """The errno of a disk error in ``codes``, from an OSError or from a writer that wraps it
+    in its own exception ("... (os error 28)", as safetensors does); else None."""
     import re
     if isinstance(e, OutputError):
         return None
@@ -31,7 +33,7 @@ def disk_errno(e: BaseException) -> int | None:
     if code is None and isinstance(e, Exception):
         m = re.search(r"os error (\d+)", str(e))
         code = int(m.group(1)) if m else None
-    return code if code in DISK_ERRORS else None
+    return code if code in codes else None
 
 
 def output_error(e: BaseException, path: str) -> OutputError:

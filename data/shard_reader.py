@@ -24,7 +24,8 @@ _VERIFIED: dict = {}  # shard path -> (its file's identity when hashed, whether 
 
 
 def _identity(path: str):
-    """What changes when a file is rewritten or modified in place: size, mtime, inode."""
+    """What changes when a file is rewritten or modified in place: its size, modification
+    and change times, and inode."""
     st = os.stat(path)
     return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
 
@@ -150,8 +151,8 @@ def leading_samples(shard_set, limit: int) -> Iterator[dict]:
 
 def sample_metadata(shard_set) -> Iterator[tuple[str, dict]]:
     """(sample key, its json) for every sample of a local shard set, reading the tar headers
-    and the json members only (the payloads are seeked over): a whole set's metadata in a
-    fraction of a second per thousand samples, for preflight checks before a run."""
+    and the json members only (the payloads are seeked over), for preflight checks before a
+    run."""
     import tarfile
     for shard in shard_set.shards:
         if "://" in shard.url:

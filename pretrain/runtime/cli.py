@@ -87,8 +87,8 @@ def run_command(prog: str, body: Callable[[], dict | int]) -> int:
         if isinstance(e, user_errors()):
             print(f"{prog}: error: {e}", file=sys.stderr)
             return EXIT_USER_ERROR
-        from data.atomic import disk_errno, output_error
-        if disk_errno(e):                                   # a full or read-only disk
+        from data.atomic import FULL_DISK, disk_errno, output_error
+        if disk_errno(e, FULL_DISK):                        # a full or read-only disk
             print(f"{prog}: error: {output_error(e, 'an output')}", file=sys.stderr)
             return EXIT_USER_ERROR
         if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and (

@@ -2,7 +2,6 @@
 keeping only the planned positions, and a raw tar sample decoded by explicit decoders."""
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -59,23 +58,6 @@ def shard_intact(shard: Shard, strict: bool = False) -> bool:
     return known[1]
 
 
-class _Hashing:
-    """A file object's reads, hashed as they pass (sha256 of every byte read, in order)."""
-
-    def __init__(self, f):
-        self.f, self.sha, self.size = f, hashlib.sha256(), 0
-
-    def read(self, n=-1):
-        b = self.f.read(n)
-        self.sha.update(b)
-        self.size += len(b)
-        return b
-
-    def rest(self):
-        while self.read(1 << 20):
-            pass
-
-
 class ShardReader:
     """Reads the samples of one worker's units, in order, keeping only wanted positions."""
 
@@ -102,9 +84,9 @@ class ShardReader:
 def numbered_samples(url: str, unit: Unit, local: set, shard: Shard | None = None,
                      strict: bool = False) -> Iterator[tuple[int, dict]]:
     """(member number j in the shard, raw sample) for the unit's samples in ``local``. With
-    ``shard`` (a local one with a sha256), the bytes are hashed as they are read and checked
-    at the end: a shard modified while it was being read is reported (and skipped from then
-    on) even where its file's times were kept."""
+    ``shard`` (a local one with a sha256), its file is looked at again when the read ends:
+    one changed meanwhile (any write moves its change time) is hashed again, and a mismatch is
+    reported and the shard skipped from then on."""
     counter = {"key": None, "j": -1}
     numbers: dict = {}
 
@@ -118,18 +100,18 @@ def numbered_samples(url: str, unit: Unit, local: set, shard: Shard | None = Non
 
     check = shard is not None and bool(shard.sha256) and "://" not in url
     try:
-        with wds.gopen(url, "rb") as raw_stream:
-            stream = _Hashing(raw_stream) if check else raw_stream
+        before = _identity(url) if check else None
+        with wds.gopen(url, "rb") as stream:
             files = ({**f, "__url__": url} for f in tar_file_iterator(stream, select_files=select))
             for sample in group_by_keys(files):
                 yield numbers.pop(sample["__key__"]), sample
                 for k in [k for k, v in numbers.items() if v < counter["j"] - 1]:
                     del numbers[k]
-            if check:
-                stream.rest()
-                if stream.sha.hexdigest() != shard.sha256:
-                    _VERIFIED[url] = (None, False)
-                    _damaged(shard, strict, "it changed while it was being read")
+        if before is not None and _identity(url) != before:
+            ok = file_sha256(url) == shard.sha256
+            _VERIFIED[url] = (_identity(url), ok)
+            if not ok:
+                _damaged(shard, strict, "it changed while it was being read")
     except DataSetError:
         raise
     except Exception as e:  # a truncated or unreadable shard: keep what was read

@@ -670,7 +670,7 @@ def test_a_shard_changed_under_a_running_job_is_caught_and_its_samples_skipped(t
     """A shard the workers hashed, then modified in place while the job runs (a byte flipped,
     a re-prep into the same folder): before it is read again its file is seen to have changed
     and hashed again, so its samples are skipped and counted, with a warning naming it; a
-    change made while the shard is being read is caught by hashing the bytes as they pass."""
+    change made while the shard is being read is caught when that read ends."""
     from data.shard_reader import _VERIFIED, numbered_samples, shard_intact
     from data.stream import TrainStream
     out = str(tmp_path / "set")

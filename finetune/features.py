@@ -111,7 +111,7 @@ def features(model: str, inputs: list[str], out: str, config: str | None = None,
              overrides=(), device: str | None = None, tokens: bool = False) -> dict:
     """Write the features of ``inputs`` to ``out`` (+ the index CSV); returns a summary."""
     import torch
-    from .predict import Item, Predictor, gather
+    from .predict import Item, Predictor, gather, input_count
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if config:
         from .probe import probe_model
@@ -143,10 +143,8 @@ def features(model: str, inputs: list[str], out: str, config: str | None = None,
         os.makedirs(parts, exist_ok=True)
         open(os.path.join(parts, key), "w").close()
         rows, feats = [], []
-        from data.manifest import load_shard_set
         from data.progress import Progress
-        bar = Progress(sum(1 if isinstance(u, Item) else load_shard_set(u).num_samples
-                           for u in units), "features")
+        bar = Progress(input_count(units), "features")
         predictor = Predictor(t, None, features=True)
         loose: list[Item] = []
 

@@ -181,6 +181,13 @@ def gather(inputs: list[str], classes: list[str], in_chans: int, limit: int | No
     return units, failures
 
 
+def input_count(units: list) -> int:
+    """How many inputs ``gather``'s units hold: a loose item is one, a prepared set its
+    samples (from its manifest); what a progress bar counts to."""
+    from data.manifest import load_shard_set
+    return sum(1 if isinstance(u, Item) else load_shard_set(u).num_samples for u in units)
+
+
 def _check_volume(item: Item, vol, in_chans: int):
     chans = 1 if vol.ndim == 3 else vol.shape[-1] if vol.ndim == 4 else None
     if chans != in_chans:
@@ -306,10 +313,7 @@ def predict(model: str, inputs: list[str], top_k: int = 5, device: str | None = 
 
     p = Predictor(t, batch_size)
     loose = [u for u in units if isinstance(u, Item)]
-    from data.manifest import load_shard_set
-    total = len(loose) + sum(load_shard_set(u).num_samples for u in units
-                             if not isinstance(u, Item))
-    bar = Progress(total, "predict", show=progress)
+    bar = Progress(input_count(units), "predict", show=progress)
 
     def on_result(item: Item, logits):
         views = np.zeros(len(logits), np.int64)     # one sample: its views averaged

@@ -91,3 +91,21 @@ def small_fs(tmp_path):
     """A real 1 MB filesystem: a full disk, for real."""
     with tmpfs(tmp_path / "small") as mnt:
         yield mnt
+
+
+def child_pids(pid: int) -> list[int]:
+    """The pids of ``pid``'s child processes (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (a stopped process counts as alive)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False

@@ -9,23 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import write_video
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+from tests.conftest import child_pids, process_alive, write_video
 
 
 @pytest.fixture
@@ -42,15 +26,15 @@ def slow_prep(tmp_path):
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
     deadline = time.time() + 60
-    while time.time() < deadline and not _children(p.pid):
+    while time.time() < deadline and not child_pids(p.pid):
         time.sleep(0.1)
-    workers = _children(p.pid)
+    workers = child_pids(p.pid)
     assert workers, "prep started no worker"
     time.sleep(1.0)                                      # the worker is busy transcoding
     assert p.poll() is None, "prep finished before it could be stopped"
     yield p, workers
     for pid in [p.pid] + workers:          # whatever a failed test left (a worker holds the pipes)
-        if _alive(pid):
+        if process_alive(pid):
             os.kill(pid, signal.SIGKILL)
     p.communicate()
 
@@ -60,7 +44,7 @@ def test_ctrl_c_to_the_process_group_is_one_line_and_no_worker_traceback(slow_pr
     # a worker takes no interrupt of its own: it goes on, and says nothing
     os.kill(workers[0], signal.SIGINT)
     time.sleep(1.0)
-    assert _alive(workers[0]) and p.poll() is None
+    assert process_alive(workers[0]) and p.poll() is None
     os.killpg(p.pid, signal.SIGINT)                      # what a terminal's Ctrl-C does
     _, err = p.communicate(timeout=30)
     assert p.returncode == 130
@@ -68,7 +52,7 @@ def test_ctrl_c_to_the_process_group_is_one_line_and_no_worker_traceback(slow_pr
              and "%|" not in x and "input/s" not in x]
     assert lines == ["data.prep: interrupted; finished shards are kept, re-run the same "
                      "command to continue"], err[-3000:]
-    assert not any(_alive(w) for w in workers)
+    assert not any(process_alive(w) for w in workers)
 
 
 def test_kill_9_of_prep_takes_its_workers_with_it(slow_prep):
@@ -76,6 +60,6 @@ def test_kill_9_of_prep_takes_its_workers_with_it(slow_prep):
     os.kill(p.pid, signal.SIGKILL)
     p.wait(10)
     deadline = time.time() + 5
-    while time.time() < deadline and any(_alive(w) for w in workers):
+    while time.time() < deadline and any(process_alive(w) for w in workers):
         time.sleep(0.1)
-    assert not any(_alive(w) for w in workers), "a worker outlived its parent"
+    assert not any(process_alive(w) for w in workers), "a worker outlived its parent"

@@ -8,16 +8,9 @@ import subprocess
 import sys
 import time
 
+from tests.conftest import child_pids, process_alive
 from tests.pretrain.conftest import subprocess_env
 from tests.pretrain.test_train import losses, run_cli
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
 
 
 def _start(recipe, *overrides):
@@ -33,7 +26,7 @@ def _start(recipe, *overrides):
     while time.time() < deadline and not (os.path.isfile(metrics) and
                                           len(open(metrics).readlines()) >= 3):
         time.sleep(0.1)
-    workers = _children(p.pid)
+    workers = child_pids(p.pid)
     assert len(workers) == 2, workers
     return p, workers
 
@@ -47,6 +40,17 @@ def _finish(p, workers):
     if p.poll() is None:
         p.kill()
     return p.communicate(timeout=60)
+
+
+def _wait(p, workers, timeout: float) -> tuple[str, float]:
+    """(the trainer's stderr, seconds it took to end), whatever the test then asserts; the
+    workers a failed test left stopped are killed."""
+    t0 = time.time()
+    try:
+        _, err = p.communicate(timeout=timeout)
+    finally:
+        _finish(p, workers)
+    return err, time.time() - t0
 
 
 def _saved_step(run_dir) -> int:
@@ -65,13 +69,9 @@ def test_kill_9_of_a_loader_worker_checkpoints_and_stops_in_one_line_then_resume
     # a constant lr after warm-up (min_lr = lr): the straight run's length then changes nothing
     p, workers = _start(recipe, f"run.dir={cut}", "log.every=1", "optim.min_lr=0.001")
     os.kill(workers[1], signal.SIGKILL)
-    t0 = time.time()
-    try:
-        _, err = p.communicate(timeout=60)
-    finally:
-        _finish(p, workers)
+    err, took = _wait(p, workers, 60)
     assert p.returncode == 2, err[-3000:]
-    assert time.time() - t0 < 30
+    assert took < 30
     lines = _errors(err)
     assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
     assert lines[0].startswith(f"pretrain: error: loader worker pid {workers[1]} was killed "
@@ -95,12 +95,7 @@ def test_a_stopped_loader_worker_is_named_at_half_the_timeout_and_stops_the_run_
     p, workers = _start(recipe, f"run.dir={run_dir}", "data.timeout=6")
     os.kill(workers[0], signal.SIGSTOP)
     os.kill(workers[1], signal.SIGSTOP)
-    t0 = time.time()
-    try:
-        _, err = p.communicate(timeout=90)
-    finally:
-        _finish(p, workers)
-    took = time.time() - t0
+    err, took = _wait(p, workers, 90)
     assert p.returncode == 2, err[-3000:]
     assert 5 <= took < 40, took
     warn = [x for x in err.splitlines() if "warning: no batch for 3 s from loader worker" in x]
@@ -124,18 +119,12 @@ def test_sigterm_while_a_loader_worker_is_stopped_checkpoints_at_once(tiny_recip
     time.sleep(3)                          # the trainer has used what was ready, and waits
     assert p.poll() is None
     p.send_signal(signal.SIGTERM)
-    t0 = time.time()
-    try:
-        _, err = p.communicate(timeout=60)
-    finally:
-        _finish(p, workers)
+    err, took = _wait(p, workers, 60)
     assert p.returncode == 143, err[-3000:]
-    assert time.time() - t0 < 20
+    assert took < 20
     saved = _saved_step(run_dir)
     assert f"checkpoint saved at step {saved}" in err and "Traceback" not in err
-    assert not any(os.path.exists(f"/proc/{w}") and
-                   open(f"/proc/{w}/stat").read().split(") ", 1)[1][0] not in "ZX"
-                   for w in workers), "a stopped loader worker was left behind"
+    assert not any(process_alive(w) for w in workers), "a stopped loader worker was left over"
 
 
 def test_pretrain_refuses_a_huge_batch_in_one_line_before_the_run_folder(tiny_recipe):

@@ -26,20 +26,12 @@ LAYOUTS = {"default (tokens, batch)": [],
 
 
 def one_seed(root: str, seed: int, precision: str) -> dict:
-    from data.prep.cli import main as prep
+    from pathlib import Path
+
     from finetune.study import main as study
-    from pretrain.config import load_config
-    from pretrain.train import train as pretrain
-    data = os.path.join(root, f"data{seed}")
-    if not os.path.isfile(os.path.join(data, "test", "manifest.json")):
-        assert prep(["synthetic", "--out", data, "--pool", "2000", "--train-per-class", "64",
-                     "--val-per-class", "16", "--test-per-class", "100", "--num-classes", "4",
-                     "--size", "64", "--frames", "40", "--shard-samples", "128",
-                     "--workers", "2", "--seed", str(seed)]) == 0
-    encoder = pretrain(load_config("launch/configs/pretrain/tiny_synthetic.yaml", [
-        f"data.shards={data}/pool", f"run.dir={root}/pre{seed}_{precision}",
-        "train.steps=300", "train.ckpt_every=300", "log.picture_every=0", f"run.seed={seed}",
-        f"runtime.precision={precision}", "data.num_workers=1", "log.progress=false"]))["export"]
+    from tests.finetune.test_learning import quick_start_encoder
+    data, encoder = quick_start_encoder(Path(root), precision, seed, data_name=f"data{seed}",
+                                        pre_name=f"pre{seed}_{precision}")
     out = {}
     for i, (name, overrides) in enumerate(LAYOUTS.items()):
         where = os.path.join(root, f"study{seed}_{precision}_{i}")

@@ -76,6 +76,25 @@ def test_uniformer_and_the_uniformer_head_learn_the_motion_classes(motion):
 MARGIN = {"uniformer": 0.40, "head": 0.39}
 
 
+def quick_start_encoder(tmp, precision: str, seed: int = 0, data_name: str = "data",
+                        pre_name: str | None = None) -> tuple[str, str]:
+    """(the quick start's set at ``seed`` under ``tmp``: a pool of 2,000 unlabelled clips, 64
+    labelled clips per class, 400 test clips; made once) and the export of 300 pre-training
+    steps on its pool with ``precision`` pinned. Also used by tests/bench/bench_head_layout.py."""
+    data = str(tmp / data_name)
+    if not (tmp / data_name / "test" / "manifest.json").exists():
+        assert prep(["synthetic", "--out", data, "--pool", "2000", "--train-per-class", "64",
+                     "--val-per-class", "16", "--test-per-class", "100", "--num-classes", "4",
+                     "--size", "64", "--frames", "40", "--shard-samples", "128",
+                     "--workers", "2", "--seed", str(seed)]) == 0
+    run_dir = tmp / (pre_name or f"pre_{precision}")
+    encoder = pretrain(load_config("launch/configs/pretrain/tiny_synthetic.yaml", [
+        f"data.shards={data}/pool", f"run.dir={run_dir}",
+        "train.steps=300", "train.ckpt_every=300", "log.picture_every=0", f"run.seed={seed}",
+        f"runtime.precision={precision}", *COMMON[:2]]))["export"]
+    return data, encoder
+
+
 def pays_in_fine_tuning(tmp, precision: str, seed: int = 0) -> dict:
     """The quick start at ``seed`` with ``precision`` pinned in both stages: its set (a pool of
     2,000 unlabelled clips, 64 labelled clips per class, 400 test clips), 300 pre-training
@@ -83,16 +102,7 @@ def pays_in_fine_tuning(tmp, precision: str, seed: int = 0) -> dict:
     epochs of 256 clips, no layer-wise decay) from the pre-trained encoder and from scratch.
     Then the linear probe of the same encoder and of the pre-training model's untrained init.
     Returns test accuracies {init: acc, "probe_" + init: acc}."""
-    data = str(tmp / "data")
-    if not (tmp / "data" / "test" / "manifest.json").exists():
-        assert prep(["synthetic", "--out", data, "--pool", "2000", "--train-per-class", "64",
-                     "--val-per-class", "16", "--test-per-class", "100", "--num-classes", "4",
-                     "--size", "64", "--frames", "40", "--shard-samples", "128",
-                     "--workers", "2", "--seed", str(seed)]) == 0
-    encoder = pretrain(load_config("launch/configs/pretrain/tiny_synthetic.yaml", [
-        f"data.shards={data}/pool", f"run.dir={tmp / f'pre_{precision}'}",
-        "train.steps=300", "train.ckpt_every=300", "log.picture_every=0", f"run.seed={seed}",
-        f"runtime.precision={precision}", *COMMON[:2]]))["export"]
+    data, encoder = quick_start_encoder(tmp, precision, seed)
     out = tmp / f"study_{precision}"
     assert study(["--set", data, "--encoder", encoder, "--ks", "16", "--seeds", str(seed),
                   "--jobs", "2", "--out", str(out), "--methods", "finetune",

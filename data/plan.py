@@ -4,6 +4,7 @@ computed before any byte is read. This is why a stream resumes exactly: a worker
 any position of its planned order (``data/stream.py`` keeps the positions)."""
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
@@ -67,3 +68,139 @@ def clip_seed(seed: int, epoch: int, shard: int, member: int, repeat: int) -> li
 def first_sample_numbers(counts: list[int]) -> np.ndarray:
     """Global number of each shard's first sample (manifest order), from the shards' counts."""
     return np.concatenate([[0], np.cumsum(counts)]).astype(int)
+
+
+# -- The run's global order, whatever the number of processes and loader workers -------------
+#
+# A run fixes its canonical layout when it starts (``Canon``): its processes x loader workers
+# are its *partitions*, each an endless sequence of sample positions (epoch after epoch: the
+# units dealt to it, read through its shuffle buffer, exactly as one loader worker reads). The
+# run's sample *slots* are numbered globally: micro-batch unit u takes ``chunk`` samples from
+# each of the partitions (r, u mod workers), r = 0..ranks-1. An optimizer step is ``accum``
+# units. Whatever layout reads the run later (``Layout``: another number of processes, workers,
+# per-process batch or accumulation, with the same samples per step), rank r's micro-batch i of
+# step t takes the slots t*G + (i*ranks + r)*batch ..., so every step holds the same samples.
+
+
+@dataclass(frozen=True)
+class Canon:
+    """The layout a run started with; it defines the run's sample order for good."""
+    ranks: int
+    workers: int
+    chunk: int     # samples each partition gives to one micro-batch unit
+    accum: int
+
+    @property
+    def partitions(self) -> int:
+        return self.ranks * self.workers
+
+    @property
+    def step_samples(self) -> int:
+        return self.ranks * self.chunk * self.accum
+
+    def locate(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Global slots -> (partition, index in that partition's endless sequence)."""
+        unit_size = self.ranks * self.chunk
+        u, rest = np.divmod(np.asarray(z, np.int64), unit_size)
+        r, off = np.divmod(rest, self.chunk)
+        c, lw = np.divmod(u, self.workers)
+        return r * self.workers + lw, c * self.chunk + off
+
+    def slot(self, p: int, k: np.ndarray) -> np.ndarray:
+        """The inverse of ``locate`` for partition ``p``: its indices -> global slots."""
+        r, lw = divmod(p, self.workers)
+        c, off = np.divmod(np.asarray(k, np.int64), self.chunk)
+        return (c * self.workers + lw) * (self.ranks * self.chunk) + r * self.chunk + off
+
+    def consumed(self, samples: int) -> np.ndarray:
+        """How many of each partition's samples the first ``samples`` slots hold."""
+        unit_size = self.ranks * self.chunk
+        whole, rem = divmod(samples, unit_size)
+        p = np.arange(self.partitions)
+        r, lw = np.divmod(p, self.workers)
+        units = np.where(whole > lw, (whole - lw + self.workers - 1) // self.workers, 0)
+        part = np.where(whole % self.workers == lw, np.clip(rem - r * self.chunk, 0, self.chunk), 0)
+        return units * self.chunk + part
+
+    def as_dict(self) -> dict:
+        return {"ranks": self.ranks, "workers": self.workers, "chunk": self.chunk,
+                "accum": self.accum}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the run is read now: processes, micro-batches per step, samples per micro-batch
+    (per process) and loader workers per process."""
+    ranks: int
+    accum: int
+    batch: int
+    workers: int
+
+    @property
+    def step_samples(self) -> int:
+        return self.ranks * self.accum * self.batch
+
+    def slots(self, v: int, rank: int) -> np.ndarray:
+        """The global slots of micro-batch ``v`` (counted from the run's start) of ``rank``."""
+        t, i = divmod(v, self.accum)
+        start = t * self.step_samples + (i * self.ranks + rank) * self.batch
+        return np.arange(start, start + self.batch, dtype=np.int64)
+
+    def owner(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Global slots -> (rank, micro-batch number) that reads them."""
+        t, y = np.divmod(np.asarray(z, np.int64), self.step_samples)
+        i, r = np.divmod(y // self.batch, self.ranks)
+        return r, t * self.accum + i
+
+
+class PartitionOrders:
+    """Each partition's endless sequence: epoch e deals the shuffled units to the partitions
+    (``worker_units``) and reads each partition's through its shuffle buffer
+    (``buffer_order``). Cached per epoch; the same for every process that asks."""
+
+    def __init__(self, units: list[Unit], partitions: int, seed: int, buffer: int):
+        self.units, self.partitions, self.seed, self.buffer = units, partitions, seed, buffer
+        self._deals: dict = {}
+        self._orders: dict = {}
+        self._starts: dict = {}
+
+    def units_of(self, p: int, epoch: int) -> list[Unit]:
+        if epoch not in self._deals:
+            if len(self._deals) > 4:
+                self._deals.clear()
+            order = (np.random.default_rng([self.seed, epoch, 7919]).permutation(len(self.units))
+                     if self.buffer > 1 else np.arange(len(self.units)))
+            self._deals[epoch] = order
+        order = self._deals[epoch]
+        return [self.units[i] for i in order[p::self.partitions]]
+
+    def length(self, p: int, epoch: int) -> int:
+        return sum(u.count for u in self.units_of(p, epoch))
+
+    def order(self, p: int, epoch: int) -> np.ndarray:
+        """Epoch ``epoch`` of partition ``p``: positions in its units, in the order read."""
+        key = (p, epoch)
+        if key not in self._orders:
+            if len(self._orders) > 64:
+                self._orders.clear()
+            self._orders[key] = buffer_order(
+                self.length(p, epoch), self.buffer,
+                np.random.default_rng([self.seed, epoch, p, 104729]))
+        return self._orders[key]
+
+    def where(self, p: int, k: int) -> tuple[int, int, int]:
+        """Index ``k`` of partition ``p``'s endless sequence -> (epoch, index in that epoch,
+        where that epoch starts)."""
+        starts = self._starts.setdefault(p, [0])
+        while starts[-1] <= k:
+            n = self.length(p, len(starts) - 1)
+            if n == 0:
+                raise ValueError(f"partition {p} holds no samples")
+            starts.append(starts[-1] + n)
+        epoch = bisect.bisect_right(starts, k) - 1
+        return epoch, k - starts[epoch], starts[epoch]
+
+    def epochs_done(self, p: int, k: int) -> float:
+        """Epochs partition ``p`` has completed after ``k`` of its samples, as a fraction."""
+        epoch, j, start = self.where(p, k)
+        return epoch + j / self.length(p, epoch)

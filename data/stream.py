@@ -31,13 +31,13 @@ import torch
 
 from .clips import SampleMaker, SkipCounter, collate
 from .manifest import DataSetError, ShardSet, load_shard_set
-from .plan import Unit, buffer_order, first_sample_numbers, plan_units, worker_units
+from .plan import Canon, Layout, PartitionOrders, Unit, first_sample_numbers, plan_units
 from .sampling import SHORT_MODES
 from .shard_reader import ShardReader, numbered_samples, shard_intact
 from .transforms import MULTISCALE, crop_batch
 
 log = logging.getLogger(__name__)
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 @dataclass
@@ -142,70 +142,139 @@ class StreamConfig:
         return (self.num_frames // self.tubelet, side // self.patch, side // self.patch)
 
 
-def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, units: list[Unit], worker: int,
-                    total: int, epoch: int, pos: int) -> Iterator[dict]:
-    """Endless training batches of global worker ``worker`` of ``total``, from (epoch, pos).
+def _shard_of(units: list[Unit], ends: np.ndarray, pos: int) -> int:
+    return units[int(np.searchsorted(ends, pos, side="right"))].shard
 
-    ``pos`` counts the samples of that epoch's planned order already consumed. Each batch
-    carries ``_state``: where this worker continues after it.
+
+class _PartitionReader:
+    """One loader worker's read of one epoch of one partition: the shards of its units, in
+    order, keeping only the positions this worker takes (``wanted``); samples read ahead of
+    their turn wait in ``cache``."""
+
+    def __init__(self, shard_set: ShardSet, units: list[Unit], order: np.ndarray,
+                 wanted: np.ndarray, strict: bool):
+        self.units, self.order = units, order
+        self.ends = np.cumsum([u.count for u in units]).astype(int)
+        self.reader = iter(ShardReader(shard_set.shards, units, wanted, strict))
+        self.cache, self.read_upto = {}, -1
+
+    def take(self, j: int):
+        """(shard, member, raw) of index ``j`` of the epoch, or None when its shard did not
+        yield it (damaged, truncated)."""
+        p = int(self.order[j])
+        while p not in self.cache and self.read_upto < p:
+            try:
+                q, member, raw = next(self.reader)
+            except StopIteration:
+                self.read_upto = int(self.ends[-1]) if len(self.ends) else 0
+                break
+            self.cache[q] = (member, raw)
+            self.read_upto = q
+        if p not in self.cache:
+            return None
+        member, raw = self.cache.pop(p)
+        return _shard_of(self.units, self.ends, p), member, raw
+
+
+def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, orders: PartitionOrders,
+                    canon: Canon, layout: Layout, rank: int, v_first: int) -> Iterator[dict]:
+    """Endless micro-batches ``v_first``, ``v_first + workers``, ... of ``rank``: what one
+    loader worker makes. Each is the batch of global slots ``layout.slots(v, rank)``: the
+    samples the run's canonical order (``canon``) puts there, whatever the layout.
+
+    A sample that cannot be used (a corrupt payload, a damaged shard) is counted and its slot
+    takes the nearest usable sample before it in the same partition (after it, at the start of
+    an epoch), repeating that sample's clips: the same sample whatever layout reads the run,
+    so batches stay equal across a change of processes or workers.
     """
     maker, counter = SampleMaker(cfg, shard_set), SkipCounter()
     first_number = first_sample_numbers([s.samples for s in shard_set.shards])
-    clips, masks, decode, labels, index, videos = [], [], [], [], [], []
+    step = layout.workers
+    mine = v_first % step
+    readers: dict = {}        # (partition, epoch) -> _PartitionReader
+    last: dict = {}           # partition -> (index, made clips) of the last usable sample
+    bad: dict = {}            # partition -> indices found unusable (since the last usable)
+    v = v_first
+
+    def reader(p: int, epoch: int, start: int) -> _PartitionReader:
+        rd = readers.get((p, epoch))
+        if rd is None:
+            for key in [key for key in readers if key[0] == p and key[1] < epoch]:
+                del readers[key]
+            order = orders.order(p, epoch)
+            r, vv = layout.owner(canon.slot(p, start + np.arange(len(order))))
+            take = (r == rank) & (vv % step == mine) & (vv >= v)
+            rd = readers[(p, epoch)] = _PartitionReader(
+                shard_set, orders.units_of(p, epoch), order, order[take], cfg.strict)
+        return rd
+
+    def make(epoch: int, got):
+        if got is None:
+            return None
+        shard, member, raw = got
+        try:
+            c, m, d, label, frames = maker.train_clips(raw, epoch, shard, member)
+        except DataSetError:    # a setting or a set to change: stop, never skip
+            raise
+        except Exception as e:  # corrupt payload: counted, its slot filled, the stream goes on
+            counter.skip(f"{raw.get('__key__')} in {raw.get('__url__')}", e)
+            return None
+        return c, m, d, label, frames, int(first_number[shard]) + member
+
+    def fill(p: int, k: int, epoch: int, start: int):
+        """The nearest usable sample to index ``k`` of partition ``p`` within its epoch,
+        before it, else after it."""
+        units, order = orders.units_of(p, epoch), orders.order(p, epoch)
+        ends = np.cumsum([u.count for u in units]).astype(int)
+        for kk in list(range(k - 1, start - 1, -1)) + list(range(k + 1, start + len(order))):
+            if p in last and last[p][0] == kk:
+                return last[p][1]
+            if kk in bad.get(p, ()):
+                continue
+            pos = int(order[kk - start])
+            got = _read_one(shard_set, units, pos, cfg.strict)
+            made = make(epoch, None if got is None else (_shard_of(units, ends, pos), *got))
+            if made is not None:
+                return made
+        raise DataSetError(f"no usable sample in a whole epoch of partition {p} of "
+                           f"{shard_set.root}; see the warnings above")
+
     while True:
-        mine = worker_units(units, epoch, cfg.seed, worker, total, cfg.shuffle_buffer > 1)
-        ends = np.cumsum([u.count for u in mine]).astype(int)
-        n = int(ends[-1]) if len(ends) else 0
-        if n == 0:
-            raise DataSetError(f"loader worker {worker} of {total} got no samples from "
-                               f"{shard_set.root}; use fewer workers or more shards")
-        order = buffer_order(n, cfg.shuffle_buffer,
-                             np.random.default_rng([cfg.seed, epoch, worker, 104729]))
-        remaining = order[pos:]
-        reader = iter(ShardReader(shard_set.shards, mine, remaining, cfg.strict))
-        cache, read_upto, usable = {}, -1, 0
-        for k, p in enumerate(remaining.tolist(), start=pos):
-            while p not in cache and read_upto < p:
-                try:
-                    q, member, raw = next(reader)
-                except StopIteration:
-                    read_upto = n
-                    break
-                cache[q] = (member, raw)
-                read_upto = q
-            if p not in cache:
-                counter.skip(f"#{p} of worker {worker} epoch {epoch}",
+        clips, masks, decode, labels, index, videos = [], [], [], [], [], []
+        ps, ks = canon.locate(layout.slots(v, rank))
+        for p, k in zip(ps.tolist(), ks.tolist()):
+            epoch, j, start = orders.where(p, k)
+            got = reader(p, epoch, start).take(j)
+            if got is None:
+                counter.skip(f"#{k} of partition {p} epoch {epoch}",
                              RuntimeError("missing from its shard"))
+            made = make(epoch, got)
+            if made is None:
+                bad.setdefault(p, set()).add(k)
+                made = fill(p, k, epoch, start)
             else:
-                member, raw = cache.pop(p)
-                shard = mine[int(np.searchsorted(ends, p, side="right"))].shard
-                try:
-                    c, m, d, label, frames = maker.train_clips(raw, epoch, shard, member)
-                except DataSetError:    # a setting or a set to change: stop, never skip
-                    raise
-                except Exception as e:  # corrupt payload: counted, skipped, stream goes on
-                    counter.skip(f"{raw.get('__key__')} in {raw.get('__url__')}", e)
-                else:
-                    if frames is not None:
-                        c = [(len(videos), idx, params) for idx, params in c]
-                        videos.append(frames)
-                    clips += c
-                    masks += m
-                    decode += d
-                    labels += [label] * len(c)
-                    index += [int(first_number[shard]) + member] * len(c)
-                    usable += 1
-            if len(clips) >= cfg.batch_size:
-                batch = collate(clips, masks, labels, index, decode, videos)
-                nxt = (epoch, k + 1) if k + 1 < n else (epoch + 1, 0)
-                batch["_state"] = {"worker": worker, "epoch": nxt[0], "pos": nxt[1],
-                                   "skipped": counter.skipped}
-                yield batch
-                clips, masks, decode, labels, index, videos = [], [], [], [], [], []
-        if usable == 0 and pos == 0:
-            raise DataSetError(f"loader worker {worker}: no usable sample in a whole epoch of "
-                               f"{shard_set.root}; see the warnings above")
-        epoch, pos = epoch + 1, 0
+                last[p] = (k, made)
+                bad.pop(p, None)
+            c, m, d, label, frames, number = made
+            if frames is not None:
+                c = [(len(videos), idx, params) for idx, params in c]
+                videos.append(frames)
+            clips += c
+            masks += m
+            decode += d
+            labels += [label] * len(c)
+            index += [number] * len(c)
+        batch = collate(clips, masks, labels, index, decode, videos)
+        batch["_state"] = {"v": v, "skipped": counter.skipped}
+        yield batch
+        v += step
+
+
+def _read_one(shard_set: ShardSet, units: list[Unit], pos: int, strict: bool):
+    """(member, raw) at position ``pos`` of ``units``, read on its own, or None."""
+    for _, member, raw in ShardReader(shard_set.shards, units, np.array([pos]), strict):
+        return member, raw
+    return None
 
 
 def _stopped(pid: int | None) -> bool:
@@ -338,33 +407,38 @@ def leave_signals_to_parent(_worker_id: int = 0):
 
 
 class _WorkerSplit(torch.utils.data.IterableDataset):
-    """The per-process part of a TrainStream: a DataLoader worker picks its logical worker."""
+    """The per-process part of a TrainStream: DataLoader worker i makes micro-batches
+    ``start + i``, ``start + i + workers``, ... (the loader takes them in turn)."""
 
-    def __init__(self, cfg, shard_set, units, rank, workers, starts, offset):
-        self.cfg, self.shard_set, self.units = cfg, shard_set, units
+    def __init__(self, cfg, shard_set, orders, canon, layout, rank, start):
+        self.cfg, self.shard_set, self.orders = cfg, shard_set, orders
         self.where = shard_set.root
-        self.rank, self.workers, self.starts, self.offset = rank, workers, starts, offset
-        self.world_workers = None
+        self.canon, self.layout, self.rank, self.start = canon, layout, rank, start
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
-        local = ((info.id if info else 0) + self.offset) % self.workers
-        total = self.world_workers
-        epoch, pos = self.starts[local]
-        yield from _worker_batches(self.cfg, self.shard_set, self.units,
-                                   self.rank * self.workers + local, total, epoch, pos)
+        yield from _worker_batches(self.cfg, self.shard_set, self.orders, self.canon,
+                                   self.layout, self.rank, self.start + (info.id if info else 0))
+
+
+class LayoutError(ValueError):
+    """A run cannot be read with this number of processes, batch or accumulation."""
 
 
 class TrainStream:
     """Endless, exactly resumable training batches for one rank.
 
-    ``iter(stream)`` yields batch dicts; ``state_dict()`` after any batch records where the
-    stream stands, and ``load_state_dict`` on a fresh stream with the same config, data and
-    world size makes it yield the batches that would have come next.
+    ``iter(stream)`` yields batch dicts (micro-batches); ``state_dict()`` after any batch
+    records where the run's data stands, and ``load_state_dict`` on a fresh stream over the
+    same data makes it yield the batches that come next. The position is the number of the
+    run's samples consumed, in its canonical order (``data/plan.py``: ``Canon``), so it may be
+    loaded by another number of processes, loader workers, per-process batch or accumulation,
+    as long as a step holds as many samples (``accum`` micro-batches of ``cfg.batch_size``
+    clips on each of ``world_size`` ranks).
     """
 
     def __init__(self, cfg: StreamConfig, rank: int = 0, world_size: int = 1,
-                 shard_set: ShardSet | None = None, pin_memory: bool = False):
+                 shard_set: ShardSet | None = None, pin_memory: bool = False, accum: int = 1):
         cfg.check()
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.pin_memory = pin_memory  # page-locked batches: asynchronous copies to a GPU
@@ -373,63 +447,68 @@ class TrainStream:
             raise DataSetError(f"{self.shard_set.root} holds no samples; prepare it again from "
                                f"inputs that can be used (see its failures.jsonl)")
         self.workers = max(cfg.num_workers, 1)
-        self.units = plan_units([s.samples for s in self.shard_set.shards],
-                                world_size * self.workers)
-        self.positions = [(0, 0)] * self.workers   # (epoch, pos) per logical worker
-        self.next_worker = 0
-        self.batches = 0
+        self.layout = Layout(world_size, accum, cfg.batch_size // cfg.repeats, self.workers)
+        self._set_canon(Canon(world_size, self.workers, self.layout.batch, accum))
+        self.batches = 0              # micro-batches this rank has taken, from the run's start
         self.skipped = [0] * self.workers
         self.watch = WorkerWatch()
 
+    def _set_canon(self, canon: Canon):
+        if canon.step_samples != self.layout.step_samples:
+            raise LayoutError(
+                f"this run's step holds {canon.step_samples} samples; {self.layout.ranks} "
+                f"process(es) x {self.layout.accum} micro-batch(es) x "
+                f"{self.layout.batch} sample(s) is {self.layout.step_samples}")
+        self.canon = canon
+        self.units = plan_units([s.samples for s in self.shard_set.shards], canon.partitions)
+        self.orders = PartitionOrders(self.units, canon.partitions, self.cfg.seed,
+                                      self.cfg.shuffle_buffer)
+
+    @property
+    def samples(self) -> int:
+        """The run's samples consumed (every rank's), in its canonical order."""
+        return self.batches * self.layout.ranks * self.layout.batch
+
     @property
     def epoch(self) -> float:
-        """Epochs completed, as a fraction, by the slowest logical worker of this rank."""
-        fractions = []
-        for local, (e, pos) in enumerate(self.positions):
-            g = self.rank * self.workers + local
-            n = sum(u.count for u in worker_units(self.units, e, self.cfg.seed, g,
-                                                  self.world_size * self.workers,
-                                                  self.cfg.shuffle_buffer > 1))
-            fractions.append(e + (pos / n if n else 0.0))
-        return min(fractions)
+        """Epochs completed, as a fraction, by the run's slowest partition."""
+        done = self.canon.consumed(self.samples)
+        return min(self.orders.epochs_done(p, int(k)) for p, k in enumerate(done))
 
     def _fingerprint(self) -> dict:
         c = self.cfg
         return {"shards": [(s.name, s.samples) for s in self.shard_set.shards],
                 "shard_sha256": [s.sha256 for s in self.shard_set.shards],
-                "world_size": self.world_size, "workers": self.workers, "seed": c.seed,
-                "batch_size": c.batch_size, "repeats": c.repeats,
-                "shuffle_buffer": c.shuffle_buffer,
+                "seed": c.seed, "repeats": c.repeats, "shuffle_buffer": c.shuffle_buffer,
                 **({"repeat_mode": c.repeat_mode} if c.repeat_mode != "temporal" else {}),
                 **({"clip_starts": c.clip_starts} if c.clip_starts != "any" else {})}
 
     def waiting_on(self) -> str:
         """The loader worker the next batch comes from, and the shard it reads for it (from the
-        plan: the shard of the next sample it owes), for a message about a stalled loader."""
-        local = self.next_worker
-        g, total = self.rank * self.workers + local, self.world_size * self.workers
-        epoch, pos = self.positions[local]
-        mine = worker_units(self.units, epoch, self.cfg.seed, g, total,
-                            self.cfg.shuffle_buffer > 1)
-        ends = np.cumsum([u.count for u in mine]).astype(int)
-        if not len(ends) or not ends[-1]:
-            return f"loader worker {local}"
-        order = buffer_order(int(ends[-1]), self.cfg.shuffle_buffer,
-                             np.random.default_rng([self.cfg.seed, epoch, g, 104729]))
-        p = int(order[min(pos, len(order) - 1)])
-        shard = self.shard_set.shards[mine[int(np.searchsorted(ends, p, side="right"))].shard]
+        plan: the shard of the first sample of that batch), for a message about a stalled
+        loader."""
+        local = self.batches % self.workers
+        ps, ks = self.canon.locate(self.layout.slots(self.batches, self.rank)[:1])
+        p, k = int(ps[0]), int(ks[0])
+        epoch, j, _ = self.orders.where(p, k)
+        units = self.orders.units_of(p, epoch)
+        ends = np.cumsum([u.count for u in units]).astype(int)
+        shard = self.shard_set.shards[_shard_of(units, ends, int(self.orders.order(p, epoch)[j]))]
         return f"loader worker {local} (reading {shard.url})"
 
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "rank": self.rank, "fingerprint": self._fingerprint(),
-                "positions": [list(p) for p in self.positions], "next_worker": self.next_worker,
-                "batches": self.batches, "skipped": list(self.skipped)}
+                "canon": self.canon.as_dict(), "samples": self.samples,
+                "skipped": list(self.skipped)}
 
     def load_state_dict(self, state: dict):
         mine = json.loads(json.dumps(self._fingerprint()))
         theirs = json.loads(json.dumps(state.get("fingerprint"))) or {}
-        if "shard_sha256" not in theirs:
-            mine.pop("shard_sha256")     # saved before the contents were part of it
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(
+                "the saved data-stream position was written by an earlier tubemae, whose order "
+                "depended on the number of processes; finish that run with the version that "
+                "started it, or start a new run.dir")
         if mine.get("shard_sha256") is not None and theirs.get("shard_sha256") != \
                 mine["shard_sha256"] and {k: v for k, v in theirs.items() if k != "shard_sha256"} \
                 == {k: v for k, v in mine.items() if k != "shard_sha256"}:
@@ -438,21 +517,25 @@ class TrainStream:
                 f"checkpoint was saved (same names and counts, other contents: their sha256 in "
                 f"manifest.json changed); resume with the data the run started with, or start "
                 f"a new run.dir")
-        if state.get("version") != STATE_VERSION or theirs != mine:
+        if theirs != mine:
             diff = sorted(k for k in mine if theirs.get(k) != mine[k])
             raise ValueError(
                 f"the saved data-stream position does not fit this run: {diff} changed since it "
-                f"was saved; resume with the same data, seed, batch size, workers and world "
-                f"size, or start a new run.dir")
-        self.positions = [tuple(p) for p in state["positions"]]
-        self.next_worker = state["next_worker"]
-        self.batches = state["batches"]
-        self.skipped = list(state["skipped"])
+                f"was saved; resume with the same data, seed and repeats, or start a new "
+                f"run.dir")
+        self._set_canon(Canon(**state["canon"]))
+        per_batch = self.layout.ranks * self.layout.batch
+        if state["samples"] % per_batch:
+            raise LayoutError(f"the run stopped after {state['samples']} samples, not a whole "
+                              f"number of micro-batches of {per_batch} samples")
+        self.batches = state["samples"] // per_batch
+        saved = list(state["skipped"])
+        self.skipped = saved if len(saved) == self.workers else \
+            [sum(saved)] + [0] * (self.workers - 1)
 
     def __iter__(self) -> Iterator[dict]:
-        ds = _WorkerSplit(self.cfg, self.shard_set, self.units, self.rank, self.workers,
-                          list(self.positions), self.next_worker)
-        ds.world_workers = self.world_size * self.workers
+        ds = _WorkerSplit(self.cfg, self.shard_set, self.orders, self.canon, self.layout,
+                          self.rank, self.batches)
         if self.cfg.num_workers > 0:
             # Its own generator: the loader must not draw from the global RNG, which the
             # training loop saves and restores for exact resume.
@@ -468,12 +551,11 @@ class TrainStream:
                                                  generator=torch.Generator().manual_seed(0))
         else:
             loader = ds
+        base, skipped_before = self.batches, list(self.skipped)
         for batch in loader_batches(loader, self.watch):
             st = batch.pop("_state")
-            local = st["worker"] - self.rank * self.workers
-            self.positions[local] = (st["epoch"], st["pos"])
-            self.skipped[local] = st["skipped"]
-            self.next_worker = (local + 1) % self.workers
+            local = (st["v"] - base) % self.workers
+            self.skipped[local] = skipped_before[local] + st["skipped"]
             self.batches += 1
             yield batch
 

@@ -8,7 +8,8 @@ import torch
 import webdataset as wds
 
 from data.manifest import DataSetError, load_shard_set
-from data.plan import buffer_order, plan_units, worker_units
+from data.plan import (Canon, Layout, PartitionOrders, buffer_order, plan_units,
+                       worker_units)
 from data.stream import EvalStream, StreamConfig, TrainStream, _worker_batches
 
 
@@ -46,17 +47,29 @@ def test_shuffle_buffer_order_is_a_seeded_permutation():
 
 
 def test_each_sample_once_per_epoch_across_ranks_and_workers(synthetic_set):
+    """2 ranks x 2 workers, 1 sample per micro-batch: the four loader workers together take
+    every sample of the set once before any partition's second epoch."""
     cfg = cfg_for(synthetic_set, batch_size=1, mask="none")
     ss = load_shard_set(synthetic_set)
-    world, workers = 2, 2
-    units = plan_units([s.samples for s in ss.shards], world * workers)
+    canon = Canon(ranks=2, workers=2, chunk=1, accum=1)
+    layout = Layout(ranks=2, accum=1, batch=1, workers=2)
+    orders = PartitionOrders(plan_units([s.samples for s in ss.shards], 4), 4, cfg.seed,
+                             cfg.shuffle_buffer)
+    shortest = min(orders.length(p, 0) for p in range(4))
     seen = []
-    for g in range(world * workers):
-        for batch in _worker_batches(cfg, ss, units, g, world * workers, 0, 0):
-            seen += batch["index"].tolist()
-            if batch["_state"]["epoch"] == 1:
-                break
-    assert sorted(seen) == list(range(ss.num_samples))
+    for rank in range(2):
+        for worker in range(2):
+            it = _worker_batches(cfg, ss, orders, canon, layout, rank, worker)
+            seen += [int(next(it)["index"]) for _ in range(shortest)]
+    assert len(seen) == len(set(seen)) == 4 * shortest
+    # every partition's whole epoch, once: read on until each partition wraps
+    whole = []
+    for rank in range(2):
+        for worker in range(2):
+            p = rank * 2 + worker
+            it = _worker_batches(cfg, ss, orders, canon, layout, rank, worker)
+            whole += [int(next(it)["index"]) for _ in range(orders.length(p, 0))]
+    assert sorted(whole) == list(range(ss.num_samples))
 
 
 def test_batches_have_the_contract_shapes(synthetic_set):
@@ -100,12 +113,13 @@ def test_epochs_reshuffle_and_runs_repeat(synthetic_set):
     assert first[:n] != first[n:]
 
 
-def test_a_resume_with_another_world_size_is_refused(synthetic_set):
+def test_a_resume_that_changes_the_samples_per_step_is_refused(synthetic_set):
+    from data.stream import LayoutError
     cfg = cfg_for(synthetic_set)
     s = TrainStream(cfg)
     next(iter(s))
-    other = TrainStream(cfg, rank=0, world_size=2)
-    with pytest.raises(ValueError, match="world_size"):
+    other = TrainStream(cfg, rank=0, world_size=2)   # 2 x 2 samples a step, not 2
+    with pytest.raises(LayoutError, match="step holds 2 samples"):
         other.load_state_dict(s.state_dict())
 
 
@@ -136,8 +150,10 @@ def test_corrupt_sample_inside_a_shard_is_skipped_and_counted(tmp_path, syntheti
     cfg = cfg_for(str(out), batch_size=1, shuffle_buffer=1, mask="none")
     stream = TrainStream(cfg)
     with caplog.at_level(logging.WARNING):
-        got = [int(b["index"]) for _, b in zip(range(len(samples) - 1), stream)]
-    assert got == [i for i in range(len(samples)) if i != 2]
+        got = [int(b["index"]) for _, b in zip(range(len(samples)), stream)]
+    # its slot takes the nearest usable sample before it, so every batch stays whole and the
+    # run's batches do not depend on which process or worker met the damage
+    assert got == [0, 1, 1] + list(range(3, len(samples)))
     assert stream.skipped == [1]
     assert any("corrupt sample" in r.message for r in caplog.records)
     if damage == "label":
@@ -457,3 +473,68 @@ def test_keyframe_sampling_is_uniform_over_the_starts_that_fit():
     b = [sample_frame_indices(40, 4, 2, np.random.default_rng(s), start_every=1).tolist()
          for s in range(5)]
     assert a == b                                        # every start: the draws of before
+
+
+def _global_steps(cfg, world, accum, workers, steps, state=None):
+    """The run's steps as ``world`` ranks read them: per step, every tensor of its
+    micro-batches concatenated in slot order (micro-batch i of rank r holds the slots after
+    those of (i, r-1)), and the stream state after them."""
+    from dataclasses import replace
+    streams = [TrainStream(replace(cfg, num_workers=workers), rank=r, world_size=world,
+                           accum=accum) for r in range(world)]
+    if state is not None:
+        for s in streams:
+            s.load_state_dict(state)
+    its = [iter(s) for s in streams]
+    out = []
+    for _ in range(steps):
+        parts = [next(its[r]) for _ in range(accum) for r in range(world)]
+        out.append({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
+    for it in its:
+        it.close()
+    return out, json.loads(json.dumps(streams[0].state_dict()))
+
+
+@pytest.mark.parametrize("before,after", [
+    ((2, 1, 2, 2), (1, 1, 4, 0)),      # 2 -> 1 process: the process batch doubles
+    ((1, 1, 6, 2), (3, 1, 2, 0)),      # 1 -> 3: a third of it each
+    ((2, 1, 4, 0), (4, 1, 2, 2)),      # 2 -> 4, and loader workers 1 -> 2
+    ((2, 1, 3, 2), (1, 2, 3, 0)),      # 2 -> 1 keeping the process batch: accumulation 2
+    ((2, 2, 3, 2), (3, 1, 4, 0))])     # accumulation 2 -> 1 on 3 processes; workers 2 -> 1
+def test_a_run_continued_on_another_layout_reads_the_same_steps(synthetic_set, before, after):
+    """(processes, accumulation, process batch, loader workers): the same samples per step
+    before and after. The steps after the change are the uninterrupted run's, tensor for tensor
+    (clips, masks, labels, sample numbers), across an epoch's end; so every remaining sample of
+    the epoch comes once, none repeated, none skipped."""
+    cfg = cfg_for(synthetic_set, mask="tube", mask_ratio=0.75)
+    (w0, a0, b0, n0), (w1, a1, b1, n1) = before, after
+    from dataclasses import replace
+    straight, _ = _global_steps(replace(cfg, batch_size=b0), w0, a0, n0, 16)
+    first, state = _global_steps(replace(cfg, batch_size=b0), w0, a0, n0, 4)
+    rest, _ = _global_steps(replace(cfg, batch_size=b1), w1, a1, n1, 12, state)
+    for t, (a, b) in enumerate(zip(straight, first + rest)):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (t, k)
+    # each partition's first epoch (the partitions are the first layout's loader workers) is
+    # its samples once each, and together they are the set's
+    seen = torch.cat([s["index"] for s in first + rest]).tolist()
+    canon = TrainStream(replace(cfg, batch_size=b0, num_workers=n0), world_size=w0,
+                        accum=a0).canon
+    parts, ks = canon.locate(np.arange(len(seen)))
+    stream = TrainStream(replace(cfg, batch_size=b0, num_workers=n0), world_size=w0, accum=a0)
+    epoch0 = []
+    for p in range(canon.partitions):
+        n = stream.orders.length(p, 0)
+        mine = [x for x, pp, k in zip(seen, parts, ks) if pp == p and k < n]
+        assert len(mine) == len(set(mine)) == n
+        epoch0 += mine
+    assert sorted(epoch0) == list(range(stream.shard_set.num_samples))
+
+
+def test_a_layout_that_cannot_hold_the_step_is_named(synthetic_set):
+    from data.stream import LayoutError
+    cfg = cfg_for(synthetic_set, batch_size=4)
+    _, state = _global_steps(cfg, 2, 1, 0, 1)
+    with pytest.raises(LayoutError, match="step holds 8 samples"):
+        TrainStream(cfg, rank=0, world_size=3).load_state_dict(state)

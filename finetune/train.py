@@ -32,6 +32,7 @@ from pretrain.runtime.distributed import (all_gather_objects, barrier, init_dist
 from pretrain.runtime.loop import (Loop, Stage, StopRequested, open_run, report_stopped,
                                    run_locked, train_loop)
 from pretrain.runtime.optim import cosine_lr, param_groups, peak_lr
+from pretrain.runtime.reshard import fit_to_checkpoint
 from pretrain.runtime.resume import check_resume_config
 from .evaluate import confusion_picture, per_class, summarize
 from .init import init_from, report_counts, resolve_norm_layout, take_export_geometry
@@ -222,6 +223,9 @@ def _train(cfg: FinetuneConfig, dist, stop: StopRequested) -> dict:
     cfg.model = resolve_norm_layout(cfg.model, cfg.run.init)
     run_dir = cfg.run.dir
     check_resume_config(run_dir, to_dict(cfg))
+    refit = fit_to_checkpoint(cfg, dist, "finetune")
+    if refit and dist.is_main:
+        print(refit, file=sys.stderr)
     torch.manual_seed(cfg.run.seed)
     model = build_model(cfg.model)
     init_report = None

@@ -27,6 +27,7 @@ from .runtime.engine import read_model_weights
 from .runtime.loop import (Loop, NonFiniteLoss, Stage, StopRequested,  # noqa: F401
                            open_run, report_stopped, run_locked, train_loop)
 from .runtime.optim import cosine_lr, param_groups, peak_lr
+from .runtime.reshard import fit_to_checkpoint
 from .runtime.resume import check_resume_config
 
 
@@ -113,6 +114,9 @@ def _train(cfg: PretrainConfig, dist, stop: StopRequested) -> dict:
     cfg.data.shards = resolve_shards(cfg.data.shards, os.path.join(run_dir, "data"),
                                      dist.is_main, lambda: barrier(dist))
     check_resume_config(run_dir, to_dict(cfg))
+    refit = fit_to_checkpoint(cfg, dist, "pretrain")
+    if refit and dist.is_main:
+        print(refit, file=sys.stderr)
     model = initial_model(cfg.model, cfg.run.seed)
     total_batch = cfg.data.batch_size * cfg.runtime.grad_accum * dist.world_size
     lr = peak_lr(cfg.optim, total_batch)

@@ -240,9 +240,9 @@ class Checkpointer:
         client = engine.load(self.dir, tag)
         path = os.path.join(self.dir, tag, f"rank{self.dist.rank}.pt")
         if not os.path.isfile(path):
-            raise CheckpointError(f"{path} is missing: this checkpoint was written by fewer ranks "
-                               f"than this run has ({self.dist.world_size}); resume with the "
-                               f"same number of processes")
+            # written by fewer processes: the data position is the run's, the same in every
+            # rank's file; a new rank starts from rank 0's RNG states
+            path = os.path.join(self.dir, tag, "rank0.pt")
         return client, load_checkpoint_file(path)
 
     def tags(self) -> list[str]:

@@ -20,8 +20,22 @@ from torch import nn
 
 from .checkpoint import load_checkpoint_file, save_file_or_explain
 from .distributed import Dist
+from .reshard import (PLAIN_STATE, load_into_partitions, load_into_torch_optimizer,
+                      read_full_state, saved_layout)
 
-PLAIN_STATE = "plain_state.pt"
+
+def _names(model: nn.Module, groups: list) -> tuple[list, dict]:
+    """Each AdamW group's parameter names, in order, and every parameter's shape: what a
+    checkpoint of another layout is cut again by (``reshard``)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return ([[names[id(p)] for p in g["params"]] for g in groups],
+            {n: p.shape for n, p in model.named_parameters()})
+
+
+def _load_full(module: nn.Module, full) -> None:
+    """The weights of a ``FullState`` into ``module``: fp32 master weights for parameters (not
+    a bf16 copy), the saved buffers."""
+    module.load_state_dict({**full.weights, **full.master})
 
 
 def _adamw(groups, optim_cfg) -> torch.optim.AdamW:
@@ -117,6 +131,7 @@ class PlainEngine:
 
     def __init__(self, model: nn.Module, groups: list, optim_cfg, runtime_cfg, dist: Dist):
         _check_precision(runtime_cfg.precision, dist.device)
+        self.group_names, self.shapes = _names(model, groups)
         self.module = model.to(dist.device)
         self.device = dist.device
         self.optimizer = _adamw(groups, optim_cfg)
@@ -186,9 +201,12 @@ class PlainEngine:
 
     def load(self, ckpt_dir: str, tag: str) -> dict:
         path = os.path.join(ckpt_dir, tag, PLAIN_STATE)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} not found: the checkpoint was written by another "
-                                    f"engine (runtime.engine) or is incomplete")
+        if not os.path.isfile(path):     # written by DeepSpeed, on any number of processes
+            full = read_full_state(os.path.join(ckpt_dir, tag), self.group_names, self.shapes)
+            _load_full(self.module, full)
+            load_into_torch_optimizer(self.optimizer, full, self.group_names)
+            self.micro_steps = 0
+            return full.client
         state = load_checkpoint_file(path, self.device)
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -245,6 +263,7 @@ class DeepSpeedEngine:
             os.environ.setdefault("LOCAL_RANK", "0")
         deepspeed.init_distributed(dist_backend="nccl" if dist.device.type == "cuda" else "gloo")
         self.config = deepspeed_config(runtime_cfg, micro_batch, dist.world_size)
+        self.group_names, self.shapes = _names(model, groups)
         self.adamw = _adamw(groups, optim_cfg)
         self.precision = runtime_cfg.precision
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
@@ -253,7 +272,7 @@ class DeepSpeedEngine:
             self.engine.compile(compile_kwargs=compile_kwargs(runtime_cfg))
         self.module = self.engine.module
         self.device = dist.device
-        self.world_size = dist.world_size
+        self.world_size, self.rank = dist.world_size, dist.rank
         self.grad_norm: torch.Tensor | float | None = None
         # DeepSpeed computes the global norm itself except with fp32 ZeRO-0 and no clipping;
         # there the gradients are whole in .grad and we take it (on the device, no wait).
@@ -299,6 +318,18 @@ class DeepSpeedEngine:
                                     save_latest=False)
 
     def load(self, ckpt_dir: str, tag: str) -> dict:
+        folder = os.path.join(ckpt_dir, tag)
+        if saved_layout(folder) != ("deepspeed", self.world_size):
+            # the plain engine's, or DeepSpeed's on another number of processes: DeepSpeed
+            # would refuse its partitions; they are cut again here
+            full = read_full_state(folder, self.group_names, self.shapes)
+            _load_full(self.module, full)
+            if self.engine.optimizer is self.adamw:     # stage 0 in fp32: AdamW, whole
+                load_into_torch_optimizer(self.adamw, full, self.group_names)
+            else:
+                load_into_partitions(self.engine.optimizer, full, self.group_names, self.rank,
+                                     self.world_size)
+            return full.client
         path, client_state = self.engine.load_checkpoint(ckpt_dir, tag=tag)
         if path is None:
             raise FileNotFoundError(f"DeepSpeed found no checkpoint in {ckpt_dir}/{tag}: it was "

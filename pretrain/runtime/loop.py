@@ -328,7 +328,8 @@ def open_run(cfg, model, groups, dist, prepare: Callable[[dict], dict], shard_se
     engine = build_engine(model, groups, cfg.optim, cfg.runtime, dist, cfg.data.batch_size)
     decode = resolve_decode(cfg.data.decode, dist.device)
     stream = TrainStream(replace(cfg.data, decode=decode), dist.rank, dist.world_size,
-                         shard_set=shard_set, pin_memory=dist.device.type == "cuda")
+                         shard_set=shard_set, pin_memory=dist.device.type == "cuda",
+                         accum=cfg.runtime.grad_accum)
     ckpt = Checkpointer(cfg.run.dir, dist, cfg.train.keep_last)
     client, batches = ckpt.resume(engine, stream, lambda: dump_yaml(
         cfg, os.path.join(cfg.run.dir, "config.yaml")))

@@ -7,8 +7,10 @@ import yaml
 
 # Sections a resumed run may change; anything else must match the run's config.yaml.
 RESUMABLE_SECTIONS = ("train", "log")
-# Keys a resumed run may change: where videos are decoded changes no clip's frames or crop.
-RESUMABLE_KEYS = ("data.decode",)
+# Keys a resumed run may change: where videos are decoded changes no clip's frames or crop; the
+# loader workers, the per-process batch and the accumulation change no step's samples (the
+# stream refuses a split that would: ``data.stream.LayoutError``).
+RESUMABLE_KEYS = ("data.decode", "data.num_workers", "data.batch_size", "runtime.grad_accum")
 # Paths compared by what they point at (a relative path, a/../b, a trailing slash, ~); run.dir
 # is not compared at all: the folder holding config.yaml is the run, moved or copied.
 PATH_KEYS = ("data.shards", "run.init")

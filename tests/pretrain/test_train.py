@@ -108,8 +108,8 @@ def test_sigterm_to_the_whole_process_group_saves_a_checkpoint(tiny_recipe):
 def test_a_resume_with_other_settings_is_refused(tiny_recipe):
     recipe, run_dir = tiny_recipe
     assert run_cli(recipe, "train.steps=2").returncode == 0
-    r = run_cli(recipe, "train.steps=4", "data.batch_size=2")
-    assert r.returncode == 2 and "data.batch_size" in r.stderr
+    r = run_cli(recipe, "train.steps=4", "data.mask_ratio=0.5")
+    assert r.returncode == 2 and "data.mask_ratio: 0.75 -> 0.5" in r.stderr
 
 
 def test_a_moved_run_folder_and_other_spellings_of_its_paths_resume(tiny_recipe, tmp_path):
@@ -396,10 +396,11 @@ def test_a_stride_the_frame_step_does_not_divide_is_refused_before_the_run_folde
     assert not os.path.exists(run_dir)
 
 
-def test_a_run_folder_that_never_took_a_step_takes_a_corrected_command(tiny_recipe):
+def test_a_run_folder_that_never_took_a_step_takes_a_corrected_command(tiny_recipe, capfd):
     """A first command that failed before its first checkpoint (here: its config.yaml says
     batch 2) pins nothing: the corrected command runs and records its own settings; once a
-    checkpoint exists, other settings are refused."""
+    checkpoint exists, settings that change the run are refused, and a smaller per-process
+    batch is taken with the accumulation that keeps the clips of a step."""
     import yaml
     from pretrain.config import dump_yaml
     recipe, run_dir = tiny_recipe
@@ -408,8 +409,12 @@ def test_a_run_folder_that_never_took_a_step_takes_a_corrected_command(tiny_reci
     train(load_config(recipe, ["train.steps=2", "train.ckpt_every=2", "log.picture_every=0"]))
     saved = yaml.safe_load(open(os.path.join(run_dir, "config.yaml")))
     assert saved["data"]["batch_size"] == 4
-    with pytest.raises(ValueError, match=r"data.batch_size: 4 -> 2"):
-        train(load_config(recipe, ["train.steps=3", "data.batch_size=2"]))
+    with pytest.raises(ValueError, match=r"data.mask_ratio: 0.75 -> 0.5"):
+        train(load_config(recipe, ["train.steps=3", "data.mask_ratio=0.5"]))
+    train(load_config(recipe, ["train.steps=3", "data.batch_size=2", "log.picture_every=0"]))
+    err = capfd.readouterr().err
+    assert "data.batch_size" not in err.split("runtime.grad_accum 1 -> 2")[0].split("\n")[-1]
+    assert "runtime.grad_accum 1 -> 2 keeps the 4 clips of a step" in err
 
 
 def test_after_kill_9_of_the_trainer_alone_the_run_restarts_at_once(tiny_recipe):

@@ -144,7 +144,7 @@ def train(cfg: FinetuneConfig) -> dict:
     """Fine-tune (or resume), evaluate, test the best checkpoint; returns the report."""
     check_stride(cfg.data)
     check_batch_memory(cfg.data, cfg.model.in_chans)
-    dist = init_distributed(cfg.runtime.device)
+    dist = init_distributed(cfg.runtime.device, cfg.runtime.comm_timeout)
     return run_locked(cfg.run.dir, dist, lambda stop: _train(cfg, dist, stop))
 
 

@@ -70,7 +70,7 @@ def train(cfg: PretrainConfig) -> dict:
     cfg.data.check()
     check_stride(cfg.data)
     check_batch_memory(cfg.data, cfg.model.in_chans)
-    dist = init_distributed(cfg.runtime.device)
+    dist = init_distributed(cfg.runtime.device, cfg.runtime.comm_timeout)
     return run_locked(cfg.run.dir, dist, lambda stop: _train(cfg, dist, stop))
 
 

@@ -1,6 +1,7 @@
 """What every training command does around its work: one line and exit 2 for an error the
-user can fix, exit 3 for a run stopped by non-finite losses, exit 143 for a run stopped by a
-signal (checkpointed), and no signal turning a finished, saved run into a kill."""
+user can fix, exit 3 for a run stopped by non-finite losses, exit 4 for a run whose other
+process is gone or hung (its node lost), exit 143 for a run stopped by a signal (checkpointed),
+and no signal turning a finished, saved run into a kill."""
 from __future__ import annotations
 
 import argparse
@@ -67,6 +68,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 EXIT_INTERRUPTED = 130
+EXIT_LOST_PROCESS = 4    # another process of the run is gone or hung
 
 
 def run_command(prog: str, body: Callable[[], dict | int]) -> int:
@@ -81,9 +83,16 @@ def run_command(prog: str, body: Callable[[], dict | int]) -> int:
         result = body()
     except Exception as e:       # the classes are imported only now: see the top
         from .loop import NonFiniteLoss
+        from .distributed import LostProcess
         if isinstance(e, NonFiniteLoss):
             print(f"{prog}: error: {e}", file=sys.stderr)
             return EXIT_NONFINITE
+        if isinstance(e, LostProcess):
+            # the process group is broken: tearing it down (at exit) could wait on the lost
+            # peer, so this process ends here, its line written
+            print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(EXIT_LOST_PROCESS)
         if isinstance(e, user_errors()):
             print(f"{prog}: error: {e}", file=sys.stderr)
             return EXIT_USER_ERROR

@@ -50,6 +50,11 @@ class RuntimeConfig:
     grad_accum: int = 1               # micro-batches per optimizer step
     grad_clip: float = 0.0            # max global grad norm; 0 = off
     device: str = "auto"              # auto | cpu | cuda
+    comm_timeout: float = 600.0       # seconds a collective waits for the other processes; a
+                                      # process gone with its node, or hung, stops the others
+                                      # within it, with one line naming it (NCCL: its watchdog,
+                                      # with asynchronous error handling). Above data.timeout:
+                                      # a stalled loader must be named first
     compile: bool = False             # torch.compile the model (GPU: faster steps after warm-up)
     compile_mode: str = "default"     # torch.compile mode: default | max-autotune-no-cudagraphs
                                       # (searches kernels at start-up: minutes, then faster)
@@ -162,6 +167,7 @@ RANGES = {
     "train.max_nonfinite": (1, True), "train.epochs": (1, True),
     "log.every": (1, True), "log.picture_every": (0, True),
     "runtime.grad_accum": (1, True), "runtime.grad_clip": (0, True),
+    "runtime.comm_timeout": (0, False),
     "optim.base_lr": (0, False), "optim.lr": (0, False), "optim.min_lr": (0, True),
     "optim.warmup_steps": (0, True), "optim.warmup_epochs": (0, True),
     "optim.weight_decay": (0, True), "optim.eps": (0, False),

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .distributed import all_reduce_max, all_reduce_mean
+from .distributed import LostProcess, all_reduce_max, all_reduce_mean, is_comm_failure
 
 # Fault injection for the resume tests: the process SIGKILLs itself right after finishing this
 # optimizer step (and any checkpoint due at it), as `kill -9` or a pre-empted node would.
@@ -482,6 +482,13 @@ def train_loop(loop: Loop, stage: Stage, run: Run, dist, stop: StopRequested) ->
                 os.kill(os.getpid(), signal.SIGKILL)
         if stopped and last_saved != step:
             save(f"step{step:08d}")
+    except Exception as e:
+        if dist.world_size == 1 or not is_comm_failure(e):
+            raise
+        # a process is gone (its node lost) or hung: the collectives cannot go on, and no
+        # checkpoint can be completed (its COMPLETE marker waits on every rank)
+        logger.flush()
+        raise LostProcess(lost_process_line(loop.name, step, e, ckpt, dist)) from None
     finally:
         if hasattr(feed, "close"):
             feed.close()
@@ -493,6 +500,20 @@ def train_loop(loop: Loop, stage: Stage, run: Run, dist, stop: StopRequested) ->
         if bar is not None:
             bar.close()
     return LoopResult(step, stopped, stats, totals)
+
+
+def lost_process_line(name: str, step: int, error: BaseException, ckpt, dist) -> str:
+    """One line for a run whose collectives failed: who is gone, the last complete
+    checkpoint, and how the run comes back."""
+    from .distributed import describe_ranks, lost_ranks
+    who = describe_ranks(lost_ranks(dist))
+    tag = ckpt.latest_tag()
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+    where = f"the last complete checkpoint is {os.path.join(ckpt.dir, tag)}" if tag else \
+        "no checkpoint is complete yet"
+    return (f"lost {who} during step {step + 1} ({reason}); {where}. Run the same command "
+            f"on every node to resume once the node is back, or on the processes left "
+            f"(the global batch is kept)")
 
 
 def report_stopped(name: str, result: LoopResult, ckpt, dist):

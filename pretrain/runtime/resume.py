@@ -10,7 +10,8 @@ RESUMABLE_SECTIONS = ("train", "log")
 # Keys a resumed run may change: where videos are decoded changes no clip's frames or crop; the
 # loader workers, the per-process batch and the accumulation change no step's samples (the
 # stream refuses a split that would: ``data.stream.LayoutError``).
-RESUMABLE_KEYS = ("data.decode", "data.num_workers", "data.batch_size", "runtime.grad_accum")
+RESUMABLE_KEYS = ("data.decode", "data.num_workers", "data.batch_size", "runtime.grad_accum",
+                  "runtime.comm_timeout")
 # Paths compared by what they point at (a relative path, a/../b, a trailing slash, ~); run.dir
 # is not compared at all: the folder holding config.yaml is the run, moved or copied.
 PATH_KEYS = ("data.shards", "run.init")

@@ -16,9 +16,10 @@ from pretrain.config import load_config
 from tests.pretrain.conftest import subprocess_env
 from tests.pretrain.test_distributed import losses
 
-# Measured: fp32 losses after the change differ from the uninterrupted run's by at most
-# 3e-7 relative (2 -> 1, 1 -> 3, 2 -> 4, seeds 0-2); the bound leaves a factor of ~30.
-REL_TOL = 1e-5
+# Measured (fp32, 2 -> 1, 1 -> 3, 2 -> 4, run.seed 0-2, four steps after the change): the
+# losses differ from the uninterrupted run's by at most 1.4e-7 relative; the bound leaves a
+# factor of ~35 for the order of the sums on other CPUs and thread counts.
+REL_TOL = 5e-6
 
 
 def launch(nproc, recipe, run_dir, *overrides):

@@ -2,9 +2,15 @@
 MASTER_ADDR on 127.0.0.1), one process each, train together over gloo. They train, checkpoint,
 export and resume, with the losses of one agent running the same two processes."""
 import os
+import re
+import signal
 import socket
 import subprocess
+import time
 
+import pytest
+
+from tests.conftest import child_pids
 from tests.pretrain.conftest import subprocess_env
 from tests.pretrain.test_distributed import losses, torchrun
 
@@ -63,3 +69,90 @@ def test_two_nodes_train_checkpoint_export_and_resume_as_one_agent_with_two_proc
     assert losses(nodes) == losses(one) and len(losses(one)) == 4
     with open(os.path.join(nodes, "config.yaml")) as f:
         assert "zero_stage: 1" in f.read()
+
+
+def start_node(recipe, run_dir, node, port, *overrides, **env):
+    """One node's launcher (``launch/run.sh``, NPROC=1) in its own process group."""
+    env = subprocess_env(NNODES="2", NODE_RANK=str(node), MASTER_ADDR="127.0.0.1",
+                         MASTER_PORT=str(port), NPROC="1", **env)
+    return subprocess.Popen(
+        ["bash", os.path.join(ROOT, "launch", "run.sh"), "pretrain", "--config", recipe,
+         f"run.dir={run_dir}", "runtime.engine=deepspeed", "runtime.zero_stage=1",
+         "runtime.precision=fp32", "log.picture_every=0", "train.ckpt_every=2", *overrides],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True)
+
+
+def wait_for_step(run_dir, step, timeout=240):
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.isfile(metrics) and len(open(metrics).read().splitlines()) >= step:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no step {step} in {run_dir} within {timeout} s")
+
+
+def kill_group(p, sig=signal.SIGKILL):
+    """``sig`` to a launcher and its trainers (torchrun starts each trainer in a session of
+    its own, so the launcher's process group does not reach them) and their children."""
+    pids, todo = [], [p.pid]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        todo += child_pids(pid)
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.parametrize("how", ["killed", "hung"])
+def test_a_lost_node_stops_the_other_within_the_timeout_in_one_line(tiny_recipe, tmp_path, how):
+    """Node 1's launcher and trainer killed (kill -9, a node gone), or its trainer stopped
+    (SIGSTOP, a hung process): node 0 stops within runtime.comm_timeout, in one line naming
+    rank 1 on node 1, the last complete checkpoint and how to resume; no checkpoint after the
+    loss is marked complete, and the same command resumes the run."""
+    recipe, _ = tiny_recipe
+    run_dir = str(tmp_path / "run")
+    port = _free_port()
+    timeout = 15
+    steps = ["train.steps=100000", f"runtime.comm_timeout={timeout}"]
+    node0 = start_node(recipe, run_dir, 0, port, *steps)
+    node1 = start_node(recipe, run_dir, 1, port, *steps)
+    try:
+        wait_for_step(run_dir, 3)
+        if how == "killed":
+            kill_group(node1)
+        else:
+            trainer = child_pids(node1.pid)     # the launcher's (torchrun's) children
+            assert trainer
+            for pid in trainer:
+                os.kill(pid, signal.SIGSTOP)
+        t0 = time.time()
+        _, err = node0.communicate(timeout=timeout + 120)
+        took = time.time() - t0
+    finally:
+        kill_group(node0)
+        kill_group(node1)
+        node1.communicate(timeout=60)
+    print(f"node 0 stopped {took:.1f} s after node 1 was {how}")
+    assert node0.returncode != 0
+    bound = 15 if how == "killed" else timeout + 15
+    assert took < bound, took
+    lines = [ln for ln in err.splitlines() if "pretrain: error: lost rank 1 (node 1)" in ln]
+    assert len(lines) == 1, err[-4000:]
+    assert "the last complete checkpoint is" in lines[0] and "Run the same command" in lines[0]
+    assert not re.search(r'File ".*/(pretrain|data|finetune)/', err)
+    ckpts = os.path.join(run_dir, "checkpoints")
+    latest = open(os.path.join(ckpts, "latest")).read().strip()
+    assert os.path.join(ckpts, latest) in lines[0]
+    done = [t for t in os.listdir(ckpts) if os.path.isfile(os.path.join(ckpts, t, "COMPLETE"))]
+    assert max(done) == latest
+    # the same command on both nodes resumes from it
+    step = int(latest[4:])
+    res = two_nodes(recipe, run_dir, f"train.steps={step + 2}", "train.ckpt_every=2",
+                    "runtime.precision=fp32")
+    assert all(rc == 0 for rc, _ in res), "\n\n".join(e[-4000:] for _, e in res)
+    assert f"at step {step}" in res[0][1]

@@ -5,6 +5,8 @@
 # One machine: all its GPUs (or NPROC processes). Several: run the same command on each with
 #   NNODES=8 NODE_RANK=<0..7> MASTER_ADDR=<node 0's address> [MASTER_PORT=29500]
 # (launch/slurm.sbatch sets these from SLURM). Re-running the same command resumes the run.
+# RDZV=c10d [MAX_RESTARTS=3]: an elastic rendezvous instead, so the run resumes by itself when a
+# lost node comes back (docs/nodes.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . launch/setup.sh
@@ -35,6 +37,19 @@ NNODES=${NNODES:-1}
 export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-240}
 echo "launch/run.sh: $what on $(hostname): $NPROC process(es) x $NNODES node(s)," \
      "$([ "$gpus" -gt 0 ] && echo "$gpus GPU(s)" || echo "CPU")" >&2
+if [ -n "${RDZV:-}" ]; then
+  # Elastic: when a process or a node is lost, every launcher restarts its processes (up to
+  # MAX_RESTARTS times) and waits for NNODES nodes; a lost node's launcher started again (the
+  # same command, by hand or by the scheduler) joins, and the run resumes from its last
+  # complete checkpoint. MASTER_ADDR hosts the rendezvous; node ranks are assigned, not given.
+  # The rendezvous store is not shared with the trainers: shared (torch's default), a node
+  # that came back never met the others again (torch 2.13).
+  export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
+  exec torchrun --nnodes "$NNODES" --nproc_per_node "$NPROC" --rdzv-backend "$RDZV" \
+    --rdzv-endpoint "${MASTER_ADDR:?set MASTER_ADDR}:${MASTER_PORT:-29500}" \
+    --rdzv-id "${RDZV_ID:-tubemae}" --max-restarts "${MAX_RESTARTS:-3}" \
+    ${RDZV_CONF:+--rdzv-conf "$RDZV_CONF"} -m "$what" "$@"
+fi
 if [ "$NNODES" -gt 1 ]; then
   exec torchrun --nnodes "$NNODES" --node_rank "${NODE_RANK:?set NODE_RANK}" \
     --nproc_per_node "$NPROC" --master_addr "${MASTER_ADDR:?set MASTER_ADDR}" \

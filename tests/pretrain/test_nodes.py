@@ -156,3 +156,33 @@ def test_a_lost_node_stops_the_other_within_the_timeout_in_one_line(tiny_recipe,
                     "runtime.precision=fp32")
     assert all(rc == 0 for rc, _ in res), "\n\n".join(e[-4000:] for _, e in res)
     assert f"at step {step}" in res[0][1]
+
+
+def test_an_elastic_run_resumes_by_itself_when_the_lost_node_comes_back(tiny_recipe, tmp_path):
+    """RDZV=c10d: node 1 is lost (its launcher and trainer killed); node 0's trainer stops in
+    one line and its launcher waits for a second node; node 1's launcher started again (the
+    same command) joins, and the run resumes from its last complete checkpoint and completes.
+    On one machine both launchers would host the rendezvous (127.0.0.1 is local to both):
+    ``is_host`` says which one does, as distinct machines' addresses would."""
+    recipe, _ = tiny_recipe
+    run_dir = str(tmp_path / "run")
+    port = _free_port()
+    args = ["train.steps=30", "runtime.comm_timeout=15"]
+    elastic = {"RDZV": "c10d", "MAX_RESTARTS": "3", "RDZV_ID": f"test{port}"}
+    node0 = start_node(recipe, run_dir, 0, port, *args, RDZV_CONF="is_host=1", **elastic)
+    node1 = start_node(recipe, run_dir, 1, port, *args, RDZV_CONF="is_host=0", **elastic)
+    try:
+        wait_for_step(run_dir, 5)
+        kill_group(node1)
+        node1.communicate(timeout=60)
+        node1 = start_node(recipe, run_dir, 1, port, *args, RDZV_CONF="is_host=0", **elastic)
+        _, err0 = node0.communicate(timeout=400)
+        _, err1 = node1.communicate(timeout=120)
+    finally:
+        kill_group(node0)
+        kill_group(node1)
+    assert node0.returncode == 0 and node1.returncode == 0, err0[-4000:] + err1[-3000:]
+    assert "pretrain: error: lost rank 1 (node 1)" in err0
+    assert re.search(r"resuming .* at step \d+ \(step\d+\)", err0)
+    assert open(os.path.join(run_dir, "checkpoints", "latest")).read().strip() == "step00000030"
+    assert os.path.isfile(os.path.join(run_dir, "export", "encoder.safetensors"))

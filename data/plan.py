@@ -31,12 +31,24 @@ def plan_units(counts: list[int], total_workers: int) -> list[Unit]:
             for s, n in enumerate(counts) for p in range(parts)]
 
 
-def worker_units(units: list[Unit], epoch: int, seed: int, worker: int, total: int,
-                 shuffle: bool) -> list[Unit]:
-    """The units global worker ``worker`` of ``total`` reads in ``epoch``, in reading order."""
+def deal(units: list[Unit], epoch: int, seed: int, partitions: int,
+         shuffle: bool) -> list[list[int]]:
+    """The units (their indices) each partition reads in ``epoch``, in reading order: the
+    units in a seeded random order (a new one each epoch), each given to the partition holding
+    the fewest samples so far (ties: the fewest units, then the lowest number). Partitions end within one unit's
+    samples of each other, however uneven the shards; a partition's samples are read as often
+    as any other's only if the partitions are about equal, so balance is sampling fairness.
+    Every partition gets a unit when there are at least as many units as partitions."""
+    import heapq
     order = (np.random.default_rng([seed, epoch, 7919]).permutation(len(units)) if shuffle
              else np.arange(len(units)))
-    return [units[i] for i in order[worker::total]]
+    out: list[list[int]] = [[] for _ in range(partitions)]
+    heap = [(0, 0, p) for p in range(partitions)]     # (samples, units, partition)
+    for i in order.tolist():
+        load, n, p = heapq.heappop(heap)
+        out[p].append(i)
+        heapq.heappush(heap, (load + units[i].count, n + 1, p))
+    return out
 
 
 def buffer_order(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -155,7 +167,7 @@ class Layout:
 
 class PartitionOrders:
     """Each partition's endless sequence: epoch e deals the shuffled units to the partitions
-    (``worker_units``) and reads each partition's through its shuffle buffer
+    (``deal``) and reads each partition's through its shuffle buffer
     (``buffer_order``). Cached per epoch; the same for every process that asks."""
 
     def __init__(self, units: list[Unit], partitions: int, seed: int, buffer: int):
@@ -168,11 +180,9 @@ class PartitionOrders:
         if epoch not in self._deals:
             if len(self._deals) > 4:
                 self._deals.clear()
-            order = (np.random.default_rng([self.seed, epoch, 7919]).permutation(len(self.units))
-                     if self.buffer > 1 else np.arange(len(self.units)))
-            self._deals[epoch] = order
-        order = self._deals[epoch]
-        return [self.units[i] for i in order[p::self.partitions]]
+            self._deals[epoch] = deal(self.units, epoch, self.seed, self.partitions,
+                                      self.buffer > 1)
+        return [self.units[i] for i in self._deals[epoch][p]]
 
     def length(self, p: int, epoch: int) -> int:
         return sum(u.count for u in self.units_of(p, epoch))
@@ -187,6 +197,13 @@ class PartitionOrders:
                 self.length(p, epoch), self.buffer,
                 np.random.default_rng([self.seed, epoch, p, 104729]))
         return self._orders[key]
+
+    def start(self, p: int, epoch: int) -> int:
+        """Where epoch ``epoch`` of partition ``p`` starts in its endless sequence."""
+        starts = self._starts.setdefault(p, [0])
+        while len(starts) <= epoch:
+            starts.append(starts[-1] + self.length(p, len(starts) - 1))
+        return starts[epoch]
 
     def where(self, p: int, k: int) -> tuple[int, int, int]:
         """Index ``k`` of partition ``p``'s endless sequence -> (epoch, index in that epoch,
@@ -204,3 +221,17 @@ class PartitionOrders:
         """Epochs partition ``p`` has completed after ``k`` of its samples, as a fraction."""
         epoch, j, start = self.where(p, k)
         return epoch + j / self.length(p, epoch)
+
+
+def worker_positions(canon: Canon, layout: Layout, orders: PartitionOrders, p: int, epoch: int,
+                     rank: int, worker: int, v_from: int = 0,
+                     v_to: int | None = None) -> np.ndarray:
+    """The positions of partition ``p``'s epoch ``epoch`` that loader worker ``worker`` of
+    ``rank`` reads under ``layout`` in its micro-batches ``v_from`` to ``v_to`` (worker w
+    makes the micro-batches v with v mod workers == w), in the order it takes them."""
+    order = orders.order(p, epoch)
+    r, v = layout.owner(canon.slot(p, orders.start(p, epoch) + np.arange(len(order))))
+    take = (r == rank) & (v % layout.workers == worker) & (v >= v_from)
+    if v_to is not None:
+        take &= v < v_to
+    return order[take]

@@ -31,7 +31,8 @@ import torch
 
 from .clips import SampleMaker, SkipCounter, collate
 from .manifest import DataSetError, ShardSet, load_shard_set
-from .plan import Canon, Layout, PartitionOrders, Unit, first_sample_numbers, plan_units
+from .plan import (Canon, Layout, PartitionOrders, Unit, first_sample_numbers, plan_units,
+                   worker_positions)
 from .sampling import SHORT_MODES
 from .shard_reader import ShardReader, numbered_samples, shard_intact
 from .transforms import MULTISCALE, crop_batch
@@ -196,16 +197,14 @@ def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, orders: PartitionOrd
     bad: dict = {}            # partition -> indices found unusable (since the last usable)
     v = v_first
 
-    def reader(p: int, epoch: int, start: int) -> _PartitionReader:
+    def reader(p: int, epoch: int) -> _PartitionReader:
         rd = readers.get((p, epoch))
         if rd is None:
             for key in [key for key in readers if key[0] == p and key[1] < epoch]:
                 del readers[key]
-            order = orders.order(p, epoch)
-            r, vv = layout.owner(canon.slot(p, start + np.arange(len(order))))
-            take = (r == rank) & (vv % step == mine) & (vv >= v)
             rd = readers[(p, epoch)] = _PartitionReader(
-                shard_set, orders.units_of(p, epoch), order, order[take], cfg.strict)
+                shard_set, orders.units_of(p, epoch), orders.order(p, epoch),
+                worker_positions(canon, layout, orders, p, epoch, rank, mine, v), cfg.strict)
         return rd
 
     def make(epoch: int, got):
@@ -244,7 +243,7 @@ def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, orders: PartitionOrd
         ps, ks = canon.locate(layout.slots(v, rank))
         for p, k in zip(ps.tolist(), ks.tolist()):
             epoch, j, start = orders.where(p, k)
-            got = reader(p, epoch, start).take(j)
+            got = reader(p, epoch).take(j)
             if got is None:
                 counter.skip(f"#{k} of partition {p} epoch {epoch}",
                              RuntimeError("missing from its shard"))

@@ -8,8 +8,7 @@ import torch
 import webdataset as wds
 
 from data.manifest import DataSetError, load_shard_set
-from data.plan import (Canon, Layout, PartitionOrders, buffer_order, plan_units,
-                       worker_units)
+from data.plan import Canon, Layout, PartitionOrders, buffer_order, plan_units
 from data.stream import EvalStream, StreamConfig, TrainStream, _worker_batches
 
 
@@ -25,15 +24,17 @@ def cfg_for(path, **kw):
 def test_units_split_disjoint_and_complete_for_every_epoch(counts, total):
     units = plan_units(counts, total)
     assert len(units) >= total
+    orders = PartitionOrders(units, total, 0, 8)
     for epoch in range(3):
         seen = []
         for w in range(total):
-            for u in worker_units(units, epoch, 0, w, total, shuffle=True):
+            assert orders.units_of(w, epoch)       # every partition reads something
+            for u in orders.units_of(w, epoch):
                 seen += [(u.shard, j) for j in range(u.part, counts[u.shard], u.parts)]
         assert sorted(seen) == [(s, j) for s, n in enumerate(counts) for j in range(n)]
-    a = [u.shard for u in worker_units(units, 0, 0, 0, total, True)]
-    b = [u.shard for u in worker_units(units, 0, 0, 0, total, True)]
-    assert a == b  # a function of (seed, epoch, worker), nothing else
+    a = [u.shard for u in orders.units_of(0, 0)]
+    b = [u.shard for u in PartitionOrders(units, total, 0, 8).units_of(0, 0)]
+    assert a == b  # a function of (seed, epoch, partition), nothing else
 
 
 def test_shuffle_buffer_order_is_a_seeded_permutation():

@@ -57,7 +57,7 @@ def main():
            "epoch_samples_per_partition_max_min": balance,
            "samples_per_process_per_step": {f"{lay.ranks} processes": lay.batch
                                             for lay in LAYOUTS}}
-    print(f"{"what":<64} {"value":>10}")
+    print(f"{'what':<64} {'value':>10}")
     for k, v in row.items():
         print(f"{k:<64} {str(v):>10}" if not isinstance(v, dict) else
               "\n".join(f"{k + ' ' + kk:<64} {vv:>10}" for kk, vv in v.items()))

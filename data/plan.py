@@ -1,7 +1,9 @@
-"""The training order as a pure plan: which worker reads which samples, in which order, and the
-seed of every clip, as functions of (seed, epoch, rank, worker) and the shard counts alone,
-computed before any byte is read. This is why a stream resumes exactly: a worker can restart at
-any position of its planned order (``data/stream.py`` keeps the positions)."""
+"""The training order as a pure plan: which samples each step holds, which loader worker reads
+them, in which order, and the seed of every clip, as functions of the seed, the run's
+canonical layout, the layout reading it now and the shard counts alone, computed before any
+byte is read. This is why a stream resumes exactly, on the same or another number of processes
+and workers: a worker can start at any step (``data/stream.py`` keeps the count of samples
+consumed)."""
 from __future__ import annotations
 
 import bisect

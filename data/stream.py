@@ -2,14 +2,15 @@
 (``StreamConfig``), the loader workers and the two streams. The plan is ``data/plan.py``, shard
 reading ``data/shard_reader.py``, sample-to-clips ``data/clips.py``.
 
-Training order is a pure function of (seed, epoch, rank, worker): the shard order of an epoch
-comes from a seeded RNG, shards are dealt to the ``world_size x num_workers`` loader workers,
-and each worker passes its samples through a shuffle buffer whose random draws are also seeded.
-The order is planned on sample *positions* before any byte is read, so a worker can restart at
-any position: it re-reads only the shards that still hold samples it has not delivered. A
-stream's state (per worker: epoch and position, plus which worker the next batch comes from) is
-saved in checkpoints, and a restored stream yields exactly the batches the uninterrupted one
-would have.
+Training order is fixed when a run starts, by its canonical partitions (``data/plan.py``): its
+first processes x loader workers, each an endless sequence of sample positions (the shard parts
+dealt to it each epoch by a seeded RNG, read through a shuffle buffer whose draws are seeded
+too). The run's micro-batch slots are numbered globally, and a step takes the same samples
+whichever layout (processes, loader workers, per-process batch, accumulation) reads it. The
+order is planned on sample *positions* before any byte is read, so a worker can start anywhere:
+it re-reads only the shards that still hold samples it has not delivered. A stream's state is
+the number of the run's samples consumed; a restored stream, on this layout or another that
+holds a step's samples, yields exactly the batches the uninterrupted run would have.
 
 Every clip gets its own RNG seeded by (seed, epoch, shard, sample, repeat): crops and masks do
 not depend on which worker or process produced them.
@@ -235,8 +236,8 @@ def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, orders: PartitionOrd
             made = make(epoch, None if got is None else (_shard_of(units, ends, pos), *got))
             if made is not None:
                 return made
-        raise DataSetError(f"no usable sample in a whole epoch of partition {p} of "
-                           f"{shard_set.root}; see the warnings above")
+        raise DataSetError(f"loader worker {mine} of rank {rank}: no usable sample in a whole "
+                           f"epoch of partition {p} of {shard_set.root}; see the warnings above")
 
     while True:
         clips, masks, decode, labels, index, videos = [], [], [], [], [], []

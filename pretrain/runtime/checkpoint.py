@@ -19,6 +19,7 @@ import sys
 import torch
 
 from data.atomic import FolderInUse, FolderLock, write_text_atomic
+from data.stream import LayoutError
 from .distributed import Dist, all_reduce_max, barrier
 
 LATEST = "latest"
@@ -208,6 +209,8 @@ class Checkpointer:
             if why is None:
                 try:
                     client, rank_state = self.load(engine, tag)
+                except LayoutError:       # intact, but not for this number of processes
+                    raise
                 except (OSError, EOFError, RuntimeError, ValueError,
                         pickle.UnpicklingError) as e:
                     first = str(e).splitlines()[0] if str(e) else type(e).__name__

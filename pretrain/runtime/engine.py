@@ -20,15 +20,17 @@ from torch import nn
 
 from .checkpoint import load_checkpoint_file, save_file_or_explain
 from .distributed import Dist
-from .reshard import (PLAIN_STATE, load_into_partitions, load_into_torch_optimizer,
-                      read_full_state, saved_layout)
+from .reshard import (PLAIN_STATE, load_into_copies, load_into_partitions,
+                      load_into_torch_optimizer, read_full_state, saved_layout)
 
 
 def _names(model: nn.Module, groups: list) -> tuple[list, dict]:
     """Each AdamW group's parameter names, in order, and every parameter's shape: what a
     checkpoint of another layout is cut again by (``reshard``)."""
     names = {id(p): n for n, p in model.named_parameters()}
-    return ([[names[id(p)] for p in g["params"]] for g in groups],
+    return ([g.get("names") or [names.get(id(p), f"group{i}.{j}")
+                                for j, p in enumerate(g["params"])]
+             for i, g in enumerate(groups)],
             {n: p.shape for n, p in model.named_parameters()})
 
 
@@ -319,16 +321,33 @@ class DeepSpeedEngine:
 
     def load(self, ckpt_dir: str, tag: str) -> dict:
         folder = os.path.join(ckpt_dir, tag)
-        if saved_layout(folder) != ("deepspeed", self.world_size):
+        engine, processes = saved_layout(folder)
+        if engine == "deepspeed" and processes != self.world_size and \
+                self.config["zero_optimization"]["stage"] == 3:
+            from data.stream import LayoutError
+            raise LayoutError(
+                f"{folder} holds ZeRO-3 partitions of {processes} processes, which tubemae does "
+                f"not cut again; resume on {processes} processes, or use runtime.zero_stage 0-2 "
+                f"for a run that may change its number of processes")
+        if (engine, processes) != ("deepspeed", self.world_size):
             # the plain engine's, or DeepSpeed's on another number of processes: DeepSpeed
             # would refuse its partitions; they are cut again here
             full = read_full_state(folder, self.group_names, self.shapes)
             _load_full(self.module, full)
-            if self.engine.optimizer is self.adamw:     # stage 0 in fp32: AdamW, whole
+            opt = self.engine.optimizer
+            if opt is self.adamw:                       # stage 0 in fp32: AdamW, whole
                 load_into_torch_optimizer(self.adamw, full, self.group_names)
+            elif hasattr(opt, "single_partition_of_fp32_groups") or \
+                    hasattr(opt, "fp32_groups_flat_partition"):    # ZeRO 1/2, bf16 ZeRO
+                load_into_partitions(opt, full, self.group_names, self.rank, self.world_size)
+            elif hasattr(opt, "fp32_groups") and hasattr(opt, "optimizer"):   # bf16/fp16, 0
+                load_into_copies(opt, full, self.group_names)
             else:
-                load_into_partitions(self.engine.optimizer, full, self.group_names, self.rank,
-                                     self.world_size)
+                from data.stream import LayoutError
+                raise LayoutError(
+                    f"{folder} was written by {processes} process(es) ({engine}); DeepSpeed's "
+                    f"{type(opt).__name__} state cannot be cut again here: resume on "
+                    f"{processes} process(es) with runtime.engine={engine}")
             return full.client
         path, client_state = self.engine.load_checkpoint(ckpt_dir, tag=tag)
         if path is None:

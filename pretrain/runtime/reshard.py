@@ -101,10 +101,14 @@ def read_full_state(folder: str, group_names: list, shapes: dict) -> FullState:
     weights = model["module"]
     parts = sorted(glob.glob(os.path.join(folder, "*zero_pp_rank_*_mp_rank_00_optim_states.pt")),
                    key=_rank_of)
-    if not parts:                       # stage 0 in fp32: torch's AdamW state, whole
-        avg, sq, step = ({}, {}, 0.0) if model.get("optimizer") is None else \
-            _from_torch_optimizer(model["optimizer"], group_names)
+    if not parts:                       # stage 0: AdamW's state, whole, in every process
+        sd = model.get("optimizer") or {}
         master = {n: weights[n].float() for names in group_names for n in names}
+        if "fp32_groups" in sd:         # bf16/fp16: fp32 copies of the weights beside AdamW
+            for names, copies in zip(group_names, sd["fp32_groups"]):
+                master.update({n: c.float() for n, c in zip(names, copies)})
+            sd = sd["optimizer_state_dict"]
+        avg, sq, step = _from_torch_optimizer(sd, group_names) if sd else ({}, {}, 0.0)
         return FullState(weights, master, avg, sq, step, client)
     sds = [_load_deepspeed(p)["optimizer_state_dict"] for p in parts]
     master, avg, sq, step = {}, {}, {}, 0.0
@@ -143,6 +147,15 @@ def load_into_torch_optimizer(optimizer: torch.optim.Optimizer, full: FullState,
                                     "exp_avg_sq": full.exp_avg_sq[n].clone()}
             idx += 1
     optimizer.load_state_dict(sd)
+
+
+def load_into_copies(optimizer, full: FullState, group_names: list):
+    """A ``FullState`` into a DeepSpeed optimizer that keeps a whole fp32 copy of each weight
+    in every process (bf16 or fp16 at ZeRO stage 0): the copies, then AdamW's state over them."""
+    for copies, names in zip(optimizer.fp32_groups, group_names):
+        for c, n in zip(copies, names):
+            c.data.copy_(full.master[n].to(c))
+    load_into_torch_optimizer(optimizer.optimizer, full, group_names)
 
 
 def load_into_partitions(optimizer, full: FullState, group_names: list, rank: int,

@@ -83,14 +83,20 @@ def run_command(prog: str, body: Callable[[], dict | int]) -> int:
         result = body()
     except Exception as e:       # the classes are imported only now: see the top
         from .loop import NonFiniteLoss
-        from .distributed import LostProcess
+        from .distributed import LostProcess, is_comm_failure
         if isinstance(e, NonFiniteLoss):
             print(f"{prog}: error: {e}", file=sys.stderr)
             return EXIT_NONFINITE
-        if isinstance(e, LostProcess):
+        if isinstance(e, LostProcess) or (int(os.environ.get("WORLD_SIZE", 1)) > 1 and
+                                          is_comm_failure(e)):
             # the process group is broken: tearing it down (at exit) could wait on the lost
-            # peer, so this process ends here, its line written
-            print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+            # peer, so this process ends here, its line written. Outside the training loop
+            # (starting, exporting) the failure is named without asking who is gone.
+            line = str(e) if isinstance(e, LostProcess) else (
+                f"lost contact with another process of the run "
+                f"({(str(e).strip().splitlines() or [type(e).__name__])[0][:160]}); run the "
+                f"same command on every node to resume from the last complete checkpoint")
+            print(f"{prog}: error: {line}", file=sys.stderr, flush=True)
             sys.stdout.flush()
             os._exit(EXIT_LOST_PROCESS)
         if isinstance(e, user_errors()):

@@ -81,7 +81,7 @@ def is_comm_failure(e: BaseException) -> bool:
     text = str(e)
     return isinstance(e, RuntimeError) and any(s in text for s in (
         "Connection reset", "Connection closed", "connection closed", "Broken pipe",
-        "Timed out waiting", "timed out", "Timeout", "NCCL communicator was aborted",
+        "Timed out waiting", "NCCL communicator was aborted", "Watchdog caught collective",
         "ProcessGroupGloo", "gloo/transport", "Connection refused"))
 
 

@@ -13,6 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 
 
+class LayoutError(ValueError):
+    """A run cannot be read with this number of processes, batch or accumulation."""
+
+
 @dataclass(frozen=True)
 class Unit:
     """What one worker reads: every ``parts``-th sample of a shard starting at ``part``."""

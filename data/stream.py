@@ -32,8 +32,8 @@ import torch
 
 from .clips import SampleMaker, SkipCounter, collate
 from .manifest import DataSetError, ShardSet, load_shard_set
-from .plan import (Canon, Layout, PartitionOrders, Unit, first_sample_numbers, plan_units,
-                   worker_positions)
+from .plan import (Canon, Layout, LayoutError, PartitionOrders, Unit,  # noqa: F401
+                   first_sample_numbers, plan_units, worker_positions)
 from .sampling import SHORT_MODES
 from .shard_reader import ShardReader, numbered_samples, shard_intact
 from .transforms import MULTISCALE, crop_batch
@@ -419,10 +419,6 @@ class _WorkerSplit(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         yield from _worker_batches(self.cfg, self.shard_set, self.orders, self.canon,
                                    self.layout, self.rank, self.start + (info.id if info else 0))
-
-
-class LayoutError(ValueError):
-    """A run cannot be read with this number of processes, batch or accumulation."""
 
 
 class TrainStream:

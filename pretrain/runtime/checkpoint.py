@@ -19,7 +19,7 @@ import sys
 import torch
 
 from data.atomic import FolderInUse, FolderLock, write_text_atomic
-from data.stream import LayoutError
+from data.plan import LayoutError
 from .distributed import Dist, all_reduce_max, barrier
 
 LATEST = "latest"

@@ -324,7 +324,7 @@ class DeepSpeedEngine:
         engine, processes = saved_layout(folder)
         if engine == "deepspeed" and processes != self.world_size and \
                 self.config["zero_optimization"]["stage"] == 3:
-            from data.stream import LayoutError
+            from data.plan import LayoutError
             raise LayoutError(
                 f"{folder} holds ZeRO-3 partitions of {processes} processes, which tubemae does "
                 f"not cut again; resume on {processes} processes, or use runtime.zero_stage 0-2 "
@@ -343,7 +343,7 @@ class DeepSpeedEngine:
             elif hasattr(opt, "fp32_groups") and hasattr(opt, "optimizer"):   # bf16/fp16, 0
                 load_into_copies(opt, full, self.group_names)
             else:
-                from data.stream import LayoutError
+                from data.plan import LayoutError
                 raise LayoutError(
                     f"{folder} was written by {processes} process(es) ({engine}); DeepSpeed's "
                     f"{type(opt).__name__} state cannot be cut again here: resume on "

@@ -191,7 +191,7 @@ def fit_to_checkpoint(cfg, dist, name: str) -> str | None:
     per-process batch (``data.batch_size``), else the accumulation (``runtime.grad_accum``),
     is changed in ``cfg`` to hold them. Returns the line that says so (None when nothing
     changes); raises ``LayoutError`` naming process counts that work when none does."""
-    from data.stream import LayoutError
+    from data.plan import LayoutError
     from .checkpoint import Checkpointer
     ckpt = Checkpointer(cfg.run.dir, dist)
     for tag in ckpt.candidates():

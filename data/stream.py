@@ -446,6 +446,7 @@ class TrainStream:
         self.layout = Layout(world_size, accum, cfg.batch_size // cfg.repeats, self.workers)
         self._set_canon(Canon(world_size, self.workers, self.layout.batch, accum))
         self.batches = 0              # micro-batches this rank has taken, from the run's start
+        self._iter_start = 0          # ... when the loader's workers were started
         self.skipped = [0] * self.workers
         self.watch = WorkerWatch()
 
@@ -483,7 +484,7 @@ class TrainStream:
         """The loader worker the next batch comes from, and the shard it reads for it (from the
         plan: the shard of the first sample of that batch), for a message about a stalled
         loader."""
-        local = self.batches % self.workers
+        local = (self.batches - self._iter_start) % self.workers   # the DataLoader's number
         ps, ks = self.canon.locate(self.layout.slots(self.batches, self.rank)[:1])
         p, k = int(ps[0]), int(ks[0])
         epoch, j, _ = self.orders.where(p, k)
@@ -548,6 +549,7 @@ class TrainStream:
         else:
             loader = ds
         base, skipped_before = self.batches, list(self.skipped)
+        self._iter_start = base
         for batch in loader_batches(loader, self.watch):
             st = batch.pop("_state")
             local = (st["v"] - base) % self.workers

@@ -4,6 +4,7 @@ model, the optimizer's partitions and the schedule are cut again by themselves, 
 batch is kept (the per-process batch follows, with one line saying so), and the steps after
 the change read the same samples as the uninterrupted run's, so the losses agree within the
 tolerance that summing in another order leaves."""
+import json
 import os
 import re
 import subprocess
@@ -81,3 +82,43 @@ def test_a_zero_3_run_on_another_number_of_processes_is_one_line(tiny_recipe, tm
     assert "holds ZeRO-3 partitions of 2 processes, which tubemae does not cut again; resume " \
            "on 2 processes" in r.stderr
     assert not re.search(r'File ".*/(pretrain|data|finetune)/', r.stderr)
+
+
+def test_a_fine_tuning_continues_on_another_number_of_processes(synthetic_set, tmp_path):
+    """Fine-tuning shares the loop: killed after its first epoch on 2 processes (DeepSpeed
+    ZeRO-1), continued on 1 (its ZeRO-1 partitions joined into one), it ends with the
+    uninterrupted run's losses (drop path off: its draws come from each process's RNG). The
+    same run continued by the plain engine does not: fine-tuning on the plain engine and on
+    DeepSpeed already part after two steps with one process and no change at all (see the
+    closing note of issue 32); pre-training agrees exactly."""
+    from tests.finetune.conftest import write_ft_recipe
+
+    def run(nproc, folder, **env):
+        recipe, run_dir = write_ft_recipe(folder, synthetic_set,
+                                          runtime={"engine": "deepspeed", "zero_stage": 1},
+                                          model={"drop_path": 0.0},
+                                          log={"every": 1, "progress": False})
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", str(nproc), "-m", "finetune", "--config", recipe]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                              env=subprocess_env(**env)), run_dir
+
+    os.makedirs(tmp_path / "a")
+    os.makedirs(tmp_path / "b")
+    r, straight = run(2, tmp_path / "a")
+    assert r.returncode == 0, r.stderr[-3000:]
+    r, moved = run(2, tmp_path / "b", TUBEMAE_KILL_AFTER_STEP="3")
+    assert r.returncode != 0
+    r, _ = run(1, tmp_path / "b")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming on 1: data.batch_size 8 -> 16 keeps the 16 clips of a step" in r.stderr
+    def train_losses(run_dir):
+        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+            rows = [json.loads(x) for x in f]
+        return {r["step"]: r["loss"] for r in rows if r.get("split") == "train"}
+
+    a, b = train_losses(straight), train_losses(moved)
+    assert sorted(a) == sorted(b) and len(a) >= 5
+    for step in sorted(a):
+        assert b[step] == pytest.approx(a[step], rel=REL_TOL["fp32"]), (step, a, b)
+    assert os.path.isfile(os.path.join(moved, "report.json"))

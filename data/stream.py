@@ -460,6 +460,12 @@ class TrainStream:
         self.units = plan_units([s.samples for s in self.shard_set.shards], canon.partitions)
         self.orders = PartitionOrders(self.units, canon.partitions, self.cfg.seed,
                                       self.cfg.shuffle_buffer)
+        empty = [p for p in range(canon.partitions) if self.orders.length(p, 0) == 0]
+        if empty:
+            raise DataSetError(
+                f"{self.shard_set.root} holds {self.shard_set.num_samples} samples, too few to "
+                f"give each of the run's {canon.partitions} partitions (processes x loader "
+                f"workers when it started) one: use fewer data.num_workers or more samples")
 
     @property
     def samples(self) -> int:

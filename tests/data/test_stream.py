@@ -539,3 +539,9 @@ def test_a_layout_that_cannot_hold_the_step_is_named(synthetic_set):
     _, state = _global_steps(cfg, 2, 1, 0, 1)
     with pytest.raises(LayoutError, match="step holds 8 samples"):
         TrainStream(cfg, rank=0, world_size=3).load_state_dict(state)
+
+
+def test_more_partitions_than_samples_is_one_line(synthetic_set):
+    with pytest.raises(DataSetError, match="holds 45 samples, too few to give each of the "
+                                           "run's 64 partitions"):
+        TrainStream(cfg_for(synthetic_set), rank=0, world_size=64)

@@ -21,7 +21,7 @@ from torch import nn
 from .checkpoint import load_checkpoint_file, save_file_or_explain
 from .distributed import Dist
 from .reshard import (PLAIN_STATE, load_into_copies, load_into_partitions,
-                      load_into_torch_optimizer, read_full_state, saved_layout)
+                      load_into_torch_optimizer, read_full_state, refuse_zero3, saved_layout)
 
 
 def _names(model: nn.Module, groups: list) -> tuple[list, dict]:
@@ -324,11 +324,7 @@ class DeepSpeedEngine:
         engine, processes = saved_layout(folder)
         if engine == "deepspeed" and processes != self.world_size and \
                 self.config["zero_optimization"]["stage"] == 3:
-            from data.plan import LayoutError
-            raise LayoutError(
-                f"{folder} holds ZeRO-3 partitions of {processes} processes, which tubemae does "
-                f"not cut again; resume on {processes} processes, or use runtime.zero_stage 0-2 "
-                f"for a run that may change its number of processes")
+            refuse_zero3(folder, processes)
         if (engine, processes) != ("deepspeed", self.world_size):
             # the plain engine's, or DeepSpeed's on another number of processes: DeepSpeed
             # would refuse its partitions; they are cut again here

@@ -82,6 +82,14 @@ def _from_torch_optimizer(sd: dict, group_names: list) -> tuple[dict, dict, floa
     return avg, sq, step
 
 
+def refuse_zero3(folder: str, processes: int):
+    from data.plan import LayoutError
+    raise LayoutError(
+        f"{folder} holds ZeRO-3 partitions of {processes} processes, which tubemae does not cut "
+        f"again; resume on {processes} processes, or use runtime.zero_stage 0-2 for a run that "
+        f"may change its number of processes")
+
+
 def read_full_state(folder: str, group_names: list, shapes: dict) -> FullState:
     """Checkpoint ``folder`` (either engine, any number of processes) as a ``FullState``.
     ``group_names``: the parameter names of each AdamW group, in order; ``shapes``: each
@@ -94,6 +102,9 @@ def read_full_state(folder: str, group_names: list, shapes: dict) -> FullState:
         master = {n: weights[n].float() for names in group_names for n in names}
         return FullState(weights, master, avg, sq, step, state["client_state"])
     model_file = os.path.join(folder, DS_MODEL)
+    stage3 = glob.glob(os.path.join(folder, "zero_pp_rank_*_mp_rank_00_model_states.pt"))
+    if stage3:
+        refuse_zero3(folder, len(stage3))
     if not os.path.isfile(model_file):
         raise FileNotFoundError(f"{folder} holds neither engine's files")
     model = _load_deepspeed(model_file)
@@ -111,6 +122,8 @@ def read_full_state(folder: str, group_names: list, shapes: dict) -> FullState:
         avg, sq, step = _from_torch_optimizer(sd, group_names) if sd else ({}, {}, 0.0)
         return FullState(weights, master, avg, sq, step, client)
     sds = [_load_deepspeed(p)["optimizer_state_dict"] for p in parts]
+    if "single_partition_of_fp32_groups" not in sds[0]:
+        refuse_zero3(folder, len(parts))
     master, avg, sq, step = {}, {}, {}, 0.0
     for i, names in enumerate(group_names):
         total = sum(shapes[n].numel() for n in names)

@@ -73,15 +73,16 @@ def test_a_run_continues_on_another_number_of_processes(tiny_recipe, tmp_path, b
 
 def test_a_zero_3_run_on_another_number_of_processes_is_one_line(tiny_recipe, tmp_path):
     recipe, _ = tiny_recipe
-    run_dir = str(tmp_path / "run")
-    common = ["runtime.engine=deepspeed", "runtime.zero_stage=3"]
-    r = launch(2, recipe, run_dir, "train.steps=2", *common)
-    assert r.returncode == 0, r.stderr[-3000:]
-    r = launch(1, recipe, run_dir, "train.steps=4", *common)
-    assert r.returncode != 0
-    assert "holds ZeRO-3 partitions of 2 processes, which tubemae does not cut again; resume " \
-           "on 2 processes" in r.stderr
-    assert not re.search(r'File ".*/(pretrain|data|finetune)/', r.stderr)
+    for engine in ("deepspeed", "auto"):       # auto: the plain engine of one process
+        run_dir = str(tmp_path / engine)
+        common = [f"runtime.engine={engine}", "runtime.zero_stage=3"]
+        r = launch(2, recipe, run_dir, "train.steps=2", *common)
+        assert r.returncode == 0, r.stderr[-3000:]
+        r = launch(1, recipe, run_dir, "train.steps=4", *common)
+        assert r.returncode != 0
+        assert "holds ZeRO-3 partitions of 2 processes, which tubemae does not cut again; " \
+               "resume on 2 processes" in r.stderr, r.stderr[-2000:]
+        assert not re.search(r'File ".*/(pretrain|data|finetune)/', r.stderr)
 
 
 def test_a_fine_tuning_continues_on_another_number_of_processes(synthetic_set, tmp_path):

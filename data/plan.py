@@ -7,6 +7,7 @@ consumed)."""
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 from dataclasses import dataclass
 
@@ -45,7 +46,6 @@ def deal(units: list[Unit], epoch: int, seed: int, partitions: int,
     samples of each other, however uneven the shards; a partition's samples are read as often
     as any other's only if the partitions are about equal, so balance is sampling fairness.
     Every partition gets a unit when there are at least as many units as partitions."""
-    import heapq
     order = (np.random.default_rng([seed, epoch, 7919]).permutation(len(units)) if shuffle
              else np.arange(len(units)))
     out: list[list[int]] = [[] for _ in range(partitions)]
@@ -180,6 +180,7 @@ class PartitionOrders:
         self.units, self.partitions, self.seed, self.buffer = units, partitions, seed, buffer
         self._deals: dict = {}
         self._orders: dict = {}
+        self._ends: dict = {}
         self._starts: dict = {}
 
     def units_of(self, p: int, epoch: int) -> list[Unit]:
@@ -203,6 +204,20 @@ class PartitionOrders:
                 self.length(p, epoch), self.buffer,
                 np.random.default_rng([self.seed, epoch, p, 104729]))
         return self._orders[key]
+
+    def ends(self, p: int, epoch: int) -> np.ndarray:
+        """Where each of partition ``p``'s units of epoch ``epoch`` ends, in positions."""
+        key = (p, epoch)
+        if key not in self._ends:
+            if len(self._ends) > 64:
+                self._ends.clear()
+            self._ends[key] = np.cumsum([u.count for u in self.units_of(p, epoch)]).astype(int)
+        return self._ends[key]
+
+    def shard_at(self, p: int, epoch: int, pos: int) -> int:
+        """The shard that holds position ``pos`` of partition ``p``'s epoch ``epoch``."""
+        at = int(np.searchsorted(self.ends(p, epoch), pos, side="right"))
+        return self.units_of(p, epoch)[at].shard
 
     def start(self, p: int, epoch: int) -> int:
         """Where epoch ``epoch`` of partition ``p`` starts in its endless sequence."""

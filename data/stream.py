@@ -144,20 +144,18 @@ class StreamConfig:
         return (self.num_frames // self.tubelet, side // self.patch, side // self.patch)
 
 
-def _shard_of(units: list[Unit], ends: np.ndarray, pos: int) -> int:
-    return units[int(np.searchsorted(ends, pos, side="right"))].shard
-
-
 class _PartitionReader:
     """One loader worker's read of one epoch of one partition: the shards of its units, in
     order, keeping only the positions this worker takes (``wanted``); samples read ahead of
     their turn wait in ``cache``."""
 
-    def __init__(self, shard_set: ShardSet, units: list[Unit], order: np.ndarray,
+    def __init__(self, shard_set: ShardSet, orders: PartitionOrders, p: int, epoch: int,
                  wanted: np.ndarray, strict: bool):
-        self.units, self.order = units, order
-        self.ends = np.cumsum([u.count for u in units]).astype(int)
-        self.reader = iter(ShardReader(shard_set.shards, units, wanted, strict))
+        self.orders, self.p, self.epoch = orders, p, epoch
+        self.order, ends = orders.order(p, epoch), orders.ends(p, epoch)
+        self.end = int(ends[-1]) if len(ends) else 0
+        self.reader = iter(ShardReader(shard_set.shards, orders.units_of(p, epoch), wanted,
+                                       strict))
         self.cache, self.read_upto = {}, -1
 
     def take(self, j: int):
@@ -168,14 +166,14 @@ class _PartitionReader:
             try:
                 q, member, raw = next(self.reader)
             except StopIteration:
-                self.read_upto = int(self.ends[-1]) if len(self.ends) else 0
+                self.read_upto = self.end
                 break
             self.cache[q] = (member, raw)
             self.read_upto = q
         if p not in self.cache:
             return None
         member, raw = self.cache.pop(p)
-        return _shard_of(self.units, self.ends, p), member, raw
+        return self.orders.shard_at(self.p, self.epoch, p), member, raw
 
 
 def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, orders: PartitionOrders,
@@ -204,7 +202,7 @@ def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, orders: PartitionOrd
             for key in [key for key in readers if key[0] == p and key[1] < epoch]:
                 del readers[key]
             rd = readers[(p, epoch)] = _PartitionReader(
-                shard_set, orders.units_of(p, epoch), orders.order(p, epoch),
+                shard_set, orders, p, epoch,
                 worker_positions(canon, layout, orders, p, epoch, rank, mine, v), cfg.strict)
         return rd
 
@@ -225,7 +223,6 @@ def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, orders: PartitionOrd
         """The nearest usable sample to index ``k`` of partition ``p`` within its epoch,
         before it, else after it."""
         units, order = orders.units_of(p, epoch), orders.order(p, epoch)
-        ends = np.cumsum([u.count for u in units]).astype(int)
         for kk in list(range(k - 1, start - 1, -1)) + list(range(k + 1, start + len(order))):
             if p in last and last[p][0] == kk:
                 return last[p][1]
@@ -233,7 +230,7 @@ def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, orders: PartitionOrd
                 continue
             pos = int(order[kk - start])
             got = _read_one(shard_set, units, pos, cfg.strict)
-            made = make(epoch, None if got is None else (_shard_of(units, ends, pos), *got))
+            made = make(epoch, None if got is None else (orders.shard_at(p, epoch, pos), *got))
             if made is not None:
                 return made
         raise DataSetError(f"loader worker {mine} of rank {rank}: no usable sample in a whole "
@@ -494,9 +491,8 @@ class TrainStream:
         ps, ks = self.canon.locate(self.layout.slots(self.batches, self.rank)[:1])
         p, k = int(ps[0]), int(ks[0])
         epoch, j, _ = self.orders.where(p, k)
-        units = self.orders.units_of(p, epoch)
-        ends = np.cumsum([u.count for u in units]).astype(int)
-        shard = self.shard_set.shards[_shard_of(units, ends, int(self.orders.order(p, epoch)[j]))]
+        shard = self.shard_set.shards[
+            self.orders.shard_at(p, epoch, int(self.orders.order(p, epoch)[j]))]
         return f"loader worker {local} (reading {shard.url})"
 
     def state_dict(self) -> dict:

@@ -223,9 +223,7 @@ def _train(cfg: FinetuneConfig, dist, stop: StopRequested) -> dict:
     cfg.model = resolve_norm_layout(cfg.model, cfg.run.init)
     run_dir = cfg.run.dir
     check_resume_config(run_dir, to_dict(cfg))
-    refit = fit_to_checkpoint(cfg, dist, "finetune")
-    if refit and dist.is_main:
-        print(refit, file=sys.stderr)
+    fit_to_checkpoint(cfg, dist, "finetune")
     torch.manual_seed(cfg.run.seed)
     model = build_model(cfg.model)
     init_report = None

@@ -114,9 +114,7 @@ def _train(cfg: PretrainConfig, dist, stop: StopRequested) -> dict:
     cfg.data.shards = resolve_shards(cfg.data.shards, os.path.join(run_dir, "data"),
                                      dist.is_main, lambda: barrier(dist))
     check_resume_config(run_dir, to_dict(cfg))
-    refit = fit_to_checkpoint(cfg, dist, "pretrain")
-    if refit and dist.is_main:
-        print(refit, file=sys.stderr)
+    fit_to_checkpoint(cfg, dist, "pretrain")
     model = initial_model(cfg.model, cfg.run.seed)
     total_batch = cfg.data.batch_size * cfg.runtime.grad_accum * dist.world_size
     lr = peak_lr(cfg.optim, total_batch)

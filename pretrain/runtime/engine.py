@@ -21,7 +21,7 @@ from torch import nn
 from .checkpoint import load_checkpoint_file, save_file_or_explain
 from .distributed import Dist
 from .reshard import (PLAIN_STATE, load_into_copies, load_into_partitions,
-                      load_into_torch_optimizer, read_full_state, refuse_zero3, saved_layout)
+                      load_into_torch_optimizer, read_full_state, saved_layout)
 
 
 def _names(model: nn.Module, groups: list) -> tuple[list, dict]:
@@ -322,12 +322,9 @@ class DeepSpeedEngine:
     def load(self, ckpt_dir: str, tag: str) -> dict:
         folder = os.path.join(ckpt_dir, tag)
         engine, processes = saved_layout(folder)
-        if engine == "deepspeed" and processes != self.world_size and \
-                self.config["zero_optimization"]["stage"] == 3:
-            refuse_zero3(folder, processes)
         if (engine, processes) != ("deepspeed", self.world_size):
             # the plain engine's, or DeepSpeed's on another number of processes: DeepSpeed
-            # would refuse its partitions; they are cut again here
+            # would refuse its partitions; they are cut again here (ZeRO-3's are refused)
             full = read_full_state(folder, self.group_names, self.shapes)
             _load_full(self.module, full)
             opt = self.engine.optimizer

@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -179,18 +180,19 @@ def load_into_partitions(optimizer, full: FullState, group_names: list, rank: in
     for i, names in enumerate(group_names):
         part = base.param_groups[i]["params"][0]
         size = part.numel()
-        flat = torch.zeros(size * processes, dtype=torch.float32)
-        whole = torch.cat([full.master[n].flatten() for n in names])
-        flat[:whole.numel()] = whole
-        mine = slice(rank * size, (rank + 1) * size)
-        part.data.copy_(flat[mine].to(part))
+
+        def mine(whole: torch.Tensor) -> torch.Tensor:
+            """This process's partition of a group's flat vector (padded at the end)."""
+            padded = torch.zeros(size * processes, dtype=whole.dtype, device=whole.device)
+            padded[:whole.numel()] = whole
+            return padded[rank * size:(rank + 1) * size].clone()
+
+        part.data.copy_(mine(torch.cat([full.master[n].flatten() for n in names])).to(part))
         moments = _moments(full, names, part)
         if moments is not None:
             st = base.state[part]
             for key, values in zip(("exp_avg", "exp_avg_sq"), moments):
-                padded = torch.zeros(size * processes, dtype=values.dtype, device=values.device)
-                padded[:values.numel()] = values
-                st[key] = padded[mine].clone()
+                st[key] = mine(values)
             st["step"] = torch.tensor(full.step, dtype=torch.float32, device=part.device)
             if "step" in base.param_groups[i]:
                 base.param_groups[i]["step"] = int(full.step)
@@ -202,8 +204,8 @@ def load_into_partitions(optimizer, full: FullState, group_names: list, rank: in
 def fit_to_checkpoint(cfg, dist, name: str) -> str | None:
     """A run resumed on another number of processes keeps its samples per step: the
     per-process batch (``data.batch_size``), else the accumulation (``runtime.grad_accum``),
-    is changed in ``cfg`` to hold them. Returns the line that says so (None when nothing
-    changes); raises ``LayoutError`` naming process counts that work when none does."""
+    is changed in ``cfg`` to hold them, with a line saying so (rank 0), which is returned
+    (None when nothing changes); raises ``LayoutError`` naming process counts that work when none does."""
     from data.plan import LayoutError
     from .checkpoint import Checkpointer
     ckpt = Checkpointer(cfg.run.dir, dist)
@@ -247,5 +249,8 @@ def fit_to_checkpoint(cfg, dist, name: str) -> str | None:
     if accum != runtime.grad_accum:
         changes.append(f"runtime.grad_accum {runtime.grad_accum} -> {accum}")
     data.batch_size, runtime.grad_accum = batch * reps, accum
-    return (f"{name}: {tag} was written by {before} process(es), resuming on {world}: "
+    line = (f"{name}: {tag} was written by {before} process(es), resuming on {world}: "
             f"{' and '.join(changes)} keeps the {per_step * reps} clips of a step")
+    if dist.is_main:
+        print(line, file=sys.stderr)
+    return line

@@ -23,19 +23,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_node(recipe, run_dir, node, port, *overrides, **env):
+    """One node's launcher (``launch/run.sh``, NPROC=1, DeepSpeed ZeRO-1) in its own process
+    group."""
+    env = subprocess_env(NNODES="2", NODE_RANK=str(node), MASTER_ADDR="127.0.0.1",
+                         MASTER_PORT=str(port), NPROC="1", **env)
+    return subprocess.Popen(
+        ["bash", os.path.join(ROOT, "launch", "run.sh"), "pretrain", "--config", recipe,
+         f"run.dir={run_dir}", "runtime.engine=deepspeed", "runtime.zero_stage=1",
+         "log.picture_every=0", *overrides],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True)
+
+
 def two_nodes(recipe, run_dir, *overrides, timeout=600):
-    """Both agents of a 2-node run, node 0 and node 1, each ``launch/run.sh`` with NPROC=1;
-    returns their (returncode, stderr)."""
+    """Both agents of a 2-node run, node 0 and node 1 (``start_node``); returns their
+    (returncode, stderr)."""
     port = _free_port()
-    procs = []
-    for node in (0, 1):
-        env = subprocess_env(NNODES="2", NODE_RANK=str(node), MASTER_ADDR="127.0.0.1",
-                             MASTER_PORT=str(port), NPROC="1")
-        procs.append(subprocess.Popen(
-            ["bash", os.path.join(ROOT, "launch", "run.sh"), "pretrain", "--config", recipe,
-             f"run.dir={run_dir}", "runtime.engine=deepspeed", "runtime.zero_stage=1",
-             "log.picture_every=0", *overrides],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    procs = [start_node(recipe, run_dir, node, port, *overrides) for node in (0, 1)]
     out = []
     try:
         for p in procs:
@@ -69,18 +74,6 @@ def test_two_nodes_train_checkpoint_export_and_resume_as_one_agent_with_two_proc
     assert losses(nodes) == losses(one) and len(losses(one)) == 4
     with open(os.path.join(nodes, "config.yaml")) as f:
         assert "zero_stage: 1" in f.read()
-
-
-def start_node(recipe, run_dir, node, port, *overrides, **env):
-    """One node's launcher (``launch/run.sh``, NPROC=1) in its own process group."""
-    env = subprocess_env(NNODES="2", NODE_RANK=str(node), MASTER_ADDR="127.0.0.1",
-                         MASTER_PORT=str(port), NPROC="1", **env)
-    return subprocess.Popen(
-        ["bash", os.path.join(ROOT, "launch", "run.sh"), "pretrain", "--config", recipe,
-         f"run.dir={run_dir}", "runtime.engine=deepspeed", "runtime.zero_stage=1",
-         "runtime.precision=fp32", "log.picture_every=0", "train.ckpt_every=2", *overrides],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        start_new_session=True)
 
 
 def wait_for_step(run_dir, step, timeout=240):
@@ -118,7 +111,8 @@ def test_a_lost_node_stops_the_other_within_the_timeout_in_one_line(tiny_recipe,
     run_dir = str(tmp_path / "run")
     port = _free_port()
     timeout = 15
-    steps = ["train.steps=100000", f"runtime.comm_timeout={timeout}"]
+    steps = ["train.steps=100000", f"runtime.comm_timeout={timeout}", "runtime.precision=fp32",
+             "train.ckpt_every=2"]
     node0 = start_node(recipe, run_dir, 0, port, *steps)
     node1 = start_node(recipe, run_dir, 1, port, *steps)
     try:
@@ -167,7 +161,8 @@ def test_an_elastic_run_resumes_by_itself_when_the_lost_node_comes_back(tiny_rec
     recipe, _ = tiny_recipe
     run_dir = str(tmp_path / "run")
     port = _free_port()
-    args = ["train.steps=30", "runtime.comm_timeout=15"]
+    args = ["train.steps=30", "runtime.comm_timeout=15", "runtime.precision=fp32",
+            "train.ckpt_every=2"]
     elastic = {"RDZV": "c10d", "MAX_RESTARTS": "3", "RDZV_ID": f"test{port}"}
     node0 = start_node(recipe, run_dir, 0, port, *args, RDZV_CONF="is_host=1", **elastic)
     node1 = start_node(recipe, run_dir, 1, port, *args, RDZV_CONF="is_host=0", **elastic)

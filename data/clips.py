@@ -30,7 +30,18 @@ def check_stride(cfg: "StreamConfig"):
     Anything that is not a prepared set is left to the readers, which name what it lacks."""
     import os
     from .manifest import has_splits, load_shard_set
+    from .store import is_remote
     folder = cfg.shards
+    if is_remote(folder):
+        try:
+            shard_set = load_shard_set(folder, cfg.split, verify=False,
+                                       options=cfg.store_options())
+        except DataSetError:
+            return             # the stream says what the set lacks, or that the store is down
+        stored_stride(cfg, shard_set)
+        start_every(cfg, shard_set)
+        check_device_format(cfg, shard_set)
+        return
     if os.path.isdir(folder) and has_splits(folder):
         folder = os.path.join(folder, cfg.split or "train")
     if not os.path.isfile(os.path.join(folder, "manifest.json")):

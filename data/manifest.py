@@ -12,9 +12,16 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from .errors import DataSetError
+from .store import (NotFound, StoreOptions, check_url, child, is_remote, list_sizes, member,
+                    read_bytes)
+
+__all__ = ["DataSetError", "Shard", "ShardSet", "has_splits", "load_shard_set", "file_sha256"]
+
 FORMAT = "tubemae-shards"
 VERSION = 1
 SPLITS = ("train", "val", "test")
+INTERRUPTED = "prep was interrupted: re-run the same prep command to finish it"
 
 
 def file_sha256(path: str) -> str:
@@ -24,10 +31,6 @@ def file_sha256(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-class DataSetError(ValueError):
-    """A prepared data set is missing, incomplete or does not match what was asked for."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class ShardSet:
     shards: list
     options: dict = field(default_factory=dict)
     split: str | None = None
+    io: StoreOptions | None = None    # how its shards are read from a store (data.store_*)
 
     @property
     def num_samples(self) -> int:
@@ -58,15 +62,63 @@ class ShardSet:
 
 
 def has_splits(path: str) -> bool:
+    if is_remote(path):
+        try:
+            read_bytes(member(path, "manifest.json"))
+            return False
+        except NotFound:
+            pass
+        for split in SPLITS:
+            try:
+                read_bytes(member(child(path, split), "manifest.json"))
+                return True
+            except NotFound:
+                continue
+        return False
     return not os.path.isfile(os.path.join(path, "manifest.json")) and any(
         os.path.isfile(os.path.join(path, s, "manifest.json")) for s in SPLITS)
 
 
-def load_shard_set(path: str, split: str | None = None, verify: bool = True) -> ShardSet:
-    """Open a prepared folder. With splits present, ``split`` picks one (default: train).
+def _remote_manifest(path: str, split: str | None, options) -> tuple[str, bytes]:
+    """(the set folder's URL, its manifest's bytes) of a set in a store; with splits, those of
+    ``split`` (default train)."""
+    check_url(path)
+    try:
+        return path, read_bytes(member(path, "manifest.json"), options)
+    except NotFound:
+        pass
+    found = {}
+    for s in SPLITS:
+        try:
+            found[s] = read_bytes(member(child(path, s), "manifest.json"), options)
+        except NotFound:
+            continue
+        if s == (split or "train"):
+            return child(path, s), found[s]
+    if found:
+        raise DataSetError(f"{path} has no '{split or 'train'}' split (it has {list(found)})")
+    hint = f"check the URL, or prepare it with `python -m data.prep ... --out {path}`"
+    for where in [path] + [child(path, s) for s in SPLITS]:
+        try:
+            read_bytes(member(where, ".progress.jsonl"), options)
+        except NotFound:
+            continue
+        hint = INTERRUPTED
+        break
+    raise DataSetError(f"{path} is not a prepared shard set (no manifest.json there); {hint}")
+
+
+def load_shard_set(path: str, split: str | None = None, verify: bool = True,
+                   options: StoreOptions | None = None) -> ShardSet:
+    """Open a prepared folder, or a prepared set in a store (s3://, http(s)://, pipe:; see
+    data/store.py). With splits present, ``split`` picks one (default: train).
 
     Raises DataSetError naming the folder and the prep command when it is not a prepared set.
     """
+    if is_remote(path):
+        options = options or StoreOptions()
+        root, text = _remote_manifest(path, split, options)
+        return _parse_manifest(root, "manifest.json", text, verify, options)
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.isdir(path):
         raise DataSetError(f"data set folder {path} does not exist; create it with "
@@ -80,13 +132,21 @@ def load_shard_set(path: str, split: str | None = None, verify: bool = True) -> 
         path = sub
     mpath = os.path.join(path, "manifest.json")
     if not os.path.isfile(mpath):
-        partial = os.path.isfile(os.path.join(path, ".progress.jsonl"))
-        hint = ("prep was interrupted: re-run the same prep command to finish it" if partial else
-                "prepare it with `python -m data.prep ...`")
+        partial = any(os.path.isfile(os.path.join(path, *s, ".progress.jsonl"))
+                      for s in [()] + [(s,) for s in SPLITS])
+        hint = INTERRUPTED if partial else "prepare it with `python -m data.prep ...`"
         raise DataSetError(f"{path} is not a prepared shard set (no manifest.json); {hint}")
+    with open(mpath, "rb") as f:
+        text = f.read()
+    return _parse_manifest(path, mpath, text, verify, options)
+
+
+def _parse_manifest(path: str, mpath: str, text: bytes, verify: bool, options) -> ShardSet:
+    remote = is_remote(path)
+    if remote:
+        mpath = member(path, "manifest.json")
     try:
-        with open(mpath) as f:
-            m = json.load(f)
+        m = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataSetError(f"{mpath} is not valid JSON ({e}); it was damaged: re-run prep into "
                            f"a new folder") from None
@@ -102,17 +162,27 @@ def load_shard_set(path: str, split: str | None = None, verify: bool = True) -> 
     if missing:
         raise DataSetError(f"{mpath} lacks {', '.join(missing[:5])}; it was damaged or "
                            f"hand-edited: re-run prep into a new folder")
-    shards = [Shard(url=os.path.join(path, s["name"]), name=s["name"], samples=s["samples"],
+    where = (lambda name: member(path, name)) if remote else \
+        (lambda name: os.path.join(path, name))
+    shards = [Shard(url=where(s["name"]), name=s["name"], samples=s["samples"],
                     bytes=s["bytes"], sha256=s["sha256"]) for s in m["shards"]]
     if verify:
+        sizes = list_sizes(path, options) if remote else None
         for s in shards:
-            try:
-                size = os.path.getsize(s.url)
-            except OSError:
+            if remote:
+                if sizes is None:        # a store that cannot list: checked as each streams
+                    break
+                size = sizes.get(s.name)
+            else:
+                try:
+                    size = os.path.getsize(s.url)
+                except OSError:
+                    size = None
+            if size is None:
                 raise DataSetError(f"shard {s.url} listed in {mpath} is missing; re-run prep "
                                    f"into a new folder") from None
             if size != s.bytes:
                 raise DataSetError(f"shard {s.url} has {size} bytes, the manifest says "
                                    f"{s.bytes}: it was changed or truncated; re-run prep")
     return ShardSet(root=path, kind=m["kind"], classes=list(m["classes"]), shards=shards,
-                    options=m.get("options", {}), split=m.get("split"))
+                    options=m.get("options", {}), split=m.get("split"), io=options)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 from dataclasses import dataclass, field, fields, replace
 from typing import Iterator
@@ -36,6 +37,7 @@ from .plan import (Canon, Layout, LayoutError, PartitionOrders, Unit,  # noqa: F
                    first_sample_numbers, plan_units, worker_positions)
 from .sampling import SHORT_MODES
 from .shard_reader import ShardReader, numbered_samples, shard_intact
+from .store import StoreOptions, parse_bytes
 from .transforms import MULTISCALE, crop_batch
 
 log = logging.getLogger(__name__)
@@ -90,11 +92,24 @@ class StreamConfig:
     timeout: float = 300.0            # seconds a loader worker may take for one batch before
                                       # the run stops naming it (a hung network read, a
                                       # stopped process); a warning comes at half of it
+    store_patience: float = 120.0     # shards in a store (s3://, http(s)://, pipe:): seconds
+                                      # of failed reads in a row (each retried with back-off,
+                                      # resumed where it broke) before the run stops naming
+                                      # the URL; below data.timeout
+    cache_dir: str | None = None      # shards streamed from a store are kept here (named by
+                                      # sha256), so later epochs read the local disk
+    cache_size: str = "100G"          # the most the cache holds (least recently used go)
 
     def check(self):
         if not self.timeout > 0:
             raise ValueError(f"data.timeout must be a positive number of seconds, not "
                              f"{self.timeout!r}")
+        if not 0 < self.store_patience < self.timeout:
+            raise ValueError(f"data.store_patience ({self.store_patience!r}) must be a positive "
+                             f"number of seconds below data.timeout ({self.timeout}): a loader "
+                             f"worker retrying a store must give up before it is taken for "
+                             f"stuck")
+        self.store_options()
         if self.batch_size % self.repeats:
             raise ValueError(f"data.batch_size ({self.batch_size}) must be a multiple of "
                              f"data.repeats ({self.repeats})")
@@ -133,6 +148,16 @@ class StreamConfig:
             raise ValueError(f"model.img_size ({self.size}) must be a multiple of "
                              f"model.patch_size ({self.patch})")
 
+    def store_options(self) -> StoreOptions:
+        try:
+            size = parse_bytes(str(self.cache_size))
+        except ValueError:
+            raise ValueError(f"data.cache_size must be a size such as 50G or 500M, not "
+                             f"{self.cache_size!r}") from None
+        cache = os.path.abspath(os.path.expanduser(self.cache_dir)) if self.cache_dir else None
+        return StoreOptions(patience=float(self.store_patience), cache_dir=cache,
+                            cache_size=size)
+
     def with_geometry(self, model) -> "StreamConfig":
         """This section with the clip geometry of the ``model`` section (frames, side, token
         shape): the model states it, the stream follows."""
@@ -155,7 +180,7 @@ class _PartitionReader:
         self.order, ends = orders.order(p, epoch), orders.ends(p, epoch)
         self.end = int(ends[-1]) if len(ends) else 0
         self.reader = iter(ShardReader(shard_set.shards, orders.units_of(p, epoch), wanted,
-                                       strict))
+                                       strict, shard_set.io or StoreOptions()))
         self.cache, self.read_upto = {}, -1
 
     def take(self, j: int):
@@ -269,7 +294,8 @@ def _worker_batches(cfg: StreamConfig, shard_set: ShardSet, orders: PartitionOrd
 
 def _read_one(shard_set: ShardSet, units: list[Unit], pos: int, strict: bool):
     """(member, raw) at position ``pos`` of ``units``, read on its own, or None."""
-    for _, member, raw in ShardReader(shard_set.shards, units, np.array([pos]), strict):
+    for _, member, raw in ShardReader(shard_set.shards, units, np.array([pos]), strict,
+                                      shard_set.io or StoreOptions()):
         return member, raw
     return None
 
@@ -435,7 +461,8 @@ class TrainStream:
         cfg.check()
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.pin_memory = pin_memory  # page-locked batches: asynchronous copies to a GPU
-        self.shard_set = shard_set or load_shard_set(cfg.shards, cfg.split or "train")
+        self.shard_set = replace(shard_set or load_shard_set(cfg.shards, cfg.split or "train"),
+                                 io=cfg.store_options())
         if self.shard_set.num_samples == 0:
             raise DataSetError(f"{self.shard_set.root} holds no samples; prepare it again from "
                                f"inputs that can be used (see its failures.jsonl)")
@@ -570,7 +597,8 @@ class EvalStream:
     def __init__(self, cfg: StreamConfig, split: str = "val", rank: int = 0,
                  world_size: int = 1, shard_set: ShardSet | None = None):
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        self.shard_set = shard_set or load_shard_set(cfg.shards, split)
+        self.shard_set = replace(shard_set or load_shard_set(cfg.shards, split),
+                                 io=cfg.store_options())
         self.workers = max(cfg.num_workers, 1)
 
     def _rank_units(self) -> list[Unit]:
@@ -608,7 +636,9 @@ class _EvalSplit(torch.utils.data.IterableDataset):
             if not shard_intact(self.shard_set.shards[unit.shard], self.cfg.strict):
                 counter.skipped += unit.count
                 continue
-            for j, raw in numbered_samples(urls[unit.shard], unit, set(range(unit.count))):
+            for j, raw in numbered_samples(urls[unit.shard], unit, set(range(unit.count)),
+                                           self.shard_set.shards[unit.shard], self.cfg.strict,
+                                           self.shard_set.io or StoreOptions()):
                 try:
                     vs, label = maker.eval_views(raw)
                 except Exception as e:

@@ -109,3 +109,21 @@ def process_alive(pid: int) -> bool:
             return f.read().rsplit(") ", 1)[1].split()[0] not in ("Z", "X")
     except (OSError, IndexError):
         return False
+
+
+@pytest.fixture(scope="module")
+def moto():
+    """moto's S3 server on loopback, for the tests of one module."""
+    from tests.storage import MotoServer
+    server = MotoServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(moto, monkeypatch):
+    """The AWS environment of a test against ``moto`` (credentials from the environment)."""
+    from tests.storage import s3_env
+    for k, v in s3_env(moto.endpoint).items():
+        monkeypatch.setenv(k, v)
+    return moto

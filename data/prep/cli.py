@@ -17,8 +17,10 @@ from collections import defaultdict
 from dataclasses import replace
 
 from ..atomic import FolderInUse, FolderLock
+from ..store import StoreError, is_remote
 from . import medmnist as mm
 from . import synthetic as syn
+from .folder import open_folder, staging_for
 from .runner import parse_bytes, write_shard_set
 from .videos import (SPLIT_ALIASES, mark_duplicates, read_kinetics_csv, read_list, read_tree,
                      shuffle_items, video_work)
@@ -26,7 +28,12 @@ from .videos import (SPLIT_ALIASES, mark_duplicates, read_kinetics_csv, read_lis
 
 def _common(p: argparse.ArgumentParser):
     p.add_argument("--out", required=True, help="output folder (train/val/test inside when the "
-                                                "input has splits)")
+                                                "input has splits), or s3://bucket/prefix: "
+                                                "each shard uploaded when finished, "
+                                                "manifest.json last")
+    p.add_argument("--staging", help="with --out s3://...: the local folder for the shard "
+                                     "being written and the journal's copy (default under "
+                                     "~/.cache/tubemae/prep-staging)")
     p.add_argument("--shard-samples", type=int, default=1000, help="max samples per shard")
     p.add_argument("--shard-bytes", type=parse_bytes, default=parse_bytes("1G"),
                    help="max bytes per shard, e.g. 500M, 1G")
@@ -273,6 +280,10 @@ def cmd_synthetic(args) -> int:
 
 def cmd_subset(args) -> int:
     from .subset import make_subset
+    if is_remote(args.source) or is_remote(args.out):
+        raise ValueError("subset reads and writes local folders (its val/ and test/ are links "
+                         "to the source's); make the subset locally, then prep or copy it to "
+                         "the store")
     make_subset(args.source, args.out, args.per_class, args.seed)
     return 0
 
@@ -303,10 +314,20 @@ def main(argv=None) -> int:
                 "subset": cmd_subset}
     lock = None
     try:
+        if getattr(args, "staging", None):
+            os.environ["TUBEMAE_STAGING"] = os.path.abspath(args.staging)
         if getattr(args, "out", None):     # one prep per output folder at a time
-            os.makedirs(args.out, exist_ok=True)
-            lock = FolderLock(args.out)
+            if is_remote(args.out):
+                open_folder(args.out)      # refuses what prep cannot write to, in one line
+                where = staging_for(args.out)
+            else:
+                where = args.out
+            os.makedirs(where, exist_ok=True)
+            lock = FolderLock(where)
         return commands[args.command](args)
+    except StoreError as e:      # a store that keeps failing or refuses: finished shards stay
+        print(f"data.prep: error: {e}", file=sys.stderr)
+        return 2
     except FolderInUse as e:
         print(f"data.prep: error: {e}; wait for it to finish, or choose another --out",
               file=sys.stderr)

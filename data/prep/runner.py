@@ -18,8 +18,8 @@ from typing import Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
-from ..atomic import write_text_atomic
-from ..manifest import file_sha256
+from ..store import parse_bytes  # noqa: F401  (the prep CLI's --shard-bytes)
+from .folder import open_folder
 from .shards import JOURNAL, ShardSetWriter
 
 
@@ -113,69 +113,50 @@ def human_bytes(n: float) -> str:
         n /= 1000
 
 
-def parse_bytes(text: str) -> int:
-    """'1G', '500MB', '2.5e8' -> bytes (decimal units)."""
-    t = text.strip().upper().rstrip("B")
-    mult = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
-    if t and t[-1] in mult:
-        return int(float(t[:-1]) * mult[t[-1]])
-    return int(float(t))
-
-
-def first_damaged(out_dir: str, manifest: dict) -> int | None:
+def first_damaged(folder, manifest: dict) -> int | None:
     """Index of the first shard whose file is missing or differs (size, sha256) from the
     manifest, or None when all are intact."""
     for i, s in enumerate(manifest["shards"]):
-        path = os.path.join(out_dir, s["name"])
-        if not os.path.isfile(path) or os.path.getsize(path) != s["bytes"] or \
-                file_sha256(path) != s["sha256"]:
+        if folder.size(s["name"]) != s["bytes"] or folder.sha256(s["name"]) != s["sha256"]:
             return i
     return None
 
 
-def roll_back(out_dir: str, first_bad: str):
+def roll_back(folder, first_bad: str):
     """Forget shard ``first_bad`` and everything after it (journal, manifest), so the resume
     path rebuilds them: prep is deterministic, so they come back byte for byte."""
-    path = os.path.join(out_dir, JOURNAL)
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = [json.loads(line) for line in folder.read_text(JOURNAL).splitlines()
+               if line.strip()]
     keep = [records[0]]
     for r in records[1:]:
         if r.get("name") == first_bad:
             break
         keep.append(r)
-    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
-    os.remove(os.path.join(out_dir, "manifest.json"))
+    folder.write_text(JOURNAL, "".join(json.dumps(r) + "\n" for r in keep))
+    folder.remove("manifest.json")
 
 
-def check_failures_list(out_dir: str, manifest: dict):
+def check_failures_list(folder, manifest: dict):
     """A finished set's failures.jsonl holds the ``num_failures`` lines its manifest counts;
     one deleted or cut short is rebuilt from the prep journal, which keeps every failure, and
     without the journal the set is refused (the inputs that could not be used would be listed
     nowhere)."""
-    path = os.path.join(out_dir, "failures.jsonl")
     want = int(manifest.get("num_failures", 0))
-    try:
-        with open(path) as f:
-            have = sum(1 for line in f if line.strip())
-    except FileNotFoundError:
-        have = None
+    text = folder.read_text("failures.jsonl")
+    have = None if text is None else sum(1 for line in text.splitlines() if line.strip())
     if have == want:
         return
-    journal = os.path.join(out_dir, JOURNAL)
-    records = []
-    if os.path.isfile(journal):
-        with open(journal) as f:
-            records = [json.loads(line) for line in f if line.strip()]
+    journal = folder.read_text(JOURNAL)
+    records = [json.loads(line) for line in (journal or "").splitlines() if line.strip()]
     listed = [x for r in records[1:] for x in r.get("failures", [])]
     what = "is missing" if have is None else f"lists {have} of them"
     if len(listed) != want:
-        raise FileExistsError(f"{out_dir}: manifest.json counts {want} inputs that could not be "
-                              f"used but failures.jsonl {what} and the prep journal cannot "
-                              f"rebuild it; prep into a new --out to list them again")
-    write_text_atomic(path, "".join(json.dumps(x) + "\n" for x in listed))
-    print(f"{out_dir}: failures.jsonl {what}; rebuilt its {want} lines from the prep journal",
-          file=sys.stderr)
+        raise FileExistsError(f"{folder.shown}: manifest.json counts {want} inputs that could "
+                              f"not be used but failures.jsonl {what} and the prep journal "
+                              f"cannot rebuild it; prep into a new --out to list them again")
+    folder.write_text("failures.jsonl", "".join(json.dumps(x) + "\n" for x in listed))
+    print(f"{folder.shown}: failures.jsonl {what}; rebuilt its {want} lines from the prep "
+          f"journal", file=sys.stderr)
 
 
 def write_shard_set(out_dir: str, kind: str, classes: list, options: dict, items: Sequence,
@@ -188,36 +169,37 @@ def write_shard_set(out_dir: str, kind: str, classes: list, options: dict, items
     ``work(item)`` returns {'ok': True, 'sample': {...}} or {'ok': False, 'reason': str}.
     Returns the manifest (or the existing one when the set is already complete).
     """
-    mpath = os.path.join(out_dir, "manifest.json")
-    if os.path.exists(mpath):
-        with open(mpath) as f:
-            manifest = json.load(f)
+    folder = open_folder(out_dir)
+    out_dir = folder.shown
+    text = folder.read_text("manifest.json")
+    if text is not None:
+        manifest = json.loads(text)
         if manifest.get("options") != options or manifest.get("classes") != list(classes):
             raise FileExistsError(f"{out_dir} already holds a finished shard set made with other "
                                   f"options; choose a new --out or delete it")
-        bad = first_damaged(out_dir, manifest) if verify else None
+        bad = first_damaged(folder, manifest) if verify else None
         if bad is None:
-            check_failures_list(out_dir, manifest)
+            check_failures_list(folder, manifest)
             what = "every shard intact" if verify else "nothing to do"
             print(f"{out_dir}: already complete ({manifest['num_samples']} samples), {what}",
                   file=sys.stderr)
-            return _nonempty(manifest, out_dir)
-        if not os.path.isfile(os.path.join(out_dir, JOURNAL)):
+            return _nonempty(manifest, folder)
+        if folder.size(JOURNAL) is None:
             raise FileExistsError(f"{out_dir}: shard {manifest['shards'][bad]['name']} is "
                                   f"damaged and the prep journal is gone; prep into a new --out")
         name = manifest["shards"][bad]["name"]
         after = len(manifest["shards"]) - bad - 1
         print(f"{out_dir}: shard {name} is damaged; rebuilding it and the {after} after it",
               file=sys.stderr)
-        roll_back(out_dir, name)
-    writer = ShardSetWriter(out_dir, kind, classes, options, max_samples=max_samples,
+        roll_back(folder, name)
+    writer = ShardSetWriter(folder, kind, classes, options, max_samples=max_samples,
                             max_bytes=max_bytes, split=split)
     start = writer.next_input
     if start:
         print(f"{out_dir}: resuming after {start} of {len(items)} inputs "
               f"({len(writer.shards)} shards done)", file=sys.stderr)
     t0, nbytes = time.time(), 0
-    name = split or os.path.basename(out_dir)
+    name = split or os.path.basename(out_dir.rstrip("/"))
     bar = tqdm(total=len(items), initial=start, desc=name, unit="input", file=sys.stderr,
                disable=None, dynamic_ncols=True)
     last_line = time.time()
@@ -246,12 +228,12 @@ def write_shard_set(out_dir: str, kind: str, classes: list, options: dict, items
           f"{human_bytes(manifest['num_bytes'])}, {manifest['num_failures']} failures "
           f"(see failures.jsonl); this run {done} inputs in {dt:.1f}s = {done / dt:.1f} inputs/s, "
           f"{human_bytes(nbytes / dt)}/s", file=sys.stderr)
-    return _nonempty(manifest, out_dir)
+    return _nonempty(manifest, folder)
 
 
-def _nonempty(manifest: dict, out_dir: str) -> dict:
+def _nonempty(manifest: dict, folder) -> dict:
     """A shard set with no usable sample is an error (prep exits non-zero), not a success."""
     if manifest["num_samples"] == 0:
-        raise ValueError(f"{out_dir}: no usable input ({manifest['num_failures']} could not be "
-                         f"used; the reasons are in {os.path.join(out_dir, 'failures.jsonl')})")
+        raise ValueError(f"{folder.shown}: no usable input ({manifest['num_failures']} could "
+                         f"not be used; the reasons are in {folder.url('failures.jsonl')})")
     return manifest

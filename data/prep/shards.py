@@ -1,6 +1,6 @@
 """Writing one shard set: numbered WebDataset tars, manifest.json, failures.jsonl.
 
-Shards are written as ``NAME.tmp`` and renamed when complete; each completed shard is appended
+Shards are written as ``NAME.tmp`` and renamed (or uploaded: ``folder.py``) when complete; each completed shard is appended
 to ``.progress.jsonl`` together with the inputs it consumed and the failures among them. After an
 interruption the writer reopens the folder, drops anything not in the journal and reports where
 to continue, so a resumed prep ends with the same shards as an uninterrupted one. The manifest is
@@ -14,8 +14,8 @@ import os
 
 import webdataset as wds
 
-from ..atomic import write_text_atomic
 from ..manifest import FORMAT, VERSION
+from .folder import open_folder
 
 JOURNAL = ".progress.jsonl"
 
@@ -60,12 +60,12 @@ class ShardSetWriter:
     folder written with different options is refused, since the shards would not match.
     """
 
-    def __init__(self, out_dir: str, kind: str, classes: list, options: dict,
+    def __init__(self, out_dir, kind: str, classes: list, options: dict,
                  max_samples: int = 1000, max_bytes: int = 1 << 30, split: str | None = None):
-        self.out_dir = out_dir
+        self.folder = open_folder(out_dir) if isinstance(out_dir, str) else out_dir
+        self.out_dir = self.folder.shown
         self.kind, self.classes, self.options, self.split = kind, list(classes), options, split
         self.max_samples, self.max_bytes = max_samples, max_bytes
-        os.makedirs(out_dir, exist_ok=True)
         self.shards: list[dict] = []
         self.failures: list[dict] = []
         self.next_input = 0
@@ -81,40 +81,37 @@ class ShardSetWriter:
                 "max_bytes": self.max_bytes}
 
     def _load_journal(self):
-        path = os.path.join(self.out_dir, JOURNAL)
         records = []
-        if os.path.exists(path):
-            with open(path) as f:
-                for line in f:
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        break  # a line torn by the interruption: everything after it is redone
+        lines = (self.folder.read_text(JOURNAL) or "").splitlines(keepends=True)
+        for line in lines:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line torn by the interruption: everything after it is redone
         if records and records[0] != self._header():
             raise FileExistsError(
                 f"{self.out_dir} holds an unfinished prep with other options or classes; "
                 f"re-run with the same arguments, or choose a new --out")
         if not records:
-            with open(path, "w") as f:
-                f.write(json.dumps(self._header()) + "\n")
+            self.folder.write_text(JOURNAL, json.dumps(self._header()) + "\n")
         good = []
         for r in records[1:]:
-            p = os.path.join(self.out_dir, r["name"]) if "name" in r else None
-            if p is not None and (not os.path.exists(p) or os.path.getsize(p) != r["bytes"]):
+            if "name" in r and self.folder.size(r["name"]) != r["bytes"]:
                 break
             good.append(r)
-        if records and len(good) != len(records) - 1:  # drop the journal tail that has no shard behind it
-            write_text_atomic(path, "".join(json.dumps(r) + "\n"
-                                             for r in [records[0]] + good))
+        if records and len(good) != len(lines) - 1:  # drop a torn line, and the tail with no shard behind it
+            self.folder.write_text(JOURNAL, "".join(json.dumps(r) + "\n"
+                                                    for r in [records[0]] + good))
         for r in good:
             if "name" in r:
                 self.shards.append({k: r[k] for k in ("name", "samples", "bytes", "sha256")})
             self.failures.extend(r["failures"])
             self.next_input = r["inputs_end"]
         keep = {s["name"] for s in self.shards}
-        for name in os.listdir(self.out_dir):
+        for name in self.folder.names():
             if (name.endswith(".tar") or name.endswith(".tar.tmp")) and name not in keep:
-                os.remove(os.path.join(self.out_dir, name))
+                self.folder.remove(name)
+        self.folder.clear_tmp()
 
     # -- writing ------------------------------------------------------------------------
     def _shard_name(self, i: int) -> str:
@@ -122,23 +119,19 @@ class ShardSetWriter:
 
     def _open(self):
         name = self._shard_name(len(self.shards))
-        self._file = _HashingFile(os.path.join(self.out_dir, name + ".tmp"))
+        self._file = _HashingFile(self.folder.local(name) + ".tmp")
         # Fixed mtime and owner: the same samples always give the same bytes.
         self._tar = wds.TarWriter(self._file, encoder=False, mtime=0.0, user="tubemae",
                                   group="tubemae")
         self._name, self._count = name, 0
 
     def _journal(self, record: dict):
-        with open(os.path.join(self.out_dir, JOURNAL), "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self.folder.append_line(JOURNAL, json.dumps(record) + "\n")
 
     def _finish(self, inputs_end: int):
         self._tar.close()  # closes the tar stream and the hashing file
         self._file.close()
-        final = os.path.join(self.out_dir, self._name)
-        os.replace(final + ".tmp", final)
+        self.folder.publish(self._name, self.folder.local(self._name) + ".tmp")
         entry = {"name": self._name, "samples": self._count, "bytes": self._file.size,
                  "sha256": self._file.sha.hexdigest()}
         self._journal({**entry, "inputs_end": inputs_end, "failures": self._pending_failures})
@@ -172,8 +165,8 @@ class ShardSetWriter:
             self._journal({"inputs_end": self.next_input, "failures": self._pending_failures})
             self.failures.extend(self._pending_failures)
             self._pending_failures = []
-        write_text_atomic(os.path.join(self.out_dir, "failures.jsonl"),
-                           "".join(json.dumps(f) + "\n" for f in self.failures))
+        self.folder.write_text("failures.jsonl",
+                               "".join(json.dumps(f) + "\n" for f in self.failures))
         manifest = {
             "format": FORMAT, "version": VERSION, "kind": self.kind, "split": self.split,
             "classes": self.classes, "options": self.options,
@@ -181,8 +174,7 @@ class ShardSetWriter:
             "num_bytes": sum(s["bytes"] for s in self.shards),
             "num_failures": len(self.failures), "shards": self.shards,
         }
-        write_text_atomic(os.path.join(self.out_dir, "manifest.json"),
-                           json.dumps(manifest, indent=1) + "\n")
+        self.folder.write_text("manifest.json", json.dumps(manifest, indent=1) + "\n")
         return manifest
 
 

@@ -24,6 +24,7 @@ from data.atomic import write_text_atomic
 from data.clips import check_stride
 from data.memory import check_batch_memory
 from data.manifest import DataSetError, has_splits, load_shard_set
+from data.store import is_remote
 from data.prep.medmnist import resolve_shards
 from data.stream import EvalStream, StreamConfig, batch_to_device
 from pretrain.runtime.config import LogConfig, OptimConfig, RunConfig, RuntimeConfig, to_dict
@@ -90,7 +91,7 @@ def config_from_cli(config: str, init: str | None, overrides) -> "FinetuneConfig
 
 
 def _check_splits(shards: str):
-    if os.path.isdir(shards) and not has_splits(shards):
+    if (os.path.isdir(shards) or is_remote(shards)) and not has_splits(shards):
         raise DataSetError(f"{shards} has no train/val/test splits; fine-tuning needs all three "
                            f"(prep writes them for MedMNIST, the synthetic set, Kinetics CSVs and "
                            f"split lists; for a root/<class>/* tree or one list, prep it again "

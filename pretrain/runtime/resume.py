@@ -46,9 +46,10 @@ def check_resume_config(run_dir: str, now: dict, sections=RESUMABLE_SECTIONS,
 
 
 def _same_path(a: str, b: str) -> bool:
+    from data.store import same_place
     if not a or not b:
         return a == b
-    return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
+    return same_place(a, b)
 
 
 def has_checkpoint(run_dir: str) -> bool:

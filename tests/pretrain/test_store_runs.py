@@ -177,3 +177,44 @@ def test_fine_tuning_and_using_a_model_on_a_set_in_s3(synthetic_set, moto, tmp_p
             "--size", "32", "--patch", "8")
     assert json.loads(r.stdout.strip().splitlines()[-1])["num_samples"] > 0
     secret_free(ft, r.stdout, r.stderr)
+
+
+def test_a_run_stopped_on_local_data_continues_on_the_same_set_copied_to_s3(
+        local_losses, synthetic_set, moto, tmp_path):
+    """data.shards may change on resume to a place that holds the same set (every shard's
+    name and sha256): the run continues there with the uninterrupted run's losses; another
+    set is refused, naming the key."""
+    import signal
+    recipe, want = local_losses
+    moto.bucket("moved")
+    moto.upload(synthetic_set, "s3://moved/syn")
+    run_dir = str(tmp_path / "run")
+    cmd = [sys.executable, "-m", "pretrain", "--config", recipe, f"run.dir={run_dir}",
+           "log.picture_every=0", "data.num_workers=2", "data.store_patience=5",
+           "train.steps=32", "train.ckpt_every=4"]
+    env = subprocess_env(**s3_env(moto.endpoint))
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env=env)
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    end = time.time() + 300
+    while time.time() < end and p.poll() is None:
+        if os.path.isfile(metrics) and len(open(metrics).read().splitlines()) >= 6:
+            break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 143, err[-3000:]
+    other = tmp_path / "other"
+    from data.prep.cli import main as prep_main
+    assert prep_main(["synthetic", "--out", str(other), "--count", "64", "--num-classes", "4",
+                      "--size", "32", "--frames", "24", "--shard-samples", "8", "--workers",
+                      "0", "--seed", "1"]) == 0
+    moto.upload(str(other), "s3://moved/other")
+    r = subprocess.run([*cmd, "data.shards=s3://moved/other"], capture_output=True, text=True,
+                       timeout=600, env=env)
+    assert r.returncode == 2 and "data.shards:" in r.stderr, r.stderr[-3000:]
+    r = subprocess.run([*cmd, "data.shards=s3://moved/syn"], capture_output=True, text=True,
+                       timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming {run_dir} at step" in r.stderr
+    assert losses(run_dir) == want

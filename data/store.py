@@ -231,8 +231,8 @@ def refusal(url: str, e: BaseException) -> StoreError:
 def _gave_up(url: str, patience: float, e: BaseException) -> StoreError:
     return StoreError(f"{url}: the store failed for {patience:.0f} s ({type(e).__name__}: "
                       f"{str(e)[:160]}); check the store and the network (AWS_ENDPOINT_URL for "
-                      f"S3), then run the same command to continue from the last checkpoint, "
-                      f"or raise data.store_patience")
+                      f"S3), then run the same command again (a run continues from its last "
+                      f"checkpoint, a prep from its last shard), or raise data.store_patience")
 
 
 class _Backoff:

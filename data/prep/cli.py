@@ -20,7 +20,7 @@ from ..atomic import FolderInUse, FolderLock
 from ..store import StoreError, is_remote
 from . import medmnist as mm
 from . import synthetic as syn
-from .folder import open_folder, staging_for
+from .folder import check_out, staging_for
 from .runner import parse_bytes, write_shard_set
 from .videos import (SPLIT_ALIASES, mark_duplicates, read_kinetics_csv, read_list, read_tree,
                      shuffle_items, video_work)
@@ -117,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("subset", help="a k-shot copy of a prepared set (k train samples per "
                                       "class; val and test linked)")
-    k.add_argument("source", help="a prepared folder with train/val/test")
+    k.add_argument("source", help="a prepared folder with train/val/test, or such a set in a "
+                                  "store (s3://, https://, pipe:)")
     k.add_argument("--per-class", type=int, required=True, help="training samples per class")
     k.add_argument("--seed", type=int, default=0, help="which samples (nested across k)")
     k.add_argument("--out", required=True)
@@ -280,10 +281,9 @@ def cmd_synthetic(args) -> int:
 
 def cmd_subset(args) -> int:
     from .subset import make_subset
-    if is_remote(args.source) or is_remote(args.out):
-        raise ValueError("subset reads and writes local folders (its val/ and test/ are links "
-                         "to the source's); make the subset locally, then prep or copy it to "
-                         "the store")
+    if is_remote(args.out):
+        raise ValueError("subset writes a local folder (its val/ and test/ are links); make "
+                         "the subset locally, then copy it to the store")
     make_subset(args.source, args.out, args.per_class, args.seed)
     return 0
 
@@ -293,6 +293,8 @@ def _write_failure(args, e: OSError) -> str:
     a finished one) is removed so it does not hold the space."""
     import shutil
     out = getattr(args, "out", None) or "."
+    if is_remote(out):                  # what fills up is the local staging folder
+        out = staging_for(out)
     for root, _, files in os.walk(out):
         for name in files:
             if name.endswith(".tar.tmp"):
@@ -317,8 +319,7 @@ def main(argv=None) -> int:
         if getattr(args, "staging", None):
             os.environ["TUBEMAE_STAGING"] = os.path.abspath(args.staging)
         if getattr(args, "out", None):     # one prep per output folder at a time
-            if is_remote(args.out):
-                open_folder(args.out)      # refuses what prep cannot write to, in one line
+            if is_remote(check_out(args.out)):     # refuses what prep cannot write to
                 where = staging_for(args.out)
             else:
                 where = args.out

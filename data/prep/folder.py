@@ -25,13 +25,18 @@ def staging_for(url: str) -> str:
     return os.path.join(base, hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16])
 
 
-def open_folder(out: str):
-    if out.startswith("s3://"):
-        return StoreFolder(store.check_url(out, "--out"))
-    if store.is_remote(out):
+def check_out(out: str) -> str:
+    """``out`` when prep can write there (a local folder or s3://), else a one-line error."""
+    if store.is_remote(out) and not out.startswith("s3://"):
         raise ValueError(f"--out {out}: prep writes to a local folder or to s3:// (an "
                          f"S3-compatible store through AWS_ENDPOINT_URL); for another store, "
                          f"prep locally and copy the folder")
+    return store.check_url(out, "--out") if store.is_remote(out) else out
+
+
+def open_folder(out: str):
+    if store.is_remote(check_out(out)):
+        return StoreFolder(out)
     return LocalFolder(out)
 
 

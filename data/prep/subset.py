@@ -4,7 +4,8 @@
 
 The k samples of each class are a seeded draw from the source's train split (the same seed gives
 the same samples; k=16 with seed s holds the samples of k=4 with seed s, so budgets nest).
-val/ and test/ are links to the source's folders. The train shards are rewritten (samples
+val/ and test/ are links to the source's folders (for a source in a store, to one local copy of
+them beside the subset). The train shards are rewritten (samples
 unchanged, bytes copied), with the usual manifest and resume, so every reader treats the copy
 like any prepared set.
 """
@@ -18,15 +19,55 @@ from collections import defaultdict
 import numpy as np
 
 from ..manifest import SPLITS, DataSetError, has_splits, load_shard_set
+from ..shard_reader import open_shard
+from ..store import NotFound, StoreOptions, child, is_remote, member, read_bytes
 from .runner import write_shard_set
 
 
+def mirror_split(src: str, dest: str):
+    """A local copy of the split folder ``src`` of a set in a store (its shards, checked
+    against their sha256, then failures.jsonl and manifest.json last); kept when it is
+    already whole."""
+    import hashlib
+    import json
+    from ..atomic import write_text_atomic
+    if os.path.isfile(os.path.join(dest, "manifest.json")):
+        return dest
+    os.makedirs(dest, exist_ok=True)
+    ss = load_shard_set(src)
+    for shard in ss.shards:
+        path = os.path.join(dest, shard.name)
+        if os.path.isfile(path) and os.path.getsize(path) == shard.bytes:
+            continue
+        h = hashlib.sha256()
+        with open_shard(shard) as f, open(path + ".tmp", "wb") as out:
+            while block := f.read(1 << 20):
+                h.update(block)
+                out.write(block)
+        if h.hexdigest() != shard.sha256:
+            os.remove(path + ".tmp")
+            raise DataSetError(f"shard {shard.url} does not match the sha256 in its manifest; "
+                               f"repair the set in the store (prep with --verify)")
+        os.replace(path + ".tmp", path)
+    manifest = read_bytes(member(ss.root, "manifest.json")).decode()
+    json.loads(manifest)
+    try:
+        failures = read_bytes(member(ss.root, "failures.jsonl")).decode()
+    except NotFound:
+        failures = ""
+    write_text_atomic(os.path.join(dest, "failures.jsonl"), failures)
+    write_text_atomic(os.path.join(dest, "manifest.json"), manifest)
+    return dest
+
+
 def read_samples(shard_set) -> list[dict]:
-    """Every sample of a shard set as the dict the shard writer takes (bytes per extension)."""
+    """Every sample of a shard set as the dict the shard writer takes (bytes per extension);
+    a set in a store is streamed."""
     out = []
     for shard in shard_set.shards:
         current: dict = {}
-        with tarfile.open(shard.url) as tar:
+        with open_shard(shard, shard_set.io or StoreOptions()) as f, \
+                tarfile.open(fileobj=f, mode="r|") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -74,8 +115,16 @@ def make_subset(src: str, out: str, per_class: int, seed: int = 0) -> dict:
     for split in SPLITS[1:]:
         link = os.path.join(out, split)
         if not os.path.lexists(link):
-            os.symlink(os.path.abspath(os.path.join(src, split)), link)
-    options = {"source": os.path.abspath(src), "per_class": per_class, "seed": seed,
+            if is_remote(src):   # one local copy of a store's val and test, beside the subsets
+                import hashlib
+                tag = hashlib.sha256(src.encode()).hexdigest()[:12]
+                target = mirror_split(child(src, split), os.path.join(
+                    os.path.dirname(os.path.abspath(out)), f".source-{tag}", split))
+            else:
+                target = os.path.abspath(os.path.join(src, split))
+            os.symlink(target, link)
+    options = {"source": src if is_remote(src) else os.path.abspath(src),
+               "per_class": per_class, "seed": seed,
                "source_options": train.options}
     chosen = [samples[i] for i in keep]
     return write_shard_set(os.path.join(out, "train"), train.kind, train.classes, options,

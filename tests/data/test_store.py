@@ -265,3 +265,18 @@ def test_prep_to_s3_killed_and_resumed_gives_the_objects_of_an_uninterrupted_pre
     r = subprocess.run([*cmd, "--out", "s3://out/cut", "--verify"], env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "every shard intact" in r.stderr, r.stderr
+
+
+def test_a_k_shot_subset_of_a_set_in_s3_is_the_local_sets(synthetic_set, served, tmp_path):
+    """What finetune.study makes of a set in a store: the same train shards as from the local
+    folder, and val/test linked to one checked local copy."""
+    from data.prep.cli import main as prep_main
+    for src, out in (("s3://sets/syn", "remote"), (synthetic_set, "local")):
+        assert prep_main(["subset", src, "--per-class", "2", "--out",
+                          str(tmp_path / "k" / out)]) == 0
+    for split in ("train", "val", "test"):
+        a, b = (load_shard_set(str(tmp_path / "k" / o), split) for o in ("remote", "local"))
+        assert [(s.name, s.sha256) for s in a.shards] == [(s.name, s.sha256) for s in b.shards]
+    assert os.path.realpath(tmp_path / "k" / "remote" / "val").startswith(
+        str(tmp_path / "k" / ".source-"))
+    assert prep_main(["subset", synthetic_set, "--per-class", "2", "--out", "s3://sets/k"]) == 2

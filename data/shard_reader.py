@@ -2,10 +2,10 @@
 keeping only the planned positions, and a raw tar sample decoded by explicit decoders."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
-import hashlib
 import os
 from typing import Iterator
 
@@ -213,7 +213,7 @@ def leading_samples(shard_set, limit: int) -> Iterator[dict]:
         if left <= 0:
             return
         for _, raw in numbered_samples(s.url, unit, set(range(min(unit.count, left))),
-                                       options=shard_set.io, to_end=False):
+                                       options=shard_set.io or StoreOptions(), to_end=False):
             left -= 1
             yield raw
 

@@ -167,6 +167,24 @@ class _Cut(ConnectionError):
     """A response that ended before its length: the connection was cut."""
 
 
+class _PipeBody:
+    """A command's stdout read with a time-out: a command that hangs is a failed read (retried
+    within the patience), never a reader blocked for good."""
+
+    def __init__(self, proc: subprocess.Popen, timeout: float):
+        self.proc, self.fd, self.timeout = proc, proc.stdout.fileno(), timeout
+
+    def read(self, n: int) -> bytes:
+        import select
+        ready, _, _ = select.select([self.fd], [], [], self.timeout)
+        if not ready:
+            raise TimeoutError(f"the command wrote nothing for {self.timeout:.0f} s")
+        return os.read(self.fd, n)
+
+    def close(self):
+        self.proc.stdout.close()
+
+
 def _cause(e: BaseException) -> BaseException:
     """The error behind boto3's transfer wrapper (S3UploadFailedError says only its text)."""
     while type(e).__name__ == "S3UploadFailedError" and (e.__cause__ or e.__context__):
@@ -310,10 +328,13 @@ class RemoteReader:
             self.total = int(total) if total.isdigit() else self.pos + int(r["ContentLength"])
             self.body = r["Body"]
         elif self.url.startswith("pipe:"):
+            if self._err is not None:
+                self._err.close()
             self._err = tempfile.TemporaryFile()
             self.proc = subprocess.Popen(self.url[5:], shell=True, stdout=subprocess.PIPE,
-                                         stderr=self._err, stdin=subprocess.DEVNULL)
-            self.body = self.proc.stdout
+                                         stderr=self._err, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+            self.body = _PipeBody(self.proc, self.options.timeout)
             self._skip(self.pos)
         else:
             headers = {"Range": f"bytes={self.pos}-"} if self.pos else {}
@@ -350,14 +371,15 @@ class RemoteReader:
             if body is not None:
                 body.close()
         if proc is not None:
-            with contextlib.suppress(Exception):
-                proc.kill()
-                proc.wait(5)
+            _kill_group(proc)
 
     def _ended(self):
         """At the end of a response: whether the object is whole (else raise to reopen)."""
         if self.proc is not None:
-            code = self.proc.wait()
+            try:
+                code = self.proc.wait(self.options.timeout)
+            except subprocess.TimeoutExpired:
+                raise _Cut("the command closed its output but did not exit") from None
             if code != 0:
                 self._err.seek(0)
                 tail = self._err.read()[-300:].decode(errors="replace").strip()
@@ -407,15 +429,31 @@ class RemoteReader:
         self.close()
 
 
+def _kill_group(proc: subprocess.Popen):
+    """End a pipe's command and whatever it started (its own session)."""
+    import signal
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        proc.wait(5)
+
+
 def read_bytes(url: str, options: StoreOptions = StoreOptions()) -> bytes:
     """A whole (small) object: a manifest, a journal. NotFound when it is not there."""
     if url.startswith("pipe:"):    # a command that fails on a name is taken as "not there"
-        r = subprocess.run(url[5:], shell=True, capture_output=True, stdin=subprocess.DEVNULL,
-                           timeout=max(options.patience, 10))
-        if r.returncode != 0:
-            raise NotFound(f"{url} failed with exit status {r.returncode}: "
-                           f"{r.stderr[-300:].decode(errors='replace').strip()}")
-        return r.stdout
+        proc = subprocess.Popen(url[5:], shell=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=options.patience)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            raise StoreError(f"{url} did not finish in {options.patience:.0f} s "
+                             f"(data.store_patience); check the command and its store") from None
+        if proc.returncode != 0:
+            raise NotFound(f"{url} failed with exit status {proc.returncode}: "
+                           f"{err[-300:].decode(errors='replace').strip()}")
+        return out
     with RemoteReader(url, options) as r:
         return r.read()
 

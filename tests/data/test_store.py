@@ -280,3 +280,23 @@ def test_a_k_shot_subset_of_a_set_in_s3_is_the_local_sets(synthetic_set, served,
     assert os.path.realpath(tmp_path / "k" / "remote" / "val").startswith(
         str(tmp_path / "k" / ".source-"))
     assert prep_main(["subset", synthetic_set, "--per-class", "2", "--out", "s3://sets/k"]) == 2
+
+
+def test_a_pipe_command_that_hangs_is_given_up_on_within_the_patience(synthetic_set):
+    """A command that writes nothing (a stuck mount, a CLI waiting on a prompt) ends in one
+    line, at the manifest or mid-shard, and leaves no process behind."""
+    options = store.StoreOptions(patience=2)
+    t0 = time.monotonic()
+    with pytest.raises(DataSetError, match="did not finish in 2 s"):
+        load_shard_set("pipe:sleep 60; cat {}", options=options)
+    assert time.monotonic() - t0 < 6
+    ss = load_shard_set(f"pipe:cat {synthetic_set}/{{}}", "val")
+    path = os.path.join(synthetic_set, "val", ss.shards[0].name)
+    slow = store.RemoteReader(f"pipe:head -c 1000 {path}; sleep 60", options,
+                              size=ss.shards[0].bytes)
+    t0 = time.monotonic()
+    with pytest.raises(DataSetError, match="the store failed for 2 s"):
+        slow.read()
+    assert time.monotonic() - t0 < 6
+    out = subprocess.run(["pgrep", "-f", "sleep 60"], capture_output=True, text=True).stdout
+    assert not out.strip(), out

@@ -75,6 +75,15 @@ class MotoServer:
                 path = os.path.join(root, name)
                 c.upload_file(path, bucket, f"{prefix}/{os.path.relpath(path, folder)}")
 
+    def keys(self, url: str) -> list:
+        """The keys under the s3:// prefix ``url`` (a listing, no object read)."""
+        bucket, _, prefix = url[5:].partition("/")
+        c, out = self.client(), []
+        for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                 Prefix=prefix + "/"):
+            out += [obj["Key"][len(prefix) + 1:] for obj in page.get("Contents", [])]
+        return out
+
     def objects(self, url: str) -> dict:
         """{key under the prefix: bytes} of every object under ``url``."""
         bucket, _, prefix = url[5:].partition("/")

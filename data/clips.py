@@ -19,7 +19,7 @@ from .shard_reader import decode_sample
 from .transforms import apply_crop, eval_crops, train_crop_params, volume_transform
 
 if TYPE_CHECKING:
-    from .stream import StreamConfig
+    from .config import StreamConfig
 
 log = logging.getLogger("data.stream")
 

@@ -90,14 +90,14 @@ def video_bytes(path: str, sample: int = 0) -> tuple[bytes, str, int]:
     from data.store import is_remote
     if os.path.isdir(path) or is_remote(path):
         from data.manifest import load_shard_set
-        from finetune.predict import first_samples
+        from data.shard_reader import decode_sample, leading_samples
         ss = load_shard_set(path, "test")
-        items = first_samples(ss.root, sample + 1)
-        if len(items) <= sample or items[sample].kind != "video":
+        raws = list(leading_samples(ss, sample + 1))
+        kind, payload, _ = decode_sample(raws[sample]) if len(raws) > sample else (None,) * 3
+        if kind != "video":
             raise ValueError(f"{path} has no video sample {sample}")
         step = int(ss.options.get("frame_step", 1) or 1)
-        key = items[sample].name.rsplit("#", 1)[1]
-        return items[sample].load(), key, step
+        return payload, raws[sample]["__key__"], step
     if not os.path.isfile(path):
         raise FileNotFoundError(f"video {path} not found")
     with open(path, "rb") as f:

@@ -17,11 +17,11 @@ from collections import defaultdict
 from dataclasses import replace
 
 from ..atomic import FolderInUse, FolderLock
-from ..store import StoreError, is_remote
+from ..store import StoreError, is_remote, parse_bytes
 from . import medmnist as mm
 from . import synthetic as syn
 from .folder import check_out, staging_for
-from .runner import parse_bytes, write_shard_set
+from .runner import write_shard_set
 from .videos import (SPLIT_ALIASES, mark_duplicates, read_kinetics_csv, read_list, read_tree,
                      shuffle_items, video_work)
 

@@ -18,7 +18,6 @@ from typing import Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
-from ..store import parse_bytes  # noqa: F401  (the prep CLI's --shard-bytes)
 from .folder import open_folder
 from .shards import JOURNAL, ShardSetWriter
 

@@ -24,7 +24,6 @@ row, which softmax ignores.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from einops import repeat
 
 from pretrain.convert import load_published, load_safetensors, read_state_dict
+from pretrain.encoder_file import META, WEIGHTS, export_folder, read_meta
 from pretrain.model import ClipGeometry
 from .convert import inflate_kernel, split_qkv_bias
 from .vivit import FactorisedSelfAttentionBlock, ViViT, init_temporal_attention
@@ -45,11 +45,11 @@ class InitMismatch(ValueError):
 def read_source(path: str) -> tuple[dict, str, dict]:
     """(encoder-named state dict, kind, the source's tensors outside the encoder) for any
     supported source."""
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "encoder.safetensors")):
-        path = os.path.join(path, "encoder.safetensors")
-    if path.endswith("encoder.safetensors") or (
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, WEIGHTS)):
+        path = os.path.join(path, WEIGHTS)
+    if path.endswith(WEIGHTS) or (
             path.endswith(".safetensors") and os.path.isfile(
-                os.path.join(os.path.dirname(path), "encoder.json"))):
+                os.path.join(os.path.dirname(path), META))):
         return load_safetensors(path), "tubemae encoder", {}
     if os.path.isdir(path):
         sd, _ = load_published(path)
@@ -300,18 +300,6 @@ def format_report(r: dict) -> str:
 GEOMETRY = tuple(f.name for f in dataclasses.fields(ClipGeometry))
 
 
-def export_folder(path: str) -> str | None:
-    """The folder of our export that ``path`` names (the folder, its encoder.safetensors, or a
-    pre-training run holding export/), or None for any other source."""
-    if not path:
-        return None
-    for folder in (path, os.path.join(path, "export"), os.path.dirname(path)):
-        if os.path.isfile(os.path.join(folder, "encoder.json")) and (
-                folder != os.path.dirname(path) or path.endswith(".safetensors")):
-            return folder
-    return None
-
-
 # The input normalisation an encoder was trained with (encoder.json's model.mean / model.std):
 # the model applies it, so a fine-tune must apply the same one.
 INPUT_STATS = ("mean", "std")
@@ -320,11 +308,10 @@ INPUT_STATS = ("mean", "std")
 def encoder_geometry(path: str) -> dict:
     """The geometry keys and input statistics (as tuples) stored beside our export
     (encoder.json); {} for other sources."""
-    folder = export_folder(path)
-    if folder is None:
+    meta = read_meta(path)
+    if meta is None:
         return {}
-    with open(os.path.join(folder, "encoder.json")) as f:
-        m = json.load(f)["model"]
+    m = meta["model"]
     return {k: tuple(m[k]) if k in INPUT_STATS else m[k]
             for k in GEOMETRY + INPUT_STATS if m.get(k) is not None}
 

@@ -32,15 +32,14 @@ def untrained_encoder(spec, seed: int) -> str:
     """The pre-training model's encoder at step 0 (its own initialisation, seeded by ``seed``)
     in the geometry of the study's encoder: the control that tells what pre-training added
     beyond the init scheme (the fine-tuning models start new layers differently)."""
-    from pretrain.export import export_encoder
+    from pretrain.encoder_file import export_encoder, read_meta
     from pretrain.model import ModelConfig, initial_model
     out = os.path.join(spec.out, "untrained", f"s{seed}")
     if os.path.isfile(os.path.join(out, "encoder.safetensors")):
         return out
     src = spec.encoder
-    meta = load_report(os.path.join(src if os.path.isdir(src) else os.path.dirname(src),
-                                    "encoder.json"))
-    if not meta or meta.get("format") != "tubemae-encoder":
+    meta = read_meta(src)
+    if meta is None:
         raise ValueError(f"--inits untrained builds the pre-training model in the geometry of "
                          f"--encoder, read from its encoder.json; {src} has none (it works "
                          f"with our exports)")

@@ -241,7 +241,7 @@ with its geometry written down.)""")
                                                       "unknown width)")
     ap.add_argument("--decoder-heads", type=int, help="the decoder's, likewise")
     args = ap.parse_args(argv)
-    from .export import export_encoder
+    from .encoder_file import export_encoder
     from .model import ModelConfig
     try:
         sd, fields = load_published(args.checkpoint)

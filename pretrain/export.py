@@ -16,33 +16,13 @@ examples:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 
 from data.atomic import atomic_path, output_folder, umask_mode, write_text_atomic
+from .encoder_file import export_encoder  # noqa: F401  (written here; the format's module)
 from .model import ModelConfig
-
-
-def export_encoder(weights: dict, model_cfg: ModelConfig, out_dir: str, provenance: dict) -> str:
-    """Write encoder.safetensors + encoder.json; returns the safetensors path."""
-    from safetensors.torch import save_file
-
-    enc = {k[len("encoder."):]: v.detach().float().contiguous().cpu()
-           for k, v in weights.items() if k.startswith("encoder.")}
-    if not enc:
-        raise ValueError("no encoder weights found (keys starting with 'encoder.')")
-    path = os.path.join(out_dir, "encoder.safetensors")
-    meta = {"format": "tubemae-encoder", "version": 1,
-            "model": json.loads(json.dumps(dataclasses.asdict(model_cfg.resolved()))),
-            "source": provenance}
-    with output_folder(out_dir):
-        with atomic_path(path) as tmp:
-            save_file(enc, tmp, metadata={"format": "tubemae-encoder"})
-            umask_mode(tmp)
-        write_text_atomic(os.path.join(out_dir, "encoder.json"), json.dumps(meta, indent=1))
-    return path
 
 
 def initial_weights(cfg) -> dict:

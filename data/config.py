@@ -3,7 +3,7 @@ and masked, and how shards in a store are read. The streams are ``data/stream.py
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 from .sampling import SHORT_MODES
 from .store import StoreOptions, is_remote, parse_bytes

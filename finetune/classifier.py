@@ -20,6 +20,20 @@ def init_linear_and_norm(module: nn.Module):
             nn.init.zeros_(m.bias)
 
 
+# model.family -> its class: every family's class enters when it is defined, so the model
+# section can resolve itself without importing the table of families (finetune/models.py, which
+# imports them all and is where they are listed).
+REGISTERED: dict = {}
+
+
+def registered_family(name: str):
+    try:
+        return REGISTERED[name]
+    except KeyError:
+        raise ValueError(f"model.family must be one of {', '.join(REGISTERED)}, not "
+                         f"{name!r}") from None
+
+
 class ClipClassifier(nn.Module, metaclass=ABCMeta):
     """A model ending in ``self.head`` that takes uint8 clips or already normalised floats.
 
@@ -38,6 +52,12 @@ class ClipClassifier(nn.Module, metaclass=ABCMeta):
     """
     family: str = ""
     default_kernel_init: str = "central"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("family"):
+            REGISTERED[cls.family] = cls
+
     takes_vit_encoder: bool = True    # initialised from a ViT encoder (norm layouts apply)
 
     @staticmethod

@@ -114,7 +114,7 @@ def features(model: str, inputs: list[str], out: str, config: str | None = None,
     from .predict import Item, Predictor, gather, input_count
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if config:
-        from .probe import probe_model
+        from .init import probe_model
         from .train import config_from_cli
         cfg = config_from_cli(config, model, list(overrides))
         # the head is not used, but its size is the probe's (the recipe's data set), so a

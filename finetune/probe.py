@@ -122,29 +122,13 @@ def _without_confusion(m: dict) -> dict:
     return {k: v for k, v in m.items() if k != "confusion"}
 
 
-def probe_model(cfg, num_classes: int):
-    """The model a probe (or ``finetune.features --config``) takes features from: the recipe's
-    model section around ``cfg.run.init`` (a random one seeded by run.seed without). Sets
-    ``cfg.model`` to the resolved section; returns (model, init report or None)."""
-    from .init import init_from, resolve_norm_layout
-    from .models import build_model
-    cfg.model = resolve_norm_layout(replace(cfg.model, num_classes=num_classes), cfg.run.init)
-    torch.manual_seed(cfg.run.seed)
-    model = build_model(cfg.model)
-    init_report = None
-    if cfg.run.init:
-        init_report = init_from(model, cfg.run.init, cfg.run.kernel_init, verbose=False,
-                                allow_partial=cfg.run.init_partial)
-    return model, init_report
-
-
 def run_probe(cfg) -> dict:
     """Probe ``cfg.run.init`` (or a random encoder) on cfg.data.shards; writes the report."""
     from data.atomic import write_text_atomic
     from data.manifest import load_shard_set
     from data.prep.medmnist import resolve_shards
     from pretrain.runtime.config import to_dict
-    from .init import report_counts, take_export_geometry
+    from .init import probe_model, report_counts, take_export_geometry
     from .train import _check, _check_splits, json_default
     t0 = time.time()
     cfg = take_export_geometry(cfg)

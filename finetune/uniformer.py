@@ -28,6 +28,7 @@ Input: (B, C, T, H, W), uint8 (normalised here) or float already normalised. Out
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 
 import torch
@@ -35,8 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .convert import inflate_kernel, split_qkv_bias
+from pretrain.convert import read_state_dict
 from pretrain.layers import BatchNorm2d, BatchNorm3d, Block, DropPath
 from .classifier import ClipClassifier, init_linear_and_norm
+from .weights import InitMismatch, by_name, format_report, load_checked
 
 # name -> (dims, depths, head_dim); S and B as published, tiny for tests and the quick start
 UNIFORMER_PRESETS = {
@@ -288,7 +291,6 @@ class UniFormer(ClipClassifier):
 
     def load_init(self, path: str, kernel_init: str, verbose: bool,
                   allow_partial: bool) -> dict:
-        from .init import init_uniformer
         return init_uniformer(self, path, kernel_init, verbose, allow_partial)
 
 
@@ -335,3 +337,40 @@ def inflate(sd2d: dict, model: UniFormer, how: str = "average") -> tuple[dict, l
             notes.append(f"2D kernels inflated over time ({how})")
         out[k] = v
     return out, notes
+
+
+def init_uniformer(model, path: str, kernel_init: str = "average", verbose: bool = True,
+                   allow_partial: bool = False) -> dict:
+    """A UniFormer from a UniFormer checkpoint: a 2D image one (published image layout, kernels
+    inflated with ``kernel_init``) or a video one (ours or published), loaded by name."""
+    if os.path.isdir(path) or path.endswith("encoder.safetensors"):
+        raise InitMismatch(f"--init {path} is a ViT encoder; a ViT encoder initialises "
+                           f"model.family=uniformer_head (the encoder armed with UniFormer "
+                           f"blocks) or vivit, not the UniFormer itself")
+    sd = read_state_dict(path)
+    stem = sd.get("patch_embed1.proj.weight")
+    if stem is None:
+        kind = "VideoMAE / ViT" if "patch_embed.proj.weight" in sd or any(
+            k.startswith(("encoder.", "videomae.")) for k in sd) else "unknown"
+        raise InitMismatch(f"--init {path} holds no UniFormer (no patch_embed1.proj.weight; "
+                           f"looks like {kind}). A ViT encoder initialises "
+                           f"model.family=uniformer_head or vivit")
+    report = {"source": path, "kind": "UniFormer", "loaded": [], "new": [], "unused": [],
+              "mismatched": [], "notes": []}
+    if stem.ndim == 4:
+        report["kind"] = "image UniFormer (2D)"
+        sd, notes = inflate(sd, model, kernel_init)
+        report["notes"] += notes
+    else:
+        sd = dict(pair for k, v in sd.items() for pair in split_qkv_bias(k, v) or [(k, v)])
+    target = model.state_dict()
+    load = by_name(sd, target, report)
+    core = [k for k in target if k.startswith(("blocks", "patch_embed"))]
+    load_checked(model, load, core, report, allow_partial, lambda taken: (
+        f"--init {path} fits {taken} of the {len(core)} stage weights of this UniFormer "
+        f"({model.cfg.preset}, dims {list(model.cfg.uniformer.dims)}, depths "
+        f"{list(model.cfg.uniformer.depths)}, {model.cfg.in_chans} channel(s)). Choose the "
+        f"preset the checkpoint was trained with, or set run.init_partial=true"))
+    if verbose:
+        print(format_report(report))
+    return report

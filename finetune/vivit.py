@@ -25,13 +25,15 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import nn
 
 from pretrain.layers import Attention, Block, TubeletEmbed, sincos_table
 from pretrain.model import PRESETS, ClipGeometry, channel_stats
-from .classifier import ClipClassifier, init_linear_and_norm
+from .classifier import ClipClassifier, init_linear_and_norm, registered_family
+from .convert import inflate_kernel, split_qkv_bias
 from .uniformer import ArmSpec, UniformerSpec
+from .weights import by_name, format_report, geometry, load_checked, read_source
 
 TOKENIZERS = ("tubelet", "uniform", "t2t")
 VARIANTS = (1, 2, 3, 4)
@@ -78,14 +80,13 @@ class VivitConfig(ClipGeometry):
     arm: ArmSpec = field(default_factory=ArmSpec)
 
     def resolved(self) -> "VivitConfig":
-        from .models import family_class
-        family_class(self.family)    # a known family, or an error naming them
+        family = registered_family(self.family)  # a known family, or an error naming them
         if self.num_classes < 1:
             raise ValueError("model.num_classes must be set (the fine-tuning loop takes it from "
                              "the data when it is 0)")
         if self.head_norm not in ("layer", "batch"):
             raise ValueError(f"model.head_norm must be layer or batch, not {self.head_norm!r}")
-        return family_class(self.family).resolve_config(self)
+        return family.resolve_config(self)
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -369,7 +370,6 @@ class ViViT(ClipClassifier):
 
     def load_init(self, path: str, kernel_init: str, verbose: bool,
                   allow_partial: bool) -> dict:
-        from .init import init_vit
         return init_vit(self, path, kernel_init, verbose, allow_partial)
 
 
@@ -399,3 +399,87 @@ def layer_id(name: str, cfg: VivitConfig) -> int:
     if name.startswith("temporal_cls"):
         return cfg.depth + 1
     return n_layers + 1
+
+
+# -- init from a ViT encoder (the generic part is finetune/weights.py) ----------------------
+def _image_vit_to_encoder(sd: dict, model: ViViT, kernel_init: str, report: dict) -> dict:
+    cfg = model.cfg
+    out = {}
+    for k, v in sd.items():
+        split = split_qkv_bias(k, v)
+        if split:
+            out.update(split)
+            report["notes"].append("dropped the key bias of the fused qkv (softmax ignores it)")
+        elif k == "patch_embed.proj.weight":
+            t = cfg.tubelet_size if cfg.tokenizer == "tubelet" else 1
+            out[k] = v[:, :, None] if t == 1 else inflate_kernel(v, t, kernel_init)
+        elif k == "pos_embed":
+            if cfg.pos != "learned":
+                report["unused"].append(k + " (the model uses the fixed sine-cosine table)")
+                continue
+            t, h, w = cfg.grid
+            grid = v[:, 1:] if v.shape[1] != int(v.shape[1] ** 0.5) ** 2 else v
+            side = int(grid.shape[1] ** 0.5)
+            img = grid.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+            img = F.interpolate(img.float(), size=(h, w), mode="bicubic", align_corners=False)
+            out[k] = repeat(img[0], "d h w -> 1 (t h w) d", t=t).to(v.dtype)
+        elif k in ("head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias"):
+            report["unused"].append(k)
+        else:
+            out[k] = v
+    return out
+
+
+def _tubelet_to_uniform(w: torch.Tensor) -> torch.Tensor:
+    """(D, C, t, p, p) -> (D, C, 1, p, p): summed over time (same response to a still clip)."""
+    return w.sum(dim=2, keepdim=True)
+
+
+def init_vit(model: ViViT, path: str, kernel_init: str = "central", verbose: bool = True,
+             allow_partial: bool = False) -> dict:
+    """A ViViT (or the armed encoder, whose added blocks start new) from a ViT: our export, an
+    official or HuggingFace VideoMAE checkpoint (pre-trained or fine-tuned), or an image ViT
+    (2D kernels inflated with ``kernel_init``)."""
+    sd, kind, dropped = read_source(path)
+    report = {"source": path, "kind": kind, "loaded": [], "new": [],
+              "unused": [f"{k} (not part of the encoder)" for k in sorted(dropped)],
+              "mismatched": [], "notes": []}
+    if kind == "image ViT":
+        sd = _image_vit_to_encoder(sd, model, kernel_init, report)
+    target = model.state_dict()
+    w = sd.get("patch_embed.proj.weight")
+    if w is not None and w.ndim == 5 and model.cfg.tokenizer == "uniform" and w.shape[2] != 1:
+        sd["patch_embed.proj.weight"] = _tubelet_to_uniform(w)
+        report["notes"].append("tubelet kernel summed over time for uniform frame sampling")
+    if model.cfg.tokenizer == "t2t":
+        report["notes"].append("the T2T tokeniser starts new (no pre-trained counterpart)")
+    load = {}
+    for k, v in dropped.items():  # a fine-tuned file's pooled-feature norm and head
+        if k.startswith("fc_norm.") and not isinstance(getattr(model, "fc_norm", None),
+                                                       torch.nn.LayerNorm):
+            report["unused"] = [f"{k} (a LayerNorm's; model.head_norm=batch starts its "
+                                f"BatchNorm new)" if u.startswith(k + " ") else u
+                                for u in report["unused"]]
+            continue
+        if k.startswith(("fc_norm.", "head.")) and k in target and target[k].shape == v.shape:
+            load[k] = v.to(target[k].dtype)
+            report["unused"] = [u for u in report["unused"] if not u.startswith(k + " ")]
+    load.update(by_name(sd, target, report))
+    # The encoder weights this model can take from a pre-trained encoder (not the parts that
+    # always start new: Model 3's temporal attention, the T2T tokeniser).
+    core = [k for k in target if k.startswith(("blocks.", "patch_embed.")) and
+            "temporal_" not in k and not (model.cfg.tokenizer == "t2t" and
+                                          k.startswith("patch_embed."))]
+    load_checked(model, load, core, report, allow_partial, lambda taken: (
+        f"--init {path} fits {taken} of the {len(core)} encoder weights of this model: its "
+        f"encoder has {geometry(sd)}, the model has {geometry(target)}. Choose the "
+        f"model.preset / geometry the encoder was trained with, or set "
+        f"run.init_partial=true to load what fits and train the rest from scratch"))
+    if model.cfg.variant == 3 and model.cfg.temporal_init == "copy":
+        for blk in model.blocks:
+            if isinstance(blk, FactorisedSelfAttentionBlock):
+                init_temporal_attention(blk, "copy")
+        report["notes"].append("temporal attention copied from the loaded spatial attention")
+    if verbose:
+        print(format_report(report))
+    return report

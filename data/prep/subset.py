@@ -20,7 +20,8 @@ import numpy as np
 
 from ..manifest import SPLITS, DataSetError, has_splits, load_shard_set
 from ..shard_reader import open_shard
-from ..store import NotFound, StoreOptions, child, is_remote, member, read_bytes
+from ..store import NotFound, StoreOptions, child, is_remote, read_bytes
+from ..store import member as member_of
 from .runner import write_shard_set
 
 
@@ -49,10 +50,10 @@ def mirror_split(src: str, dest: str):
             raise DataSetError(f"shard {shard.url} does not match the sha256 in its manifest; "
                                f"repair the set in the store (prep with --verify)")
         os.replace(path + ".tmp", path)
-    manifest = read_bytes(member(ss.root, "manifest.json")).decode()
+    manifest = read_bytes(member_of(ss.root, "manifest.json")).decode()
     json.loads(manifest)
     try:
-        failures = read_bytes(member(ss.root, "failures.jsonl")).decode()
+        failures = read_bytes(member_of(ss.root, "failures.jsonl")).decode()
     except NotFound:
         failures = ""
     write_text_atomic(os.path.join(dest, "failures.jsonl"), failures)

@@ -132,7 +132,8 @@ def test_features_are_the_probes_and_a_set_resumes_from_its_parts(synthetic_set,
     import data.stream
     from data.manifest import load_shard_set
     from finetune.features import main, shard_set_features
-    from finetune.probe import extract, probe_model
+    from finetune.init import probe_model
+    from finetune.probe import extract
     from finetune.train import config_from_cli
     recipe, _ = ft_recipe
     test = os.path.join(synthetic_set, "test")

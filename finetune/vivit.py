@@ -67,7 +67,7 @@ class VivitConfig(ClipGeometry):
     head_norm: str = "layer"         # the norm between the pooled feature and the head:
                                      # layer (fc_norm, a LayerNorm; VideoMAE) | batch (BatchNorm:
                                      # each feature standardised over the batch; for few labels,
-                                     # README "Does pre-training pay?")
+                                     # docs/label-efficiency.md)
     dropout: float = 0.0             # before the head
     pos: str = "sincos"              # sincos (fixed, VideoMAE) | learned
     temporal_init: str = "zero"      # model 3: temporal attention zero-initialised or copied

@@ -10,7 +10,7 @@ camera shake (a random whole-frame shift per frame, zero-mean, so it says nothin
 direction) and a speed drawn around the class's speed. ``HARD`` (``--hard``) uses only the shake
 and the speed spread: with look-alikes, texture or noise, static content that tube masking never
 shows fills the per-patch normalised pre-training targets with the unpredictable, and the tiny
-VideoMAE's loss stayed at ~1.0 (measured; see the README's label-efficiency section).
+VideoMAE's loss stayed at ~1.0 (measured; see docs/label-efficiency.md).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Per-block token statistics of encoder exports: how much of each token is common to every
-clip, and how much differs between clips (README, "Does pre-training pay?").
+clip, and how much differs between clips (docs/label-efficiency.md).
 
 For each export (``encoder.safetensors`` + ``encoder.json``, e.g. ``pretrain.export RUN --tag
 stepN`` for N over a run, and ``--initial`` for step 0), over the first ``--clips`` clips of a
@@ -17,7 +17,7 @@ channel) and weight RMS.
 Prints a table per export and one JSON line. ``--recentre OUT`` (one export) also writes the
 export with that common part taken out, layer by layer, as an export in OUT: the split's mean
 token subtracted from the patch-embedding bias, then each block's mean increment from its last
-bias (the experiment of README, "Harder sets, a ViT-Ti, and what the common part does").
+bias (docs/experiments/2026-12-01-harder-sets.md).
 
     python tests/bench/token_stats.py runs/quickstart/data/pool enc300 --recentre enc300_rc
 """

@@ -3,7 +3,7 @@ token) beat uniform frame sampling where motion defines the class; UniFormer and
 head learn the classes; and on the quick start's label-efficiency layout (an unlabeled pool,
 16 labels per class) the pre-trained encoder fine-tunes to near the top and far above scratch,
 in fp32 and in bf16. Margins are the spread measured over
-seeds (README, "Does pre-training pay?")."""
+seeds (docs/label-efficiency.md)."""
 import json
 
 import pytest
@@ -130,7 +130,7 @@ def test_the_pretrained_encoder_fine_tunes_to_the_top_in_both_numerics(quick_sta
                                                                        precision):
     """Fine-tuned at 16 labels per class, the 300-step encoder reaches the accuracy and the
     gain over scratch measured at this seed in both numerics, and its frozen features probe
-    better than the pre-training model's untrained init (README, "Does pre-training pay?").
+    better than the pre-training model's untrained init (docs/label-efficiency.md).
     Against that untrained init no fine-tuning margin is asserted: the control reaches
     0.965-1.000 in 5 of 6 seeds and numerics and 0.777 in the sixth."""
     acc = pays_in_fine_tuning(quick_start_set, precision)
@@ -140,8 +140,8 @@ def test_the_pretrained_encoder_fine_tunes_to_the_top_in_both_numerics(quick_sta
     assert acc["probe_pretrained"] >= acc["probe_untrained"] + PROBE_GAIN, acc
 
 
-# Measured with the test's layout (`pays_in_fine_tuning` is the run of README "Does pre-training
-# pay?", table "at 16 labels per class"), data / pre-training / fine-tuning seeds 0 / 1 / 2,
+# Measured with the test's layout (`pays_in_fine_tuning` is the run of docs/label-efficiency.md and its
+# experiments, table "at 16 labels per class"), data / pre-training / fine-tuning seeds 0 / 1 / 2,
 # test accuracy on 400 clips:
 #   bf16  pre-trained 0.980 / 0.990 / 0.983, scratch 0.713 / 0.680 / 0.453 (gains +0.267 /
 #         +0.310 / +0.530)

@@ -425,9 +425,13 @@ def test_visualize_given_a_fine_tuning_run_says_so(trained_run, capsys):
 
 
 def _readme_python_blocks() -> list[str]:
+    """The Python blocks of README.md and docs/ (a user's page of snippets, in order)."""
+    import glob
     import re
     import textwrap
-    text = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    text = "".join(open(p).read() for p in [os.path.join(root, "README.md")] + sorted(
+        glob.glob(os.path.join(root, "docs", "**", "*.md"), recursive=True)))
     return [textwrap.dedent(b) for b in
             re.findall(r"^ *```python\n(.*?)^ *```", text, flags=re.S | re.M)]
 

@@ -18,7 +18,8 @@ def main(argv=None) -> int:
                        init_help="weights to start from, or 'none'", launcher=True)
 
     def body() -> dict:
-        from .train import config_from_cli, train
+        from .config import config_from_cli
+        from .train import train
         return train(config_from_cli(args.config, args.init, args.overrides))
     return run_command("finetune", body)
 

@@ -115,7 +115,7 @@ def features(model: str, inputs: list[str], out: str, config: str | None = None,
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if config:
         from .init import probe_model
-        from .train import config_from_cli
+        from .config import config_from_cli
         cfg = config_from_cli(config, model, list(overrides))
         # the head is not used, but its size is the probe's (the recipe's data set), so a
         # random encoder (``none``) is drawn exactly as the probe draws it

@@ -129,14 +129,15 @@ def run_probe(cfg) -> dict:
     from data.prep.medmnist import resolve_shards
     from pretrain.runtime.config import to_dict
     from .init import probe_model, report_counts, take_export_geometry
-    from .train import _check, _check_splits, json_default
+    from .config import check_recipe, check_splits
+    from .train import json_default
     t0 = time.time()
     cfg = take_export_geometry(cfg)
     cfg.data = replace(cfg.data, mask="none")
     cfg.data.shards = resolve_shards(cfg.data.shards, os.path.join(cfg.run.dir, "data"))
-    _check_splits(cfg.data.shards)
+    check_splits(cfg.data.shards)
     train_set = load_shard_set(cfg.data.shards, "train")
-    _check(cfg, train_set.num_classes)
+    check_recipe(cfg, train_set.num_classes)
     model, init_report = probe_model(cfg, train_set.num_classes)
     device = torch.device("cuda" if cfg.runtime.device in ("auto", "cuda") and
                           torch.cuda.is_available() else "cpu")
@@ -165,7 +166,7 @@ def main(argv=None) -> int:
     from pretrain.runtime.cli import recipe_args, run_command
     args = recipe_args("python -m finetune.probe", __doc__, argv,
                        init_help="encoder to probe, or 'none' for a random one")
-    from .train import config_from_cli
+    from .config import config_from_cli
 
     def body() -> int:
         run_probe(config_from_cli(args.config, args.init, args.overrides))

@@ -14,7 +14,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -23,11 +23,10 @@ import torch.nn.functional as F
 from data.atomic import write_text_atomic
 from data.clips import check_stride
 from data.memory import check_batch_memory
-from data.manifest import DataSetError, has_splits, load_shard_set
-from data.store import is_remote
+from data.manifest import load_shard_set
 from data.prep.medmnist import resolve_shards
-from data.stream import EvalStream, StreamConfig, batch_to_device
-from pretrain.runtime.config import LogConfig, OptimConfig, RunConfig, RuntimeConfig, to_dict
+from data.stream import EvalStream, batch_to_device
+from pretrain.runtime.config import to_dict
 from pretrain.runtime.distributed import (all_gather_objects, barrier, init_distributed,
                                           shutdown)
 from pretrain.runtime.loop import (Loop, Stage, StopRequested, open_run, report_stopped,
@@ -35,78 +34,12 @@ from pretrain.runtime.loop import (Loop, Stage, StopRequested, open_run, report_
 from pretrain.runtime.optim import cosine_lr, param_groups, peak_lr
 from pretrain.runtime.reshard import fit_to_checkpoint
 from pretrain.runtime.resume import check_resume_config
+from .config import FinetuneConfig, check_recipe, check_splits, config_from_cli  # noqa: F401
 from .evaluate import confusion_picture, per_class, summarize
 from .init import init_from, report_counts, resolve_norm_layout, take_export_geometry
 from .models import build_model, describe, describe_layer_decay, layer_decay_scale
-from .vivit import VivitConfig
 
-
-@dataclass
-class FinetuneRunConfig(RunConfig):
-    init: str = ""                    # encoder / checkpoint to start from; "" = from scratch
-    kernel_init: str = "auto"         # 2D kernels -> 3D: central | average | auto (central
-                                      # for an image ViT, average for an image UniFormer)
-    init_partial: bool = False        # allow an init that fits less than half of the encoder
-
-
-@dataclass
-class FinetuneOptimConfig(OptimConfig):
-    base_lr: float = 5e-4             # per 256 clips
-    betas: tuple = (0.9, 0.999)
-    warmup_epochs: float = 5.0
-    layer_decay: float = 0.75         # lr x decay^(layers above); 1 = off
-    label_smoothing: float = 0.1
-    mixup: float = 0.0                # timm Mixup alpha (0.8 in the K400 recipe)
-    cutmix: float = 0.0               # timm CutMix alpha (1.0 in the K400 recipe)
-
-
-@dataclass
-class FinetuneTrainConfig:
-    epochs: int = 10
-    keep_last: int = 1                # checkpoints kept besides the best
-    max_nonfinite: int = 5
-
-
-@dataclass
-class FinetuneConfig:
-    run: FinetuneRunConfig = field(default_factory=FinetuneRunConfig)
-    data: StreamConfig = field(default_factory=lambda: StreamConfig(mask="none", flip=True))
-    model: VivitConfig = field(default_factory=VivitConfig)
-    optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
-
-
-def config_from_cli(config: str, init: str | None, overrides) -> "FinetuneConfig":
-    """A fine-tuning config from ``--config``, ``--init`` (``none`` = from scratch) and
-    ``section.key=value`` overrides: what ``python -m finetune`` and ``finetune.probe`` take."""
-    from pretrain.runtime.config import load_config
-    overrides = list(overrides)
-    if init is not None:
-        overrides.append(f"run.init={'' if init.lower() == 'none' else init}")
-    cfg = load_config(config, overrides, schema=FinetuneConfig)
-    stated = {o.split("=", 1)[0].strip() for o in overrides}
-    return take_export_geometry(cfg, stated)
-
-
-def _check_splits(shards: str):
-    if (os.path.isdir(shards) or is_remote(shards)) and not has_splits(shards):
-        raise DataSetError(f"{shards} has no train/val/test splits; fine-tuning needs all three "
-                           f"(prep writes them for MedMNIST, the synthetic set, Kinetics CSVs and "
-                           f"split lists; for a root/<class>/* tree or one list, prep it again "
-                           f"with --split 0.8,0.1,0.1)")
-
-
-def _check(cfg: FinetuneConfig, classes: int):
-    if (cfg.optim.mixup > 0 or cfg.optim.cutmix > 0) and cfg.data.batch_size % 2:
-        raise ValueError("mixup/cutmix pair samples within a batch: data.batch_size must be even")
-    if cfg.model.head_norm == "batch" and cfg.data.batch_size < 2:
-        raise ValueError("model.head_norm=batch standardises over the batch: data.batch_size "
-                         "must be at least 2 (or use model.head_norm=layer)")
-    if cfg.model.num_classes not in (0, classes):
-        raise ValueError(f"model.num_classes={cfg.model.num_classes} but the data has {classes} "
-                         f"classes; set model.num_classes=0 to take it from the data")
+_check_splits = check_splits        # the name older callers use
 
 
 def evaluate(engine, cfg: FinetuneConfig, split: str, dist, clips: int, crops: int,
@@ -216,9 +149,9 @@ def _train(cfg: FinetuneConfig, dist, stop: StopRequested) -> dict:
     cfg.data.check()
     cfg.data.shards = resolve_shards(cfg.data.shards, os.path.join(cfg.run.dir, "data"),
                                      dist.is_main, lambda: barrier(dist))
-    _check_splits(cfg.data.shards)
+    check_splits(cfg.data.shards)
     train_set = load_shard_set(cfg.data.shards, "train")
-    _check(cfg, train_set.num_classes)
+    check_recipe(cfg, train_set.num_classes)
     if cfg.model.num_classes == 0:
         cfg.model = replace(cfg.model, num_classes=train_set.num_classes)
     cfg.model = resolve_norm_layout(cfg.model, cfg.run.init)

@@ -48,7 +48,8 @@ class ClipClassifier(nn.Module, metaclass=ABCMeta):
       ``load_init(...)``     its init from a checkpoint, returning the load report;
       ``resolve_config(cfg)``  its checks of the ``model`` section, defaults filled in;
       ``default_kernel_init``, ``takes_vit_encoder``  what ``run.kernel_init: auto`` means
-                             for it, and whether a ViT encoder's norm layout applies.
+                             for it, and whether a ViT encoder's norm layout applies;
+      ``token_grid``         whether ``forward_features`` gives a token grid (B, N, D).
     """
     family: str = ""
     default_kernel_init: str = "central"
@@ -59,6 +60,8 @@ class ClipClassifier(nn.Module, metaclass=ABCMeta):
             REGISTERED[cls.family] = cls
 
     takes_vit_encoder: bool = True    # initialised from a ViT encoder (norm layouts apply)
+    token_grid: bool = False          # forward_features(x) gives (B, N, D) tokens
+                                      # (``finetune.features --tokens``)
 
     @staticmethod
     @abstractmethod

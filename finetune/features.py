@@ -32,8 +32,9 @@ import numpy as np
 
 def token_features(model):
     """The function giving an input's token grid (B, N, D): ViViT's tokens after its last
-    block and norm; other families have no token grid of that kind."""
-    if not hasattr(model, "forward_features"):
+    block and norm. A family says whether it has one (``token_grid``); UniFormer's features
+    are a 5-D map of another kind, and are refused."""
+    if not getattr(model, "token_grid", False):
         raise ValueError(f"--tokens gives ViViT's token grid; {type(model).__name__} has none "
                          f"(use the pooled features)")
     return model.forward_features

@@ -229,6 +229,7 @@ class FactorisedSelfAttentionBlock(Block):
 
 class ViViT(ClipClassifier):
     family = "vivit"
+    token_grid = True                # its tokens after the last block and norm
 
     @staticmethod
     def resolve_config(cfg: VivitConfig) -> VivitConfig:

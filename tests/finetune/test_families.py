@@ -137,3 +137,19 @@ def test_a_family_without_the_whole_interface_is_refused_when_built(monkeypatch)
     monkeypatch.setitem(models.FAMILIES, "half", Half)
     with pytest.raises(TypeError, match="abstract .*classify.*describe"):
         models.build_model(VivitConfig(family="half", **GEOMETRY))
+
+
+@pytest.mark.parametrize("family", list(models.FAMILIES))
+def test_token_features_come_from_the_families_with_a_token_grid_and_no_other(family):
+    """``finetune.features --tokens``: (B, N, D) tokens from a family whose class says it has
+    them; a one-line refusal from the others (UniFormer's features are a 5-D map)."""
+    from finetune.features import token_features
+    preset = PRESETS_OF[family][0]
+    model = models.build_model(VivitConfig(family=family, preset=preset, **GEOMETRY)).eval()
+    clip = torch.randint(0, 255, (1, 3, 4, 32, 32), dtype=torch.uint8)
+    if models.family_class(family).token_grid:
+        with torch.no_grad():
+            assert token_features(model)(clip).ndim == 3
+    else:
+        with pytest.raises(ValueError, match="has none"):
+            token_features(model)

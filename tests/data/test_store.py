@@ -111,6 +111,7 @@ def test_cut_reset_and_failing_connections_give_the_same_batches(synthetic_set, 
         if web:
             web.stop()
     same(got, batches(cfg_for(synthetic_set, batch_size=4), 8))
+    print(f"{kind} seed {seed}: {proxy.counts}")
     assert proxy.counts["cut"] >= 3, proxy.counts
     assert store.RETRIES["reopened"] - before >= 3      # (a cut in a read abandoned at the end
                                                         # is counted by the proxy only)

@@ -2,6 +2,8 @@
 import os
 import subprocess
 
+import pytest
+
 
 def run_sh(env_extra):
     env = {**os.environ, **env_extra}
@@ -11,6 +13,7 @@ def run_sh(env_extra):
                           capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_run_sh_warns_loudly_when_expected_gpus_are_missing():
     r = run_sh({"CUDA_VISIBLE_DEVICES": "0,1", "NPROC": "1"})
     assert "WARNING: torch sees no GPU" in r.stderr and "CUDA_VISIBLE_DEVICES=0,1" in r.stderr

@@ -84,6 +84,7 @@ def test_a_set_in_a_store_streams_the_batches_of_the_local_set(synthetic_set, se
          [{k: v for k, v in b.items() if torch.is_tensor(v)} for b in ev_local])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,seed", [("s3", 0), ("s3", 1), ("http", 0), ("http", 2),
                                        ("http-no-ranges", 0), ("http-no-ranges", 1)])
 def test_cut_reset_and_failing_connections_give_the_same_batches(synthetic_set, served, s3,
@@ -231,6 +232,7 @@ def _objects(moto, url):
     return moto.objects(url)
 
 
+@pytest.mark.slow
 def test_prep_to_s3_killed_and_resumed_gives_the_objects_of_an_uninterrupted_prep(s3, tmp_path):
     s3.bucket("out")
     args = ["synthetic", "--count", "240", "--size", "16", "--frames", "8",

@@ -496,6 +496,7 @@ def _global_steps(cfg, world, accum, workers, steps, state=None):
     return out, json.loads(json.dumps(streams[0].state_dict()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("before,after", [
     ((2, 1, 2, 2), (1, 1, 4, 0)),      # 2 -> 1 process: the process batch doubles
     ((1, 1, 6, 2), (3, 1, 2, 0)),      # 1 -> 3: a third of it each

@@ -30,6 +30,7 @@ def test_every_family_is_in_the_presets_table():
     assert set(PRESETS_OF) == set(models.FAMILIES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family,preset,extra", CASES,
                          ids=[f"{f}-{p}-{'-'.join(f'{k}{v}' for k, v in e.items()) or 'default'}"
                               for f, p, e in CASES])

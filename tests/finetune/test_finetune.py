@@ -66,6 +66,7 @@ def test_compare_writes_a_table_curves_and_one_tensorboard_folder(synthetic_set,
     assert Image.open(out / "curves.png").size[0] > 100
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_finetune_equals_the_straight_run(ft_recipe, tmp_path):
     recipe, _ = ft_recipe
     from tests.pretrain.conftest import subprocess_env

@@ -85,6 +85,7 @@ def test_probe_cli_writes_a_report_for_an_export_and_a_random_encoder(synthetic_
     del torch
 
 
+@pytest.mark.slow
 def test_study_runs_resumes_and_writes_tables_plot_and_budget(synthetic_set, ft_recipe,
                                                               tmp_path, capsys):
     from finetune.study import main as study
@@ -190,6 +191,7 @@ def test_a_run_gets_the_same_threads_alone_as_in_the_pool(tmp_path, monkeypatch)
     assert counts == {"pool_a": 2, "pool_b": 2, "alone": 2, "one_job": 3}, counts
 
 
+@pytest.mark.slow
 def test_a_sigterm_to_the_study_stops_its_pool_workers(tmp_path):
     """SIGTERM to the study's process (a scheduler, `kill PID`) interrupts it and terminates the
     workers it spawned, instead of leaving them to finish their runs."""
@@ -286,6 +288,7 @@ def test_ctrl_c_in_the_probe_is_one_line_and_exit_130(ft_recipe, monkeypatch, ca
     assert err == ["finetune.probe: interrupted; run the same command to resume"]
 
 
+@pytest.mark.slow
 def test_a_group_sigterm_stops_a_two_job_study_at_checkpoints_and_the_rerun_matches(
         synthetic_set, ft_recipe, tmp_path):
     """SIGTERM to the study's whole process group (SLURM, a terminal) while its two fine-tunes

@@ -42,6 +42,7 @@ def test_presets_match_the_published_parameter_counts():
         assert abs(n - published) / published < 0.02, (preset, n)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["uniformer_s", "uniformer_b"])
 @pytest.mark.parametrize("geometry", ["28^3", "64^3", "16x112^2"])
 def test_every_preset_trains_a_step_on_volumes_and_video(preset, geometry):
@@ -213,6 +214,7 @@ def _losses(run_dir):
     return {r["step"]: r["loss"] for r in rows if r.get("split") == "train" and "loss" in r}
 
 
+@pytest.mark.slow
 def test_a_killed_uniformer_finetune_resumes_with_the_same_losses(synthetic_set, tmp_path):
     from tests.pretrain.conftest import subprocess_env
     recipe = _recipe(tmp_path, synthetic_set, {"family": "uniformer",
@@ -292,6 +294,7 @@ def test_deepspeed_bf16_trains_both_families(family):
     ("model.uniformer.temporal_padding=reflect", ["model.uniformer.temporal_padding"]),
     ("model.uniformer.downsample=[[1,2,0]]", ["3 downsample"]),
 ])
+@pytest.mark.slow
 def test_bad_uniformer_configs_stop_naming_the_key(ft_recipe, tmp_path, override, words):
     import yaml
     recipe, _ = ft_recipe

@@ -25,6 +25,7 @@ def losses(run_dir):
         return {r["step"]: r["loss"] for r in map(json.loads, f)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage,precision", [(1, "fp32"), (2, "fp32"), (3, "bf16")])
 def test_two_process_zero_trains_checkpoints_and_resumes_exactly(tiny_recipe, tmp_path, stage,
                                                                  precision):

@@ -32,6 +32,7 @@ def launch(nproc, recipe, run_dir, *overrides, precision="fp32"):
                           timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("before,after,engine,stage,batch,precision", [
     (2, 1, "auto", 0, 4, "fp32"),          # DeepSpeed ZeRO-0 on 2 -> the plain engine on 1
     (1, 3, "auto", 1, 6, "fp32"),          # the plain engine on 1 -> DeepSpeed ZeRO-1 on 3
@@ -71,6 +72,7 @@ def test_a_run_continues_on_another_number_of_processes(tiny_recipe, tmp_path, b
         assert not re.search(r'File ".*/(pretrain|data|finetune)/', r.stderr)
 
 
+@pytest.mark.slow
 def test_a_zero_3_run_on_another_number_of_processes_is_one_line(tiny_recipe, tmp_path):
     recipe, _ = tiny_recipe
     for engine in ("deepspeed", "auto"):       # auto: the plain engine of one process
@@ -85,6 +87,7 @@ def test_a_zero_3_run_on_another_number_of_processes_is_one_line(tiny_recipe, tm
         assert not re.search(r'File ".*/(pretrain|data|finetune)/', r.stderr)
 
 
+@pytest.mark.slow
 def test_a_fine_tuning_continues_on_another_number_of_processes(synthetic_set, tmp_path):
     """Fine-tuning shares the loop: killed after its first epoch on 2 processes (DeepSpeed
     ZeRO-1), continued on 1 (its ZeRO-1 partitions joined into one), it ends with the

@@ -1,3 +1,4 @@
+import pytest
 """A loader worker killed (the OOM killer's usual choice) or stopped (a hung network read)
 while pre-training runs: the trainer checkpoints and stops in one line naming the worker, and
 a stop signal meanwhile is honoured at once. The run resumes exactly."""
@@ -62,6 +63,7 @@ def _errors(err: str) -> list[str]:
     return [x for x in err.splitlines() if "error" in x.lower() or "Traceback" in x]
 
 
+@pytest.mark.slow
 def test_kill_9_of_a_loader_worker_checkpoints_and_stops_in_one_line_then_resumes_exactly(
         tiny_recipe, tmp_path):
     recipe, _ = tiny_recipe
@@ -88,6 +90,7 @@ def test_kill_9_of_a_loader_worker_checkpoints_and_stops_in_one_line_then_resume
     assert losses(straight) == losses(cut)        # bitwise, the steps after the cut included
 
 
+@pytest.mark.slow
 def test_a_stopped_loader_worker_is_named_at_half_the_timeout_and_stops_the_run_at_it(
         tiny_recipe, tmp_path):
     recipe, _ = tiny_recipe

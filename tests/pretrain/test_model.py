@@ -20,6 +20,7 @@ def clip_and_mask(model, b=2, ratio=0.75, seed=0):
     return video, tube_mask(b, c.grid, ratio, g)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_preset_builds_with_published_sizes(preset):
     m = VideoMAE(ModelConfig(preset=preset))
@@ -120,6 +121,7 @@ def test_positional_table_follows_the_clip_size():
     assert out["pred"].shape == (1, 4 * 27, m.cfg.patch_dim)
 
 
+@pytest.mark.slow
 def test_the_model_traces_into_one_graph_given_token_ids():
     """What runtime.compile relies on: with the masks given as host-computed token ids the
     forward has no data-dependent shapes, so dynamo captures it whole (no graph breaks)."""

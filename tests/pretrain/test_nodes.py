@@ -53,6 +53,7 @@ def two_nodes(recipe, run_dir, *overrides, timeout=600):
     return out
 
 
+@pytest.mark.slow
 def test_two_nodes_train_checkpoint_export_and_resume_as_one_agent_with_two_processes(
         tiny_recipe, tmp_path):
     recipe, _ = tiny_recipe
@@ -101,6 +102,7 @@ def kill_group(p, sig=signal.SIGKILL):
             pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["killed", "hung"])
 def test_a_lost_node_stops_the_other_within_the_timeout_in_one_line(tiny_recipe, tmp_path, how):
     """Node 1's launcher and trainer killed (kill -9, a node gone), or its trainer stopped
@@ -152,6 +154,7 @@ def test_a_lost_node_stops_the_other_within_the_timeout_in_one_line(tiny_recipe,
     assert f"at step {step}" in res[0][1]
 
 
+@pytest.mark.slow
 def test_an_elastic_run_resumes_by_itself_when_the_lost_node_comes_back(tiny_recipe, tmp_path):
     """RDZV=c10d: node 1 is lost (its launcher and trainer killed); node 0's trainer stops in
     one line and its launcher waits for a second node; node 1's launcher started again (the

@@ -37,6 +37,7 @@ def final_weights(run_dir):
     return torch.load(os.path.join(ckpt, tag, "plain_state.pt"), weights_only=False)["model"]
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_equals_the_straight_run(tiny_recipe, tmp_path):
     recipe, _ = tiny_recipe
     straight, cut = str(tmp_path / "straight"), str(tmp_path / "cut")
@@ -59,6 +60,7 @@ def test_killed_and_resumed_run_equals_the_straight_run(tiny_recipe, tmp_path):
     assert os.path.isfile(os.path.join(cut, "export", "encoder.safetensors"))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tiny_recipe, tmp_path):
     recipe, run_dir = tiny_recipe
     p = subprocess.Popen([sys.executable, "-m", "pretrain", "--config", recipe,
@@ -112,6 +114,7 @@ def test_a_resume_with_other_settings_is_refused(tiny_recipe):
     assert r.returncode == 2 and "data.mask_ratio: 0.75 -> 0.5" in r.stderr
 
 
+@pytest.mark.slow
 def test_a_moved_run_folder_and_other_spellings_of_its_paths_resume(tiny_recipe, tmp_path):
     import shutil
     import yaml
@@ -248,6 +251,7 @@ class _Planted:
         return (open, (self.marker, "w"))
 
 
+@pytest.mark.slow
 def test_a_planted_pickle_in_a_run_folder_never_runs(tiny_recipe, tmp_path):
     recipe, run_dir = tiny_recipe
     assert run_cli(recipe, "train.steps=3", "train.ckpt_every=3").returncode == 0
@@ -262,6 +266,7 @@ def test_a_planted_pickle_in_a_run_folder_never_runs(tiny_recipe, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tiny_recipe, tmp_path):
     recipe, run_dir = tiny_recipe
     common = ["train.steps=9", "train.ckpt_every=3"]
@@ -329,6 +334,7 @@ def test_exported_files_follow_the_umask(tmp_path):
         assert os.stat(tmp_path / f).st_mode & 0o777 == 0o644, f
 
 
+@pytest.mark.slow
 def test_nvdec_runs_equal_the_cpu_decoder_path_and_resume_exactly(
         tiny_recipe, tmp_path):
     """data.decode=nvdec with the CPU stand-in for NVDEC (the same frames as the CPU
@@ -499,6 +505,7 @@ def test_export_to_a_folder_it_cannot_write_is_one_line(tiny_recipe, tmp_path, c
 FAST_LOADER = ["data.augment=device", "data.repeat_mode=spatial", "data.device_format=yuv420"]
 
 
+@pytest.mark.slow
 def test_a_run_with_every_fast_loader_option_resumes_exactly(tiny_recipe, keyframe_set,
                                                              tmp_path):
     """Spatial repeats, YUV planes to the device and keyframe starts, with two loader
@@ -521,6 +528,7 @@ def test_a_run_with_every_fast_loader_option_resumes_exactly(tiny_recipe, keyfra
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_the_fast_loader_options_learn_as_the_default_path(tiny_recipe, tmp_path):
     """The loss curve with spatial repeats and YUV planes to the device stays within the
     seed-to-seed spread of the default path (temporal repeats, RGB cropped in the loader):

@@ -1,4 +1,5 @@
 import os
+import time
 
 import pytest
 import yaml
@@ -31,3 +32,17 @@ def subprocess_env(**extra) -> dict:
     env.update({"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"})
     env.update(extra)
     return env
+
+
+def wait_for_step(run_dir, step, timeout=240, proc=None):
+    """Until ``run_dir``'s metrics.jsonl holds ``step`` lines; with ``proc``, also return when
+    that process has ended (its exit is then the test's to check)."""
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.isfile(metrics) and len(open(metrics).read().splitlines()) >= step:
+            return
+        if proc is not None and proc.poll() is not None:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no step {step} in {run_dir} within {timeout} s")

@@ -11,9 +11,7 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
-from pretrain.config import load_config
 from tests.pretrain.conftest import subprocess_env
 from tests.pretrain.test_distributed import losses
 

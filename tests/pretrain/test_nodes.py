@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.conftest import child_pids
-from tests.pretrain.conftest import subprocess_env
+from tests.pretrain.conftest import subprocess_env, wait_for_step
 from tests.pretrain.test_distributed import losses, torchrun
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
@@ -75,16 +75,6 @@ def test_two_nodes_train_checkpoint_export_and_resume_as_one_agent_with_two_proc
     assert losses(nodes) == losses(one) and len(losses(one)) == 4
     with open(os.path.join(nodes, "config.yaml")) as f:
         assert "zero_stage: 1" in f.read()
-
-
-def wait_for_step(run_dir, step, timeout=240):
-    metrics = os.path.join(run_dir, "metrics.jsonl")
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if os.path.isfile(metrics) and len(open(metrics).read().splitlines()) >= step:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no step {step} in {run_dir} within {timeout} s")
 
 
 def kill_group(p, sig=signal.SIGKILL):

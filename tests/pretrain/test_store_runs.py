@@ -10,19 +10,23 @@ import time
 
 import pytest
 
-from tests.pretrain.conftest import subprocess_env
+from tests.pretrain.conftest import subprocess_env, wait_for_step
 from tests.pretrain.test_distributed import losses
 from tests.storage import KEY_ID, SECRET, FaultyProxy, HttpServer, s3_env
 
 pytestmark = pytest.mark.slow
 
 
+def pretrain_cmd(recipe, run_dir, *overrides, patience=5):
+    """The command of every run here: 32 steps, 2 loader workers, a checkpoint every 4."""
+    return [sys.executable, "-m", "pretrain", "--config", recipe, f"run.dir={run_dir}",
+            "log.picture_every=0", "data.num_workers=2", f"data.store_patience={patience}",
+            "train.steps=32", "train.ckpt_every=4", *overrides]
+
+
 def pretrain(recipe, run_dir, *overrides, env=None):
-    cmd = [sys.executable, "-m", "pretrain", "--config", recipe, f"run.dir={run_dir}",
-           "log.picture_every=0", "data.num_workers=2", "data.store_patience=5",
-           "train.steps=32", "train.ckpt_every=4", *overrides]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          env=subprocess_env(**(env or {})))
+    return subprocess.run(pretrain_cmd(recipe, run_dir, *overrides), capture_output=True,
+                          text=True, timeout=600, env=subprocess_env(**(env or {})))
 
 
 def secret_free(run_dir, *texts):
@@ -108,18 +112,11 @@ def test_a_store_that_goes_down_ends_the_run_in_one_line_and_the_same_command_re
     proxy = FaultyProxy(moto.port)
     run_dir = str(tmp_path / "run")
     env = s3_env(proxy.url)
-    cmd = [sys.executable, "-m", "pretrain", "--config", recipe, f"run.dir={run_dir}",
-           "log.picture_every=0", "data.num_workers=2", "data.store_patience=3",
-           "train.steps=32", "train.ckpt_every=4", "data.shards=s3://down/syn"]
+    cmd = pretrain_cmd(recipe, run_dir, "data.shards=s3://down/syn", patience=3)
     try:
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=subprocess_env(**env))
-        metrics = os.path.join(run_dir, "metrics.jsonl")
-        end = time.time() + 300
-        while time.time() < end and p.poll() is None:
-            if os.path.isfile(metrics) and len(open(metrics).read().splitlines()) >= 2:
-                break
-            time.sleep(0.05)
+        wait_for_step(run_dir, 2, timeout=300, proc=p)
         proxy.down = True            # from step 2 on, every connection is refused
         t0 = time.time()
         out, err = p.communicate(timeout=300)
@@ -190,18 +187,11 @@ def test_a_run_stopped_on_local_data_continues_on_the_same_set_copied_to_s3(
     moto.bucket("moved")
     moto.upload(synthetic_set, "s3://moved/syn")
     run_dir = str(tmp_path / "run")
-    cmd = [sys.executable, "-m", "pretrain", "--config", recipe, f"run.dir={run_dir}",
-           "log.picture_every=0", "data.num_workers=2", "data.store_patience=5",
-           "train.steps=32", "train.ckpt_every=4"]
+    cmd = pretrain_cmd(recipe, run_dir)
     env = subprocess_env(**s3_env(moto.endpoint))
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                          env=env)
-    metrics = os.path.join(run_dir, "metrics.jsonl")
-    end = time.time() + 300
-    while time.time() < end and p.poll() is None:
-        if os.path.isfile(metrics) and len(open(metrics).read().splitlines()) >= 6:
-            break
-        time.sleep(0.05)
+    wait_for_step(run_dir, 6, timeout=300, proc=p)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=300)
     assert p.returncode == 143, err[-3000:]

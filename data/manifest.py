@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass, field
 
 from .errors import DataSetError
-from .store import (NotFound, StoreOptions, check_url, child, is_remote, list_sizes, member,
-                    read_bytes)
+from .store import (StoreOptions, check_url, child, is_remote, list_sizes, member,
+                    read_if_there)
 
 __all__ = ["DataSetError", "Shard", "ShardSet", "has_splits", "load_shard_set", "file_sha256"]
 
@@ -63,18 +63,8 @@ class ShardSet:
 
 def has_splits(path: str) -> bool:
     if is_remote(path):
-        try:
-            read_bytes(member(path, "manifest.json"))
-            return False
-        except NotFound:
-            pass
-        for split in SPLITS:
-            try:
-                read_bytes(member(child(path, split), "manifest.json"))
-                return True
-            except NotFound:
-                continue
-        return False
+        return read_if_there(member(path, "manifest.json")) is None and any(
+            read_if_there(member(child(path, s), "manifest.json")) is not None for s in SPLITS)
     return not os.path.isfile(os.path.join(path, "manifest.json")) and any(
         os.path.isfile(os.path.join(path, s, "manifest.json")) for s in SPLITS)
 
@@ -83,28 +73,23 @@ def _remote_manifest(path: str, split: str | None, options) -> tuple[str, bytes]
     """(the set folder's URL, its manifest's bytes) of a set in a store; with splits, those of
     ``split`` (default train)."""
     check_url(path)
-    try:
-        return path, read_bytes(member(path, "manifest.json"), options)
-    except NotFound:
-        pass
-    found = {}
+    text = read_if_there(member(path, "manifest.json"), options)
+    if text is not None:
+        return path, text
+    found = []
     for s in SPLITS:
-        try:
-            found[s] = read_bytes(member(child(path, s), "manifest.json"), options)
-        except NotFound:
+        text = read_if_there(member(child(path, s), "manifest.json"), options)
+        if text is None:
             continue
         if s == (split or "train"):
-            return child(path, s), found[s]
+            return child(path, s), text
+        found.append(s)
     if found:
-        raise DataSetError(f"{path} has no '{split or 'train'}' split (it has {list(found)})")
-    hint = f"check the URL, or prepare it with `python -m data.prep ... --out {path}`"
-    for where in [path] + [child(path, s) for s in SPLITS]:
-        try:
-            read_bytes(member(where, ".progress.jsonl"), options)
-        except NotFound:
-            continue
-        hint = INTERRUPTED
-        break
+        raise DataSetError(f"{path} has no '{split or 'train'}' split (it has {found})")
+    partial = any(read_if_there(member(where, ".progress.jsonl"), options) is not None
+                  for where in [path] + [child(path, s) for s in SPLITS])
+    hint = INTERRUPTED if partial else \
+        f"check the URL, or prepare it with `python -m data.prep ... --out {path}`"
     raise DataSetError(f"{path} is not a prepared shard set (no manifest.json there); {hint}")
 
 

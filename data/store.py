@@ -458,6 +458,14 @@ def read_bytes(url: str, options: StoreOptions = StoreOptions()) -> bytes:
         return r.read()
 
 
+def read_if_there(url: str, options: StoreOptions = StoreOptions()) -> bytes | None:
+    """``read_bytes``, or None when the object is not in the store."""
+    try:
+        return read_bytes(url, options)
+    except NotFound:
+        return None
+
+
 def list_sizes(url: str, options: StoreOptions = StoreOptions()) -> dict | None:
     """{name under the folder ``url``: bytes} of an s3:// folder (None for a store that cannot
     list: http, pipe)."""

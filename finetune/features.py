@@ -193,7 +193,7 @@ def parts_key(model, data_cfg, inputs: list[str], tokens: bool) -> str:
     manifests, a file by its size and modification time), the data settings and ``tokens``.
     Parts under another key are thrown away, never mixed in."""
     import torch
-    from data.store import NotFound, child, is_remote, member, read_bytes
+    from data.store import child, is_remote, member, read_if_there
     h = hashlib.sha256()
     for name, v in sorted(model.state_dict().items()):
         h.update(name.encode())
@@ -203,11 +203,9 @@ def parts_key(model, data_cfg, inputs: list[str], tokens: bool) -> str:
     for path in inputs:
         if is_remote(path):       # a set in a store: its manifests (each shard's sha256)
             for where in [path] + [child(path, s) for s in ("train", "val", "test")]:
-                try:
-                    text = read_bytes(member(where, "manifest.json"))
-                except NotFound:
-                    continue
-                seen.append([where, hashlib.sha256(text).hexdigest()])
+                text = read_if_there(member(where, "manifest.json"))
+                if text is not None:
+                    seen.append([where, hashlib.sha256(text).hexdigest()])
             continue
         base = path.rpartition(":")[0] if ":" in path and not os.path.exists(path) else path
         manifests = sorted(os.path.join(d, "manifest.json") for d in

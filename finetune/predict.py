@@ -99,13 +99,9 @@ def _volumes_from_npz(spec: str, classes: list[str]) -> list[Item]:
 
 
 def _is_prepared(path: str) -> bool:
-    from data.store import NotFound, is_remote, member, read_bytes
+    from data.store import is_remote, member, read_if_there
     if is_remote(path):
-        try:
-            read_bytes(member(path, "manifest.json"))
-            return True
-        except NotFound:
-            return False
+        return read_if_there(member(path, "manifest.json")) is not None
     return os.path.isfile(os.path.join(path, "manifest.json"))
 
 

@@ -111,12 +111,8 @@ class StoreFolder:
         return self.sizes.get(name)
 
     def read_text(self, name: str) -> str | None:
-        if name not in self.sizes:
-            return None
-        try:
-            return store.read_bytes(self.url(name)).decode()
-        except store.NotFound:
-            return None
+        data = store.read_if_there(self.url(name)) if name in self.sizes else None
+        return None if data is None else data.decode()
 
     def write_text(self, name: str, text: str):
         data = text.encode()

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..manifest import SPLITS, DataSetError, has_splits, load_shard_set
 from ..shard_reader import open_shard
-from ..store import NotFound, StoreOptions, child, is_remote, read_bytes
+from ..store import StoreOptions, child, is_remote, read_bytes, read_if_there
 from ..store import member as member_of
 from .runner import write_shard_set
 
@@ -52,10 +52,7 @@ def mirror_split(src: str, dest: str):
         os.replace(path + ".tmp", path)
     manifest = read_bytes(member_of(ss.root, "manifest.json")).decode()
     json.loads(manifest)
-    try:
-        failures = read_bytes(member_of(ss.root, "failures.jsonl")).decode()
-    except NotFound:
-        failures = ""
+    failures = (read_if_there(member_of(ss.root, "failures.jsonl")) or b"").decode()
     write_text_atomic(os.path.join(dest, "failures.jsonl"), failures)
     write_text_atomic(os.path.join(dest, "manifest.json"), manifest)
     return dest

@@ -136,6 +136,30 @@ def per_class(cm: np.ndarray, names: list | None = None) -> list[dict]:
     return out
 
 
+def stream_outputs(fn, data, split: str | None = None, shard_set=None, rank: int = 0,
+                   world_size: int = 1, bar=None) -> tuple[np.ndarray, np.ndarray | None,
+                                                        np.ndarray]:
+    """The one evaluation loop: ``fn`` (a batch's videos -> outputs) over every view of a split
+    (``EvalStream`` of ``data``, this rank's share), without gradients. Returns per view
+    (sample index, outputs as float numpy or None when this rank had nothing, labels);
+    ``bar`` (a ``Progress``) counts samples. Train's validation and test, predict's and
+    features' prepared sets, and the probe all read a split through it."""
+    from data.stream import EvalStream
+    stream = EvalStream(data, split, rank, world_size, shard_set=shard_set)
+    views = 1 if stream.shard_set.kind == "volume" else data.test_clips * data.test_crops
+    idx, outs, labels = [], [], []
+    with torch.no_grad():
+        for batch in stream:
+            outs.append(fn(batch["video"]).float().cpu().numpy())
+            idx.append(batch["index"].numpy())
+            labels.append(batch["label"].numpy())
+            if bar is not None:
+                bar.update(len(batch["index"]) / views)
+    if not idx:
+        return np.zeros(0, np.int64), None, np.zeros(0, np.int64)
+    return np.concatenate(idx), np.concatenate(outs), np.concatenate(labels)
+
+
 def summarize(kind: str, index, logits, labels) -> dict:
     """Metrics of one split: MedMNIST ACC/AUC for volumes, top-1/top-5 for videos (plus
     ACC/AUC for binary tasks), all on per-sample view-averaged softmax scores."""

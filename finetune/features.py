@@ -46,9 +46,7 @@ def shard_set_features(model, data_cfg, shard_set, device, parts: str | None = N
     """(features (S, D) averaged over views, labels (S,), sample numbers (S,)) of every sample
     of ``shard_set``, ordered by sample number; computed ``max(1, workers)`` shards at a time
     (each chunk saved under ``parts`` when given, and taken from there when already done)."""
-    import torch
-    from data.stream import EvalStream
-    from .evaluate import mean_per_sample
+    from .evaluate import mean_per_sample, stream_outputs
     model.eval()
     fn = token_features(model) if tokens else model.pooled
     chunk = max(1, data_cfg.num_workers)
@@ -64,19 +62,10 @@ def shard_set_features(model, data_cfg, shard_set, device, parts: str | None = N
                 bar.update(sum(s.samples for s in shards))
         else:
             sub = dataclasses.replace(shard_set, shards=shards)
-            idx, feats, labels = [], [], []
-            with torch.no_grad():
-                views = 1 if shard_set.kind == "volume" else \
-                    data_cfg.test_clips * data_cfg.test_crops
-                for batch in EvalStream(data_cfg, None, shard_set=sub):
-                    feats.append(fn(batch["video"].to(device)).float().cpu().numpy())
-                    idx.append(batch["index"].numpy())
-                    labels.append(batch["label"].numpy())
-                    if bar is not None:
-                        bar.update(len(batch["index"]) / views)
-            if idx:
-                idx, f, lab = mean_per_sample(np.concatenate(idx), np.concatenate(feats),
-                                              np.concatenate(labels))
+            idx, feats, labels = stream_outputs(lambda video: fn(video.to(device)), data_cfg,
+                                                shard_set=sub, bar=bar)
+            if feats is not None:
+                idx, f, lab = mean_per_sample(idx, feats, labels)
                 idx = idx + first
             else:
                 idx, f, lab = np.zeros(0, np.int64), None, np.zeros(0, np.int64)
@@ -112,7 +101,8 @@ def features(model: str, inputs: list[str], out: str, config: str | None = None,
              overrides=(), device: str | None = None, tokens: bool = False) -> dict:
     """Write the features of ``inputs`` to ``out`` (+ the index CSV); returns a summary."""
     import torch
-    from .predict import Item, Predictor, gather, input_count
+    from data.manifest import load_shard_set
+    from .predict import Predictor, gather, input_count, input_groups
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if config:
         from .init import probe_model
@@ -123,7 +113,6 @@ def features(model: str, inputs: list[str], out: str, config: str | None = None,
         classes_n = cfg.model.num_classes
         if not classes_n:
             try:
-                from data.manifest import load_shard_set
                 classes_n = load_shard_set(cfg.data.shards, "train").num_classes
             except (ValueError, OSError):
                 classes_n = 1
@@ -147,28 +136,21 @@ def features(model: str, inputs: list[str], out: str, config: str | None = None,
         from data.progress import Progress
         bar = Progress(input_count(units), "features")
         predictor = Predictor(t, None, features=True)
-        loose: list[Item] = []
 
         def on_result(item, per_view):
             feats.append(per_view.mean(0).numpy()[None])
             rows.append((item.name, None if item.label is None else
                          (classes[item.label] if classes else str(item.label))))
-        for n, u in enumerate(units + [None]):
-            if isinstance(u, Item):
-                loose.append(u)
+        for n, group in enumerate(input_groups(units)):
+            if isinstance(group, list):
+                predictor.items(group, on_result, failures.append, bar)
                 continue
-            if loose:
-                predictor.items(loose, on_result, failures.append, bar)
-                loose = []
-            if u is None:
-                break
-            from data.manifest import load_shard_set
-            ss = load_shard_set(u)
-            data = dataclasses.replace(t.data, shards=u)
+            ss = load_shard_set(group)
+            data = dataclasses.replace(t.data, shards=group)
             f, lab, idx = shard_set_features(t.model, data, ss, t.device, parts, name=f"in{n}",
                                              tokens=tokens, bar=bar)
             feats.append(f)
-            rows += [(f"{u}#{int(i)}", ss.classes[int(lb)] if ss.classes else str(int(lb)))
+            rows += [(f"{group}#{int(i)}", ss.classes[int(lb)] if ss.classes else str(int(lb)))
                      for i, lb in zip(idx, lab)]
         for f in failures:
             print(f"finetune.features: skipped {f.name}: {f.reason}", file=sys.stderr)

@@ -25,6 +25,7 @@ import csv
 import json
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 LIST_EXTS = ("txt", "lst", "list")
@@ -221,9 +222,7 @@ class Predictor:
         self.batch = batch_size or trained.data.batch_size
         self.features = features
 
-    def _run(self, views):
-        import torch
-        video = torch.stack(views)
+    def _run(self, video):
         return self.t.pooled(video) if self.features else self.t.logits(video)
 
     def items(self, items: list[Item], on_result, on_failure, bar=None):
@@ -237,7 +236,7 @@ class Predictor:
         def flush():
             if not pending:
                 return
-            out = self._run(pending).cpu()
+            out = self._run(torch.stack(pending)).cpu()
             for o, row in zip(owners, out):
                 outputs.setdefault(o, []).append(row)
             pending.clear()
@@ -275,22 +274,27 @@ class Predictor:
         ``Progress``) counts its samples."""
         import dataclasses
 
-        import numpy as np
         from data.manifest import load_shard_set
-        from data.stream import EvalStream
+        from .evaluate import stream_outputs
         ss = load_shard_set(folder)
         cfg = dataclasses.replace(self.t.data, shards=folder, batch_size=self.batch)
-        idx, outs, labels = [], [], []
-        views = 1 if ss.kind == "volume" else cfg.test_clips * cfg.test_crops
-        for batch in EvalStream(cfg, None, shard_set=ss):
-            outs.append(self._run(list(batch["video"])).cpu().numpy())
-            idx.append(batch["index"].numpy())
-            labels.append(batch["label"].numpy())
-            if bar is not None:
-                bar.update(len(batch["index"]) / views)
-        if not idx:
-            return ss, np.zeros(0, np.int64), None, np.zeros(0, np.int64)
-        return ss, np.concatenate(idx), np.concatenate(outs), np.concatenate(labels)
+        return (ss,) + stream_outputs(self._run, cfg, shard_set=ss, bar=bar)
+
+
+def input_groups(units: list) -> Iterator[list[Item] | str]:
+    """The one input loop of predict and features: ``gather``'s units in their order, each run
+    of loose inputs as one list (their views are batched together), each prepared set alone."""
+    loose: list[Item] = []
+    for u in units:
+        if isinstance(u, Item):
+            loose.append(u)
+            continue
+        if loose:
+            yield loose
+            loose = []
+        yield u
+    if loose:
+        yield loose
 
 
 def predict(model: str, inputs: list[str], top_k: int = 5, device: str | None = None,
@@ -328,7 +332,6 @@ def predict(model: str, inputs: list[str], top_k: int = 5, device: str | None = 
         scored["labels"].append(labels)
 
     p = Predictor(t, batch_size)
-    loose = [u for u in units if isinstance(u, Item)]
     bar = Progress(input_count(units), "predict", show=progress)
 
     def on_result(item: Item, logits):
@@ -338,23 +341,17 @@ def predict(model: str, inputs: list[str], top_k: int = 5, device: str | None = 
         if item.label is not None:
             add_scored(logits.numpy(), np.full(len(logits), item.label),
                        np.full(len(logits), len(rows)))
-    batch_items: list[Item] = []
-    for u in units + [None]:
-        if isinstance(u, Item):
-            batch_items.append(u)
+    for group in input_groups(units):
+        if isinstance(group, list):
+            p.items(group, on_result, failures.append, bar)
             continue
-        if batch_items:
-            p.items(batch_items, on_result, failures.append, bar)
-            batch_items = []
-        if u is None:
-            break
-        ss, idx, logits, labels = p.shard_set(u, bar)
+        ss, idx, logits, labels = p.shard_set(group, bar)
         if logits is None:
-            failures.append(Failure(u, "no sample of the set could be read"))
+            failures.append(Failure(group, "no sample of the set could be read"))
             continue
         sample_idx, scores, lab = aggregate_views(idx, logits, labels)
         for i, s, lb in zip(sample_idx, scores, lab):
-            rows.append(row(f"{u}#{int(i)}", s, int(lb)))
+            rows.append(row(f"{group}#{int(i)}", s, int(lb)))
         add_scored(logits, labels, idx)
     bar.close()
     metrics = None

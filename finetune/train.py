@@ -25,7 +25,7 @@ from data.clips import check_stride
 from data.memory import check_batch_memory
 from data.manifest import load_shard_set
 from data.prep.medmnist import resolve_shards
-from data.stream import EvalStream, batch_to_device
+from data.stream import batch_to_device
 from pretrain.runtime.config import to_dict
 from pretrain.runtime.distributed import (all_gather_objects, barrier, init_distributed,
                                           shutdown)
@@ -35,7 +35,7 @@ from pretrain.runtime.optim import cosine_lr, param_groups, peak_lr
 from pretrain.runtime.reshard import fit_to_checkpoint
 from pretrain.runtime.resume import check_resume_config
 from .config import FinetuneConfig, check_recipe, check_splits, config_from_cli  # noqa: F401
-from .evaluate import confusion_picture, per_class, summarize
+from .evaluate import confusion_picture, per_class, stream_outputs, summarize
 from .init import init_from, report_counts, resolve_norm_layout, take_export_geometry
 from .models import build_model, describe, describe_layer_decay, layer_decay_scale
 
@@ -46,21 +46,11 @@ def evaluate(engine, cfg: FinetuneConfig, split: str, dist, clips: int, crops: i
              kind: str) -> dict:
     """Every sample of ``split`` once across ranks, ``clips x crops`` views, softmax-averaged."""
     data = replace(cfg.data, test_clips=clips, test_crops=crops, mask="none")
-    stream = EvalStream(data, split, dist.rank, dist.world_size)
     engine.train(False)
-    idx, logits, labels = [], [], []
-    with torch.no_grad():
-        for batch in stream:
-            out = engine(batch["video"].to(dist.device))
-            idx.append(batch["index"].numpy())
-            logits.append(out.float().cpu().numpy())
-            labels.append(batch["label"].numpy())
+    part = stream_outputs(lambda video: engine(video.to(dist.device)), data, split,
+                          rank=dist.rank, world_size=dist.world_size)
     engine.train(True)
-    parts = all_gather_objects((np.concatenate(idx) if idx else np.zeros(0, np.int64),
-                                np.concatenate(logits) if logits else None,
-                                np.concatenate(labels) if labels else np.zeros(0, np.int64)),
-                               dist)
-    parts = [p for p in parts if p[1] is not None]
+    parts = [p for p in all_gather_objects(part, dist) if p[1] is not None]
     return summarize(kind, np.concatenate([p[0] for p in parts]),
                      np.concatenate([p[1] for p in parts]),
                      np.concatenate([p[2] for p in parts]))

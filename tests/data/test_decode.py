@@ -103,7 +103,6 @@ def test_predict_features_and_visualize_see_a_rotated_file_upright(tmp_path):
     predict's and features' Predictor and visualize's clip_of."""
     import types
 
-    import torch
 
     from data.stream import StreamConfig
     from finetune.predict import Item, Predictor
@@ -114,9 +113,8 @@ def test_predict_features_and_visualize_see_a_rotated_file_upright(tmp_path):
     cfg = StreamConfig(num_frames=4, size=64, stride=2, test_clips=1, test_crops=1, mask="none")
     seen = {}
     trained = types.SimpleNamespace(data=cfg, model=types.SimpleNamespace(
-        cfg=types.SimpleNamespace(in_chans=3)))
+        cfg=types.SimpleNamespace(in_chans=3)), logits=lambda video: video.flatten(1).float())
     predictor = Predictor(trained, batch_size=1)
-    predictor._run = lambda views: torch.stack(views).flatten(1).float()
     items = [Item("plain", "video", lambda: plain), Item("turned", "video", lambda: turned)]
     predictor.items(items, lambda item, out: seen.__setitem__(item.name, out[0]),
                     lambda failure: pytest.fail(str(failure)))

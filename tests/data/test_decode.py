@@ -103,7 +103,6 @@ def test_predict_features_and_visualize_see_a_rotated_file_upright(tmp_path):
     predict's and features' Predictor and visualize's clip_of."""
     import types
 
-
     from data.stream import StreamConfig
     from finetune.predict import Item, Predictor
     from pretrain.visualize import clip_of

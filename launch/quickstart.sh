@@ -35,25 +35,57 @@ if [ "$SCALE" = 1 ]; then OUT=${QUICKSTART_DIR:-runs/quickstart}; else
        "$EPOCHS fine-tuning epoch(s) of $CLIPS clips; its numbers are not the quick start's"
 fi
 mkdir -p "$OUT"
+# Cores per phase: a phase that runs one process takes every core (OMP_NUM_THREADS, printed on
+# its start line, since the order of sums depends on it); prep runs one encoder per core; the
+# study's two runs take cores/2 threads each, and the UniFormer head one beside them.
+# (nproc itself would answer OMP_NUM_THREADS, which launch/setup.sh sets to 1)
+CORES=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 1)
+# each phase's wall time and CPU time (the finished children of this shell, from `times`, which
+# must run in this shell, not in a $(...)), printed at its end
+cpu_now() {
+  times > "$OUT/.times"
+  CPU_NOW=$(awk 'NR == 2 { n = 0; for (i = 1; i <= 2; i++) { split($i, a, "m");
+    n += a[1] * 60 + a[2] } print n }' "$OUT/.times")
+}
+PHASES=""
+phase_begin() { PHASE_NAME=$1; PHASE_T0=$(date +%s.%N); cpu_now; PHASE_C0=$CPU_NOW; }
+phase_end() {
+  local line
+  cpu_now
+  line=$(awk -v n="$PHASE_NAME" -v t0="$PHASE_T0" -v t1="$(date +%s.%N)" -v c0="$PHASE_C0" \
+    -v c1="$CPU_NOW" 'BEGIN { w = t1 - t0; printf "%-28s %7.0f s wall %7.0f s CPU %5.2f cores", \
+    n, w, c1 - c0, (w > 0 ? (c1 - c0) / w : 0) }')
+  echo "   [$line]"
+  PHASES="$PHASES$line"$'\n'
+}
+QS_T0=$(date +%s.%N)
 
-echo "== 1/5 synthetic data set -> shards ($OUT/data: pool, train, val, test)"
-python -m data.prep synthetic --out "$OUT/data" --pool "$POOL" --train-per-class "$TRAIN_PC" \
+echo "== 1/5 synthetic data set -> shards ($OUT/data: pool, train, val, test; $CORES encoders)"
+phase_begin "1 data set"
+python -m data.prep synthetic --workers "$CORES" --out "$OUT/data" --pool "$POOL" --train-per-class "$TRAIN_PC" \
   --val-per-class "$VAL_PC" --test-per-class "$TEST_PC" --num-classes 4 --size 64 --frames 40 \
   --shard-samples 128
+phase_end
 
 echo "== 2/5 one streamed batch: 16 frames at stride 2, 64x64, tube mask 0.9"
-python -m data.preview "$OUT/data/pool" --num-frames 16 --stride 2 --size 64 --patch 16 \
+phase_begin "2 one batch"
+OMP_NUM_THREADS=$CORES python -m data.preview "$OUT/data/pool" --num-frames 16 --stride 2 --size 64 --patch 16 \
   --batch 4 --png "$OUT/preview.png"
 echo "picture of the batch (hidden tubes shaded): $OUT/preview.png"
+phase_end
 
-echo "== 3/5 pre-train VideoMAE (tiny) on the unlabeled pool -> $OUT/pretrain"
-python -m pretrain --config launch/configs/pretrain/tiny_synthetic.yaml \
+echo "== 3/5 pre-train VideoMAE (tiny) on the unlabeled pool -> $OUT/pretrain ($CORES threads)"
+phase_begin "3 pre-training"
+OMP_NUM_THREADS=$CORES python -m pretrain --config launch/configs/pretrain/tiny_synthetic.yaml \
   run.dir="$OUT/pretrain" data.shards="$OUT/data/pool" log.progress=false \
   train.steps="$STEPS" train.ckpt_every="$CKPT_EVERY"
+phase_end
 
 echo "== 4/5 16 labels per class: pre-trained vs scratch (fine-tuned and frozen), UniFormer head"
-# The 16-shot split (the study's own, seed 0), then three runs at once on one thread each: the
-# study's two (--jobs 2) and the UniFormer head beside them (log: $OUT/uniformer_head.log).
+# The 16-shot split (the study's own, seed 0), then three runs at once: the study's two
+# (--jobs 2, cores/2 threads each) and the UniFormer head beside them on one thread (log:
+# $OUT/uniformer_head.log).
+phase_begin "4 fine-tunes and probes"
 [ -f "$OUT/study/data/k16_s0/train/manifest.json" ] || python -m data.prep subset "$OUT/data" \
   --per-class 16 --seed 0 --out "$OUT/study/data/k16_s0"
 OMP_NUM_THREADS=1 python -m finetune --config launch/configs/finetune/synthetic_uniformer_head.yaml \
@@ -73,6 +105,7 @@ if ! wait $HEAD_PID; then
 fi
 trap - EXIT
 tail -n 1 "$OUT/uniformer_head.log"
+phase_end
 
 python - "$OUT" "$((TEST_PC * 4))" <<'PY'
 import json, sys
@@ -92,7 +125,13 @@ print(f"\ntable: {out}/study/results.md; plot: {out}/study/accuracy_vs_labels.pn
 PY
 
 echo "== 5/5 use the models: export the pre-trained fine-tune, predict 3 test clips, one reconstruction"
+phase_begin "5 use the models"
+export OMP_NUM_THREADS=$CORES
 python -m finetune.export "$OUT/study/runs/k16/pretrained/s0/finetune" --out "$OUT/model" > /dev/null
 python -m finetune.predict "$OUT/model" "$OUT/data/test" --limit 3 --top-k 2
 python -m pretrain.visualize "$OUT/pretrain" "$OUT/data" --sample 0 --out "$OUT/vis" > /dev/null
 echo "model: $OUT/model (python -m finetune.predict $OUT/model VIDEO...); reconstruction: $OUT/vis/"
+phase_end
+rm -f "$OUT/.times"
+printf '\n== time per phase on %s cores (set-up not included)\n%s' "$CORES" "$PHASES"
+awk -v t0="$QS_T0" -v t1="$(date +%s.%N)" 'BEGIN { printf "%-28s %7.0f s wall\n", "all", t1 - t0 }'

@@ -21,6 +21,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
+from tests.bench.report import add_results_arg  # noqa: E402
+
 LAYOUTS = {"default (tokens, batch)": [],
            "pooled, layer (HF-exportable)": ["model.norm_layout=pooled", "model.head_norm=layer"]}
 
@@ -50,6 +52,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--out", help="keep the sets and runs here (default: a temporary folder)")
+    add_results_arg(ap)
     args = ap.parse_args(argv)
     root = args.out or tempfile.mkdtemp(prefix="head_layout_")
     t0 = time.time()
@@ -62,6 +65,13 @@ def main(argv=None) -> int:
         summary[name] = accs
         print(f"{name:<32} " + " ".join(f"{a:8.3f}" for a in accs) +
               f"   {sum(accs) / len(accs):.3f}")
+    from tests.bench.report import Tables
+    tables = Tables("head_layout", args.results)
+    tables.add("head_layout", f"Test accuracy at 16 labels per class of the fine-tuning head "
+               f"layouts, one 300-step encoder per seed, {args.precision}",
+               ["layout", *[f"seed {s}" for s in args.seeds], "mean"],
+               [[name, *accs, round(sum(accs) / len(accs), 3)] for name, accs in summary.items()])
+    tables.save()
     print(json.dumps({"bench": "head_layout", "precision": args.precision, "seeds": args.seeds,
                       "accuracy": summary, "wall_s": round(time.time() - t0, 1)}))
     return 0

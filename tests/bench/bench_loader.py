@@ -62,6 +62,7 @@ from data.transforms import train_transform  # noqa: E402
 from data.nvdec import NvdecDecoder, nvdec_unavailable, resolve_decode  # noqa: E402
 from data.prefetch import Prefetcher  # noqa: E402
 from data.stream import batch_to_device  # noqa: E402
+from tests.bench.report import Tables, add_results_arg  # noqa: E402
 
 FRAMES, STRIDE, SIZE, RATIO = 16, 4, 224, 0.9
 REFERENCE = "resampled +device, repeats 4"     # the best path before repeat modes: ratios
@@ -477,6 +478,7 @@ def main():
                     help="also read the same shards from moto's S3 server and from http.server "
                          "on 127.0.0.1, next to the local disk (the object-storage rows)")
     ap.add_argument("--store-only", action="store_true", help="only the object-storage rows")
+    add_results_arg(ap)
     args = ap.parse_args()
     torch.set_num_threads(1)
     src = source_video()
@@ -711,6 +713,51 @@ def main():
                     "decoder_alone": [{"decoder": n, "videos_s": round(v, 1),
                                        "frames_s": round(f), "cpu_fallbacks": fb}
                                       for n, v, f, fb in alone]})
+    tables = Tables("loader", args.results, device=args.device)
+    clip = f"{FRAMES} frames @ stride {STRIDE}, {SIZE}^2, tube mask {RATIO}"
+    if rows:
+        tables.add("loader_one_worker", f"The loader, one worker (this process), {clip}, "
+                   f"{args.clips} clips a row; x ref: against '{REFERENCE}' in the same run",
+                   ["path", "clips/s", "x ref", "CPU-ms/clip", "x ref CPU", "frames/clip",
+                    "KB shipped/clip"],
+                   [[n, round(r["clips_s"], 2), round(r["clips_s"] / ref["clips_s"], 2),
+                     r["cpu_ms"] and round(r["cpu_ms"], 1),
+                     r["cpu_ms"] and round(r["cpu_ms"] / ref["cpu_ms"], 2),
+                     None if f is None else round(f, 1), r["bytes"] and round(r["bytes"] / 1e3, 1)]
+                    for n, r, f in rows])
+    if stored:
+        tables.add("loader_store", f"The same shards from local disk and from stores on "
+                   f"127.0.0.1 (moto's S3 server, http.server), one worker, {clip}, {args.clips} "
+                   f"clips a row; read = the shards' bytes alone, streamed and hashed",
+                   ["path", "clips/s", "x disk", "CPU-ms/clip", "read MB/s"],
+                   [[n, round(r["clips_s"], 2), round(r["clips_s"] / d["clips_s"], 2),
+                     round(r["cpu_ms"], 1), round(r["read_mb_s"])] for n, r, d in stored])
+    if multi:
+        tables.add("loader_processes", f"Loader processes, {clip} (the device crop not timed); "
+                   f"CPU-ms counts every process",
+                   ["workers, path", "clips/s", "CPU-ms/clip"],
+                   [[n, round(r["clips_s"], 1), round(r["cpu_ms"], 1)] for n, r in multi])
+    if threads:
+        tables.add("loader_threads", "Threads in one process, each making a video's clips from "
+                   "samples read beforehand (no shard reading, batching or shipping)",
+                   ["threads, path", "clips/s", "CPU-ms/clip"],
+                   [[n, round(r["clips_s"], 1), round(r["cpu_ms"], 1)] for n, r in threads])
+    if decoders:
+        tables.add("loader_decoders", "Decoders from bytes, 16 consecutive stored frames (256p), "
+                   "CPU-ms per video",
+                   ["decoder", "open ms", "open+decode ms", "same frames as decord"],
+                   [[d["decoder"], d.get("open_ms"), d.get("open_decode_ms"),
+                     d.get("same_frames_as_decord", f"unavailable: {d.get('unavailable')}")]
+                    for d in decoders])
+    if gpu:
+        tables.add("loader_gpu", f"Clips/s ready on {args.device} (decoded, cropped, resized), "
+                   f"batch {args.batch}, resampled shards, through the prefetch thread",
+                   ["decode, workers, repeats", "clips/s"],
+                   [[n, None if r is None else round(r, 1)] for n, r in gpu])
+        tables.add("loader_decoder_alone", "One process's decoder alone, videos of 4 clips' "
+                   "frames", ["decoder", "videos/s", "frames/s", "CPU fallbacks"],
+                   [[n, round(v, 1), round(f), fb] for n, v, f, fb in alone])
+    tables.save()
     print()
     print(json.dumps(out))
 

@@ -22,11 +22,17 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
+from tests.bench.report import Tables, add_results_arg  # noqa: E402
 from data.plan import PartitionOrders, plan_units, worker_positions  # noqa: E402
 from tests.data.test_plan_scale import CANON, LAYOUTS, WORKERS, kinetics_counts  # noqa: E402
 
 
-def main():
+def main(argv=None):
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_results_arg(ap)
+    args = ap.parse_args(argv)
     counts = kinetics_counts(0)
     t0 = time.perf_counter()
     units = plan_units(counts, CANON.partitions)
@@ -57,10 +63,16 @@ def main():
            "epoch_samples_per_partition_max_min": balance,
            "samples_per_process_per_step": {f"{lay.ranks} processes": lay.batch
                                             for lay in LAYOUTS}}
+    flat = [(k + ("" if kk is None else " " + kk), vv) for k, v in row.items()
+            for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)])]
     print(f"{'what':<64} {'value':>10}")
-    for k, v in row.items():
-        print(f"{k:<64} {str(v):>10}" if not isinstance(v, dict) else
-              "\n".join(f"{k + ' ' + kk:<64} {vv:>10}" for kk, vv in v.items()))
+    for k, v in flat:
+        print(f"{k:<64} {str(v):>10}")
+    tables = Tables("plan", args.results, argv=None if argv is None else [__file__, *argv])
+    tables.add("plan", f"The data plan at {CANON.partitions} partitions over {len(counts):,} "
+               f"uneven shards ({int(sum(counts)):,} samples): planning time, balance of the "
+               f"greedy deal against round-robin", ["what", "value"], flat)
+    tables.save()
     print(json.dumps(row))
 
 

@@ -25,6 +25,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
+from tests.bench.report import Tables, add_results_arg  # noqa: E402
 from data.masks import running_cell_mask, token_ids, tube_mask  # noqa: E402
 from pretrain.convert import ours_to_hf  # noqa: E402
 from pretrain.model import ModelConfig, VideoMAE  # noqa: E402
@@ -171,6 +172,7 @@ def main():
     ap.add_argument("--no-hf", action="store_true", help="leave out the transformers rows")
     ap.add_argument("--profile", nargs="*", default=[], metavar="ROW",
                     help="print the top device kernels of these rows (torch.profiler)")
+    add_results_arg(ap)
     args = ap.parse_args()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -266,6 +268,18 @@ def main():
                       **({"mfu": round(flops(b) / t / (peak * 1e12), 4)} if peak else {})}
                      for n, b, t in rows],
             "train_gflop_per_clip": round(flops(1) / 1e9, 1)}
+    tables = Tables("pretrain", args.results, device=args.device)
+    columns = ["row", "batch", "s/step", "clips/s", "x eager", "x sdpa"] + (["MFU"] if peak else [])
+    tables.add(f"pretrain_step_{device.type}",
+               f"Pre-training step, {args.preset}, {cfg.num_frames}x{cfg.img_size}^2, mask "
+               f"{args.ratio}, {device.type} {precision}, {torch.get_num_threads()} threads; x "
+               f"eager / x sdpa: time per clip against transformers' VideoMAE at batch {b0}; "
+               f"ours_decmask: decoder masking (half the hidden tokens decoded), another "
+               f"objective", columns,
+               [[n, b, round(t, 4), round(b / t, 1),
+                 *[round(t / b / ref[k], 2) if k in ref else None for k in ("hf_eager", "hf_sdpa")],
+                 *([f"{flops(b) / t / (peak * 1e12):.1%}"] if peak else [])] for n, b, t in rows])
+    tables.save()
     print(json.dumps(line))
 
 

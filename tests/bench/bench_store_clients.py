@@ -25,6 +25,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
+from tests.bench.report import Tables, add_results_arg  # noqa: E402
 from tests.storage import KEY_ID, SECRET, MotoServer, s3_env  # noqa: E402
 
 
@@ -122,6 +123,7 @@ def main():
     ap.add_argument("--objects", type=int, default=8)
     ap.add_argument("--mb", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3, help="best of this many passes")
+    add_results_arg(ap)
     args = ap.parse_args()
     moto = MotoServer()
     os.environ.update(s3_env(moto.endpoint))
@@ -163,6 +165,14 @@ def main():
         size = f"{r['install_mb']:.1f}" if r["install_mb"] is not None else "?"
         print(f"{name:<10} {size:>11} {r['stream']:12.0f} {r['range']:17.0f} "
               f"{r['small_ms']:13.2f}")
+    tables = Tables("store_clients", args.results)
+    tables.add("store_clients", f"S3 clients against moto on 127.0.0.1, {args.objects} objects "
+               f"of {args.mb} MB, best of {args.rounds}; installed = the client and everything "
+               f"it pulls in",
+               ["client", "installed MB", "stream MB/s", "from an offset MB/s", "small GET ms"],
+               [[name, r["install_mb"] and round(r["install_mb"], 1), round(r["stream"]),
+                 round(r["range"]), round(r["small_ms"], 2)] for name, r in rows.items()])
+    tables.save()
     print(json.dumps({"bench": "store_clients", "objects": args.objects, "mb": args.mb,
                       "rows": {n: {k: v if v is None else round(v, 2) for k, v in r.items()}
                                for n, r in rows.items()}}))

@@ -23,6 +23,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
+from tests.bench.report import Tables, add_results_arg  # noqa: E402
 from finetune.models import build_model  # noqa: E402
 from finetune.vivit import VivitConfig  # noqa: E402
 
@@ -66,6 +67,7 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--models", nargs="+", default=["1", "2", "3", "4", "uniformer_head",
                                                    "uniformer_s"], choices=list(NAMES))
+    add_results_arg(ap)
     args = ap.parse_args()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -107,6 +109,14 @@ def main():
     for v, r in rows.items():
         print(f"{NAMES[v]:<38} {r['params_m']:9.2f} {r['train_clips_s']:14.3f} "
               f"{r['infer_clips_s']:14.3f} {r['infer_ms_per_clip']:8.1f}")
+    tables = Tables("vivit", args.results, device=args.device)
+    tables.add(f"vivit_{device.type}", f"ViT {args.preset} (ViViT, UniFormer head), {args.frames}x{args.size}^2, "
+               f"tubelet 2x16x16; UniFormer published stem; batch {args.batch}, {device.type} "
+               f"{str(dtype).split('.')[-1]}, {torch.get_num_threads()} threads",
+               ["model", "params M", "train clips/s", "inference clips/s", "inference ms/clip"],
+               [[NAMES[v], r["params_m"], r["train_clips_s"], r["infer_clips_s"],
+                 r["infer_ms_per_clip"]] for v, r in rows.items()])
+    tables.save()
     print(json.dumps({"bench": "vivit", "preset": args.preset, "frames": args.frames,
                       "size": args.size, "batch": args.batch, "device": device.type,
                       "models": rows}))

@@ -25,7 +25,14 @@ from .distributed import LostProcess, all_reduce_max, all_reduce_mean, is_comm_f
 
 # Fault injection for the resume tests: the process SIGKILLs itself right after finishing this
 # optimizer step (and any checkpoint due at it), as `kill -9` or a pre-empted node would.
+# "STEP:TERM" sends SIGTERM instead (a scheduler's stop, on a step however fast steps come).
 KILL_AFTER_STEP = "TUBEMAE_KILL_AFTER_STEP"
+
+
+def injected_signal(step: int) -> int | None:
+    """The signal ``KILL_AFTER_STEP`` asks for after ``step``, or None."""
+    at, _, name = os.environ.get(KILL_AFTER_STEP, "").partition(":")
+    return getattr(signal, f"SIG{name or 'KILL'}") if at == str(step) else None
 
 
 class NonFiniteLoss(RuntimeError):
@@ -477,9 +484,9 @@ def train_loop(loop: Loop, stage: Stage, run: Run, dist, stop: StopRequested) ->
             if all_reduce_max([float(stop.signum is not None)], dist)[0] > 0:
                 stopped = stop.signum or signal.SIGTERM
                 break
-            if os.environ.get(KILL_AFTER_STEP) == str(step):
+            if (sig := injected_signal(step)) is not None:
                 logger.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), sig)
         if stopped and last_saved != step:
             save(f"step{step:08d}")
     except Exception as e:

@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -27,7 +29,13 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+from tests.bench.report import Tables, add_results_arg  # noqa: E402
 from tests.bench.bench_loader import distinct_copy, prep_shards, source_video  # noqa: E402
+
+
+def e2e_device() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def run(recipe: str, shards: str, run_dir: str, engine: str, steps: int, every: int,
@@ -61,10 +69,17 @@ def main():
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--every", type=int, default=10)
     ap.add_argument("--copies", type=int, default=64)
-    ap.add_argument("--prep", nargs="*", default=["--short-side", "256", "--gop", "8",
-                                                  "--frame-step", "4"])
+    ap.add_argument("--prep", type=shlex.split, default="--short-side 256 --gop 8 --frame-step 4",
+                    help="data.prep's options, one quoted string (default: %(default)s)")
+    ap.add_argument("--fast-decode", action="store_true",
+                    help="prep with the fast-decode encoding (prep's default; keyframe starts "
+                         "need --gop in --prep)")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value")
+    add_results_arg(ap)
     args = ap.parse_args()
+    # stopped (launch/gpu_check.sh's budget): leave through the finally below, which removes
+    # the copies and shards
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = tempfile.mkdtemp(prefix="bench_e2e_")
     try:
         tree = os.path.join(work, "videos", "bunny")
@@ -72,7 +87,7 @@ def main():
         for i in range(args.copies):
             distinct_copy(source_video(), os.path.join(tree, f"clip{i}.mp4"), i)
         shards = os.path.join(work, "shards")
-        prep_shards(tree, shards, *args.prep, "--shard-samples", "8")
+        prep_shards(tree, shards, *args.prep, "--shard-samples", "8", fast=args.fast_decode)
         results = {e: run(args.recipe, shards, os.path.join(work, e), e, args.steps,
                           args.every, args.overrides) for e in args.engines}
     finally:
@@ -84,6 +99,14 @@ def main():
         print(f"{e:<12} {r['clips_s']:9.1f} {r['data_wait']:10.1%} {r['memory_mb']:9.0f}  "
               f"{r['loss']}")
         print(f"{'':<12} clips/s per window {r['clips_s_windows']}")
+    tables = Tables("e2e", args.results, device="cuda")   # the CPU's name where no GPU
+    tables.add(f"e2e_{e2e_device()}", f"python -m pretrain, {os.path.basename(args.recipe)} "
+               f"{' '.join(args.overrides)}; prep {' '.join(args.prep)}; {args.steps} steps",
+               ["engine", "clips/s", "data wait", "peak MB", "clips/s per window"],
+               [[e, round(r["clips_s"], 1), f"{r['data_wait']:.1%}", round(r["memory_mb"]),
+                 " ".join(f"{v:.0f}" for v in r["clips_s_windows"])]
+                for e, r in results.items()])
+    tables.save()
     print(json.dumps({"bench": "e2e", "recipe": args.recipe, "overrides": args.overrides,
                       "prep": args.prep, **results}))
 

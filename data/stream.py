@@ -242,7 +242,12 @@ def loader_batches(loader, watch: WorkerWatch | None = None) -> Iterator[dict]:
     except Exception as e:
         text = str(e)
         if "Original Traceback" not in text:
-            lost = _lost_worker(text, loader)
+            workers = getattr(it, "_workers", ())
+            lost = _lost_worker(text, loader, workers)
+            if lost is None and isinstance(e, (OSError, EOFError)):
+                # a worker killed while handing over a batch's shared memory: the receive
+                # breaks (connection reset, end of file) before torch notices the death
+                lost = _dead_worker(workers)
             if lost is not None:
                 raise LoaderWorkerLost(lost) from None
             raise
@@ -277,15 +282,50 @@ class LoaderWorkerLost(DataSetError):
     ``data.timeout`` (stuck). The training process is alive and can checkpoint."""
 
 
-def _lost_worker(text: str, loader) -> str | None:
-    """One line for torch's loader errors that mean a worker is gone or stuck, else None."""
+def _exit_of(pids: str, workers) -> str | None:
+    """How the first of ``pids`` (torch's "123, 456") among the loader's ``workers`` ended,
+    from its exit status, or None when that is not known."""
+    for w in workers or ():
+        if str(w.pid) == pids.split(",")[0].strip():
+            code = w.exitcode
+            if code is not None and code < 0:
+                return f"was killed ({signal.strsignal(-code) or f'signal {-code}'})"
+            if code:
+                return f"exited with status {code}"
+    return None
+
+
+def _gone(pids: str, how: str) -> str:
+    return (f"loader worker pid {pids} {how} (the OOM killer's usual choice: if memory is "
+            f"short, use fewer data.num_workers or a smaller data.batch_size)")
+
+
+def _dead_worker(workers, wait: float = 1.0) -> str | None:
+    """The line for the first of ``workers`` that has ended, waiting up to ``wait`` seconds
+    for one to; None when all live on."""
+    import time
+    deadline = time.monotonic() + wait
+    while True:
+        for w in workers:
+            if not w.is_alive():
+                return _gone(str(w.pid), _exit_of(str(w.pid), [w]) or "exited unexpectedly")
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
+
+
+def _lost_worker(text: str, loader, workers=()) -> str | None:
+    """One line for torch's loader errors that mean a worker is gone or stuck, else None.
+    torch says "killed by signal" when its SIGCHLD check sees the death first, and "exited
+    unexpectedly" when its queue's check does; the status of ``workers`` (the loader
+    iterator's processes) tells which it was in the second case too."""
     import re
     m = re.search(r"DataLoader worker \(pid\(?s?\)? ([\d, ]+)\) (is killed by signal: "
                   r"(.+?)\.|exited unexpectedly)", text)
     if m:
-        how = f"was killed ({m.group(3)})" if m.group(3) else "exited unexpectedly"
-        return (f"loader worker pid {m.group(1).strip()} {how} (the OOM killer's usual choice: "
-                f"if memory is short, use fewer data.num_workers or a smaller data.batch_size)")
+        how = f"was killed ({m.group(3)})" if m.group(3) else \
+            (_exit_of(m.group(1), workers) or "exited unexpectedly")
+        return _gone(m.group(1).strip(), how)
     m = re.search(r"DataLoader timed out after (\d+) seconds", text)
     if m:
         return (f"no batch came from the loader workers in {m.group(1)} s (data.timeout): a "

@@ -1,4 +1,3 @@
-import pytest
 """A loader worker killed (the OOM killer's usual choice) or stopped (a hung network read)
 while pre-training runs: the trainer checkpoints and stops in one line naming the worker, and
 a stop signal meanwhile is honoured at once. The run resumes exactly."""
@@ -8,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 from tests.conftest import child_pids, process_alive
 from tests.pretrain.conftest import subprocess_env
@@ -139,3 +140,56 @@ def test_pretrain_refuses_a_huge_batch_in_one_line_before_the_run_folder(tiny_re
     lines = [x for x in r.stderr.strip().splitlines() if "WARNING" not in x]
     assert len(lines) == 1 and "needs at least" in lines[0] and "memory available" in lines[0]
     assert not os.path.exists(run_dir)
+
+
+def test_a_dead_worker_is_named_by_its_exit_whichever_check_of_torch_saw_it_first():
+    """torch reports a dead worker as "killed by signal" from its SIGCHLD check, or as "exited
+    unexpectedly" from its queue's check, whichever runs first (a race): the worker's exit
+    status gives the same line for both."""
+    import types
+
+    from data.stream import _lost_worker
+    killed = types.SimpleNamespace(pid=4242, exitcode=-9)
+    by_signal = _lost_worker("DataLoader worker (pid 4242) is killed by signal: Killed.", None)
+    by_queue = _lost_worker("DataLoader worker (pid(s) 4242) exited unexpectedly", None,
+                            [types.SimpleNamespace(pid=4243, exitcode=None), killed])
+    assert by_signal == by_queue
+    assert by_queue.startswith("loader worker pid 4242 was killed (Killed) (the OOM")
+    failed = _lost_worker("DataLoader worker (pid(s) 7) exited unexpectedly", None,
+                          [types.SimpleNamespace(pid=7, exitcode=3)])
+    assert failed.startswith("loader worker pid 7 exited with status 3 ")
+    unknown = _lost_worker("DataLoader worker (pid(s) 8) exited unexpectedly", None, [])
+    assert unknown.startswith("loader worker pid 8 exited unexpectedly ")
+
+
+def test_a_worker_killed_while_handing_over_a_batch_is_named_too():
+    """Killed while the trainer receives a batch's shared memory from it, a worker shows up as
+    a broken receive (connection reset, end of file) before torch notices the death; the loader
+    names the dead worker from its exit status, and a receive that breaks while every worker
+    lives is not blamed on one."""
+    import types
+
+    import data.stream as stream
+
+    def worker(pid, code):
+        return types.SimpleNamespace(pid=pid, exitcode=code, is_alive=lambda: code is None)
+
+    class Loader:
+        def __init__(self, error, workers):
+            self.error, self._workers = error, workers
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            raise self.error
+
+    for error in (ConnectionResetError(104, "Connection reset by peer"), EOFError()):
+        with pytest.raises(stream.LoaderWorkerLost,
+                           match=r"^loader worker pid 12 was killed \(Killed\) \(the OOM"):
+            next(stream.loader_batches(Loader(error, [worker(11, None), worker(12, -9)])))
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionResetError):
+        next(stream.loader_batches(Loader(ConnectionResetError(104, "reset"),
+                                          [worker(11, None)])))
+    assert time.monotonic() - t0 < 5

@@ -282,17 +282,18 @@ class LoaderWorkerLost(DataSetError):
     ``data.timeout`` (stuck). The training process is alive and can checkpoint."""
 
 
+def _how_ended(worker) -> str | None:
+    """How a loader worker process ended, from its exit status; None when not known."""
+    code = worker.exitcode
+    if code is not None and code < 0:
+        return f"was killed ({signal.strsignal(-code) or f'signal {-code}'})"
+    return f"exited with status {code}" if code else None
+
+
 def _exit_of(pids: str, workers) -> str | None:
-    """How the first of ``pids`` (torch's "123, 456") among the loader's ``workers`` ended,
-    from its exit status, or None when that is not known."""
-    for w in workers or ():
-        if str(w.pid) == pids.split(",")[0].strip():
-            code = w.exitcode
-            if code is not None and code < 0:
-                return f"was killed ({signal.strsignal(-code) or f'signal {-code}'})"
-            if code:
-                return f"exited with status {code}"
-    return None
+    """How the first of ``pids`` (torch's "123, 456") among the loader's ``workers`` ended."""
+    first = pids.split(",")[0].strip()
+    return next((_how_ended(w) for w in workers or () if str(w.pid) == first), None)
 
 
 def _gone(pids: str, how: str) -> str:
@@ -308,7 +309,7 @@ def _dead_worker(workers, wait: float = 1.0) -> str | None:
     while True:
         for w in workers:
             if not w.is_alive():
-                return _gone(str(w.pid), _exit_of(str(w.pid), [w]) or "exited unexpectedly")
+                return _gone(str(w.pid), _how_ended(w) or "exited unexpectedly")
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.05)

@@ -24,9 +24,17 @@ import shlex
 import sys
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, ROOT)
+
+from data.atomic import write_text_atomic  # noqa: E402
+
 RESULTS = os.path.join(ROOT, "tests", "bench", "results")
 DOCS = os.path.join(ROOT, "docs")
 BLOCK = re.compile(r"(<!-- table: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+
+
+def _write_index(path: str, index: dict):
+    write_text_atomic(path, json.dumps(dict(sorted(index.items())), indent=1) + "\n")
 
 
 def add_results_arg(ap):
@@ -99,17 +107,12 @@ class Tables:
             w = csv.writer(buf, lineterminator="\n")
             w.writerow(t["columns"])
             w.writerows(t["rows"])
-            with open(path + ".tmp", "w") as f:
-                f.write(buf.getvalue())
-            os.replace(path + ".tmp", path)
+            write_text_atomic(path, buf.getvalue())
             index[name] = {"bench": self.bench, "caption": t["caption"],
                            "date": datetime.date.today().isoformat(),
                            "machine": machine(self.device), "command": self.command}
             written.append(path)
-        with open(index_path + ".tmp", "w") as f:
-            json.dump(dict(sorted(index.items())), f, indent=1)
-            f.write("\n")
-        os.replace(index_path + ".tmp", index_path)
+        _write_index(index_path, index)
         if os.path.abspath(self.results) == RESULTS:
             changed = embed_all()
             missing = [n for n in self.tables if n not in blocks_in_docs()]
@@ -168,9 +171,7 @@ def embed_all(docs: str = DOCS, results: str = RESULTS) -> list[str]:
         text = open(page).read()
         new = embed(text, results, page)
         if new != text:
-            with open(page + ".tmp", "w") as f:
-                f.write(new)
-            os.replace(page + ".tmp", page)
+            write_text_atomic(page, new)
             changed.append(page)
     return changed
 
@@ -186,10 +187,7 @@ def take(folder: str, results: str = RESULTS) -> list[str]:
     for n in names:
         shutil.copyfile(os.path.join(folder, f"{n}.csv"), os.path.join(results, f"{n}.csv"))
         index[n] = theirs[n]
-    with open(index_path + ".tmp", "w") as f:
-        json.dump(dict(sorted(index.items())), f, indent=1)
-        f.write("\n")
-    os.replace(index_path + ".tmp", index_path)
+    _write_index(index_path, index)
     return names
 
 

@@ -29,12 +29,13 @@ if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1 ||
   exit 0
 fi
 
-if ! "$PY" -c 'import av, webdataset, deepspeed, pydantic' >/dev/null 2>&1; then
+deps_ok() { "$PY" -c 'import av, webdataset, deepspeed, pydantic' >/dev/null 2>&1; }
+if ! deps_ok; then
   if [ -f .gpu-site/site312.tar.xz ]; then
     mkdir -p /tmp/site && tar -xJf .gpu-site/site312.tar.xz -C /tmp/site
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   fi
-  if ! "$PY" -c 'import av, webdataset, deepspeed, pydantic' >/dev/null 2>&1; then
+  if ! deps_ok; then
     echo "gpu_check: $PY lacks av, webdataset, deepspeed or pydantic, and no" \
          ".gpu-site/site312.tar.xz is here: run 'bash ../shared/tools/gpu-site.sh' where the" \
          "registry is, and carry .gpu-site (docs/gpu-check.md)" >&2

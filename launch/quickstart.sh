@@ -62,15 +62,15 @@ QS_T0=$(date +%s.%N)
 
 echo "== 1/5 synthetic data set -> shards ($OUT/data: pool, train, val, test; $CORES encoders)"
 phase_begin "1 data set"
-python -m data.prep synthetic --workers "$CORES" --out "$OUT/data" --pool "$POOL" --train-per-class "$TRAIN_PC" \
-  --val-per-class "$VAL_PC" --test-per-class "$TEST_PC" --num-classes 4 --size 64 --frames 40 \
-  --shard-samples 128
+python -m data.prep synthetic --workers "$CORES" --out "$OUT/data" --pool "$POOL" \
+  --train-per-class "$TRAIN_PC" --val-per-class "$VAL_PC" --test-per-class "$TEST_PC" \
+  --num-classes 4 --size 64 --frames 40 --shard-samples 128
 phase_end
 
 echo "== 2/5 one streamed batch: 16 frames at stride 2, 64x64, tube mask 0.9"
 phase_begin "2 one batch"
-OMP_NUM_THREADS=$CORES python -m data.preview "$OUT/data/pool" --num-frames 16 --stride 2 --size 64 --patch 16 \
-  --batch 4 --png "$OUT/preview.png"
+OMP_NUM_THREADS=$CORES python -m data.preview "$OUT/data/pool" --num-frames 16 --stride 2 \
+  --size 64 --patch 16 --batch 4 --png "$OUT/preview.png"
 echo "picture of the batch (hidden tubes shaded): $OUT/preview.png"
 phase_end
 

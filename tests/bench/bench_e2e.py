@@ -99,8 +99,9 @@ def main():
         print(f"{e:<12} {r['clips_s']:9.1f} {r['data_wait']:10.1%} {r['memory_mb']:9.0f}  "
               f"{r['loss']}")
         print(f"{'':<12} clips/s per window {r['clips_s_windows']}")
-    tables = Tables("e2e", args.results, device="cuda")   # the CPU's name where no GPU
-    tables.add(f"e2e_{e2e_device()}", f"python -m pretrain, {os.path.basename(args.recipe)} "
+    device = e2e_device()
+    tables = Tables("e2e", args.results, device=device)
+    tables.add(f"e2e_{device}", f"python -m pretrain, {os.path.basename(args.recipe)} "
                f"{' '.join(args.overrides)}; prep {' '.join(args.prep)}; {args.steps} steps",
                ["engine", "clips/s", "data wait", "peak MB", "clips/s per window"],
                [[e, round(r["clips_s"], 1), f"{r['data_wait']:.1%}", round(r["memory_mb"]),
